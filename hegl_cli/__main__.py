@@ -1,0 +1,3 @@
+from hegl_cli.cli.app import main
+
+main()

@@ -1,0 +1,92 @@
+"""What every subcommand shares: console, error handling, config options."""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from hegl_cli.config import Config, load_config
+from hegl_cli.errors import TrainingDiverged, UserError
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class State:
+    """Global options set by the root callback."""
+
+    verbose: bool = False
+    quiet: bool = False
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(func: F) -> F:
+    """Turn known errors into one line on stderr and an exit code, with no traceback.
+
+    UserError -> 2, TrainingDiverged -> 1, anything else -> 1 (traceback only with --verbose).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except (UserError, TrainingDiverged) as exc:
+            _report(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[red]error:[/red] interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            _report(exc, unexpected=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _report(exc: BaseException, unexpected: bool = False) -> None:
+    if State.verbose or os.environ.get("HEGL_TRACEBACK"):
+        console.print(traceback.format_exc(), markup=False)
+    prefix = "unexpected error" if unexpected else "error"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if unexpected:
+        message = f"{type(exc).__name__}: {message} (run with --verbose for the traceback)"
+    console.print(f"[red]{prefix}:[/red] {message}", markup=True, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """A progress or result line, hidden by --quiet."""
+    if not State.quiet:
+        console.print(message, soft_wrap=True)
+
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML config file (or a packaged name: paper.yaml).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one key: section.key=value (repeatable)."),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
+
+def resolve_config(config: str | None, overrides: list[str] | None, **flags: Any) -> Config:
+    """Default < --config < --set < dedicated flags (given as section__key=value)."""
+    dotted = {key.replace("__", "."): value for key, value in flags.items()}
+    return load_config(config, overrides or [], dotted)
+
+
+def existing_path(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    return path

@@ -1,0 +1,75 @@
+"""`hegl prepare`: build the cache that training reads (built-in synthetic data or ChestX-Det)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, resolve_config
+from hegl_cli.errors import UserError
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for value in values or []:
+        if "=" not in value:
+            raise UserError(f"{option} {value!r}: expected SPLIT=PATH (e.g. train=ChestX_Det_train.json)")
+        split, path = value.split("=", 1)
+        out[split.strip()] = Path(path)
+    return out
+
+
+@handles_errors
+def prepare(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10")] = "synthetic",
+    source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
+    annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
+    images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Cache folder (default data/<format>).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Side length of the cached images.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the validation split (and synthetic data).")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0 = one per core).")] = 0,
+    strict: Annotated[bool, typer.Option(help="Make skipped records and unreadable images fatal.")] = False,
+    force: ForceOpt = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Validate annotations, decode images in parallel and write a memory-mappable cache."""
+    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
+    from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
+
+    cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed)
+    options = PrepareOptions(image_size=cfg.data.image_size, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
+                             mask_source=cfg.data.mask_source, strict=strict, force=force, workers=workers,
+                             progress=not State.quiet)
+    target = out or Path("data") / fmt
+    if fmt == "synthetic":
+        if source or annotations:
+            raise UserError("--source/--annotations need --format chestxdet or chestxdet10")
+        spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
+                             size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
+        result = prepare_synthetic(target, options, spec)
+    else:
+        result = prepare_chestxdet(fmt, target, options, source, _pairs(annotations, "--annotations"),
+                                   _pairs(images, "--images"))
+    report(result)
+
+
+def report(result) -> None:
+    m = result.manifest
+    if result.skipped:
+        info(f"{result.out} is up to date ({m['format']}, {m['image_size']} px); nothing to do (--force rebuilds)")
+        return
+    splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
+    info(f"prepared {m['format']} -> {result.out}  [{splits}]  {len(m['classes'])} classes, "
+         f"{m['image_size']} px, {result.seconds:.1f}s")
+    if result.clipped_boxes:
+        info(f"clipped {result.clipped_boxes} box(es) that reached outside their image")
+    if result.problems:
+        info(f"[yellow]skipped {len(result.problems)} record(s)/image(s):[/yellow]")
+        for line in result.problems[:20]:
+            info(f"  {line}")
+        if len(result.problems) > 20:
+            info(f"  ... and {len(result.problems) - 20} more (see {result.out}/manifest.json 'skipped')")

@@ -1,0 +1,36 @@
+"""`hegl train`: train one run with L = CE + alpha*HA + beta*DAL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, resolve_config
+
+
+@handles_errors
+def train(
+    config: ConfigOpt = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared cache folder (data.path).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the human-alignment term (loss.alpha).")] = None,
+    beta: Annotated[float | None, typer.Option(help="Weight of the discriminative-attention term (loss.beta).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (train.device).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name: runs/<name> (default: a timestamp).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    overrides: SetOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train, validate every epoch, keep best/last checkpoints, stop early on validation macro AUC."""
+    from hegl_cli.engine.train import train as run_training
+
+    cfg = resolve_config(config, overrides, data__path=str(data) if data else None, loss__alpha=alpha,
+                         loss__beta=beta, train__epochs=epochs, train__device=device)
+    result = run_training(cfg, name=name, resume=resume, force=force, runs_dir=runs_dir,
+                          progress=not State.quiet, log=info)
+    stop = " (early stop)" if result.stopped_early else ""
+    info(f"[bold]done[/bold]{stop}: best val macro AUC {result.best_val_auc:.3f} at epoch {result.best_epoch}; "
+         f"{result.epochs_run} epochs in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s) -> {result.run}")

@@ -1,0 +1,121 @@
+"""The prepared cache: one folder per split of memory-mappable arrays plus ``manifest.json``.
+
+Layout of ``<cache>/<split>/``:
+    images.npy    uint8 (N, S, S)          intensities, 0 = black
+    labels.npy    float32 (N, C)           1 / 0, NaN = unknown
+    masks.npy     uint8 (N, C, ceil(S*S/8)) bit-packed expert masks (polygon or box)
+    has_mask.npy  bool (N, C)              whether (image, class) has a mask
+    files.json    list of N file names
+    cue.npy       int8 (N,)                synthetic data only: spurious cue present (1) or not
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hegl_cli.errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class SplitArrays:
+    """Everything one split stores, in memory."""
+
+    images: np.ndarray  # uint8 (N, S, S)
+    labels: np.ndarray  # float32 (N, C)
+    masks: np.ndarray  # uint8 (N, C, S*S/8) packed
+    has_mask: np.ndarray  # bool (N, C)
+    files: list[str]
+    cue: np.ndarray | None = None  # int8 (N,)
+
+    def subset(self, index: np.ndarray) -> SplitArrays:
+        return SplitArrays(
+            self.images[index], self.labels[index], self.masks[index], self.has_mask[index],
+            [self.files[i] for i in index], None if self.cue is None else self.cue[index],
+        )
+
+
+def write_split(folder: Path, arrays: SplitArrays) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", arrays.images)
+    np.save(folder / "labels.npy", arrays.labels.astype(np.float32))
+    np.save(folder / "masks.npy", arrays.masks)
+    np.save(folder / "has_mask.npy", arrays.has_mask.astype(bool))
+    (folder / "files.json").write_text(json.dumps(arrays.files))
+    if arrays.cue is not None:
+        np.save(folder / "cue.npy", arrays.cue.astype(np.int8))
+
+
+def read_manifest(cache: Path) -> dict[str, Any]:
+    """The manifest of a finished cache; a clear error if ``cache`` is not one."""
+    path = Path(cache) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no prepared dataset at {cache} (missing {MANIFEST}); run `hegl prepare` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: corrupt manifest ({exc})") from exc
+
+
+class CachedSplit:
+    """Memory-mapped view of one split of a prepared cache."""
+
+    def __init__(self, cache: Path | str, split: str):
+        self.root = Path(cache)
+        self.manifest = read_manifest(self.root)
+        folder = self.root / split
+        if split not in self.manifest["splits"] or not folder.is_dir():
+            available = ", ".join(self.manifest["splits"])
+            raise UserError(f"split '{split}' not in {self.root} (available: {available})")
+        self.split = split
+        self.classes: list[str] = list(self.manifest["classes"])
+        self.image_size: int = int(self.manifest["image_size"])
+        self.images = np.load(folder / "images.npy", mmap_mode="r")
+        self.labels = np.load(folder / "labels.npy")
+        self.packed_masks = np.load(folder / "masks.npy", mmap_mode="r")
+        self.has_mask = np.load(folder / "has_mask.npy")
+        self.files: list[str] = json.loads((folder / "files.json").read_text())
+        cue_path = folder / "cue.npy"
+        self.cue = np.load(cue_path) if cue_path.is_file() else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, index: int) -> np.ndarray:
+        """float32 (S, S) in [0, 1]."""
+        return self.images[index].astype(np.float32) / 255.0
+
+    def masks(self, index: int) -> np.ndarray:
+        """uint8 (C, S, S) of 0/1."""
+        size = self.image_size
+        flat = np.unpackbits(self.packed_masks[index], axis=-1, count=size * size)
+        return flat.reshape(len(self.classes), size, size)
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """(..., S, S) 0/1 -> (..., ceil(S*S/8)) uint8."""
+    flat = masks.reshape(*masks.shape[:-2], -1).astype(bool)
+    return np.packbits(flat, axis=-1)
+
+
+def commit_folder(partial: Path, final: Path, force: bool) -> None:
+    """Move a finished ``partial`` folder to ``final``; an old ``final`` is replaced only after."""
+    if final.exists():
+        if not force:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise UserError(f"{final} already exists; pass --force to replace it")
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)

@@ -1,0 +1,171 @@
+"""ChestX-Det / ChestX-Det10 annotation files: reading and validating records.
+
+The official JSON is a list of ``{"file_name", "syms", "boxes", "polygons"}`` where the three
+lists are parallel (one entry per finding). ChestX-Det10 has no ``polygons``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from hegl_cli.errors import UserError
+
+CHESTXDET_CLASSES: tuple[str, ...] = (
+    "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Diffuse Nodule", "Effusion",
+    "Emphysema", "Fibrosis", "Fracture", "Mass", "Nodule", "Pleural Thickening", "Pneumothorax",
+)
+CHESTXDET10_CLASSES: tuple[str, ...] = (
+    "Atelectasis", "Calcification", "Consolidation", "Effusion", "Emphysema", "Fibrosis", "Fracture",
+    "Mass", "Nodule", "Pneumothorax",
+)
+
+FORMATS: dict[str, dict[str, Any]] = {
+    "chestxdet": {
+        "classes": CHESTXDET_CLASSES,
+        "annotations": {"train": ["ChestX_Det_train.json"], "test": ["ChestX_Det_test.json"]},
+    },
+    "chestxdet10": {
+        "classes": CHESTXDET10_CLASSES,
+        "annotations": {"train": ["train.json"], "test": ["test.json"]},
+    },
+}
+IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["test", "test_data"]}
+
+
+@dataclass
+class Finding:
+    """One annotated finding in original pixel coordinates."""
+
+    label: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    polygon: list[tuple[float, float]] | None = None
+
+
+@dataclass
+class Record:
+    """One image and its findings."""
+
+    file_name: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def labels(self) -> set[str]:
+        return {f.label for f in self.findings}
+
+
+@dataclass
+class ParseReport:
+    """What was rejected while reading an annotation file, one line per problem."""
+
+    problems: list[str] = field(default_factory=list)
+
+
+def read_annotation_file(path: Path) -> list[Any]:
+    """Load the JSON list; a file that is not a JSON list is a user error naming the file."""
+    if not path.is_file():
+        raise UserError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def safe_file_name(name: Any) -> str | None:
+    """Return the name if it stays inside the images folder, else None (``../x``, ``/x``, ``C:\\x``)."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive:
+        return None
+    if ".." in posix.parts or ".." in windows.parts:
+        return None
+    return name
+
+
+def parse_record(raw: Any, classes: tuple[str, ...]) -> Record:
+    """Validate one raw record; raises ValueError with a short reason."""
+    if not isinstance(raw, dict):
+        raise ValueError("record is not an object")
+    name = safe_file_name(raw.get("file_name"))
+    if name is None:
+        raise ValueError(f"file_name {raw.get('file_name')!r} is missing or escapes the images folder")
+    syms, boxes = raw.get("syms", []), raw.get("boxes", [])
+    polygons = raw.get("polygons")
+    if not isinstance(syms, list) or not isinstance(boxes, list):
+        raise ValueError("'syms' and 'boxes' must be lists")
+    if len(syms) != len(boxes):
+        raise ValueError(f"'syms' has {len(syms)} entries but 'boxes' has {len(boxes)}")
+    if polygons is not None and (not isinstance(polygons, list) or len(polygons) != len(syms)):
+        count = len(polygons) if isinstance(polygons, list) else type(polygons).__name__
+        raise ValueError(f"'syms' has {len(syms)} entries but 'polygons' has {count}")
+    findings = []
+    for i, (label, box) in enumerate(zip(syms, boxes)):
+        if label not in classes:
+            raise ValueError(f"unknown class {label!r}")
+        findings.append(Finding(label, _parse_box(box, i), _parse_polygon(polygons[i], i) if polygons else None))
+    return Record(name, findings)
+
+
+def _parse_box(box: Any, index: int) -> tuple[float, float, float, float]:
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise ValueError(f"box {index} is not [x1, y1, x2, y2]")
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"box {index} has non-numeric coordinates") from None
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box {index} {list(box)} has no area")
+    return x1, y1, x2, y2
+
+
+def _parse_polygon(polygon: Any, index: int) -> list[tuple[float, float]] | None:
+    if polygon in (None, []):
+        return None
+    try:
+        points = [(float(p[0]), float(p[1])) for p in polygon]
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"polygon {index} is not a list of [x, y] points") from None
+    if len(points) < 3:
+        raise ValueError(f"polygon {index} has fewer than 3 points")
+    return points
+
+
+def parse_records(path: Path, classes: tuple[str, ...], report: ParseReport) -> list[Record]:
+    """Read and validate every record of one file; bad records are reported by name and skipped."""
+    records: list[Record] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(read_annotation_file(path)):
+        label = raw.get("file_name", f"#{index}") if isinstance(raw, dict) else f"#{index}"
+        try:
+            record = parse_record(raw, classes)
+        except ValueError as exc:
+            report.problems.append(f"{path.name}: record {index} ({label}): {exc}")
+            continue
+        if record.file_name in seen:
+            report.problems.append(f"{path.name}: record {index} ({label}): duplicate file_name, skipped")
+            continue
+        seen.add(record.file_name)
+        records.append(record)
+    return records
+
+
+def find_source_layout(source: Path, fmt: str) -> dict[str, tuple[Path, Path]]:
+    """Locate ``{split: (annotation_file, images_dir)}`` in an unzipped official download."""
+    if not source.is_dir():
+        raise UserError(f"source folder not found: {source}")
+    layout: dict[str, tuple[Path, Path]] = {}
+    for split, names in FORMATS[fmt]["annotations"].items():
+        ann = next((source / n for n in names if (source / n).is_file()), None)
+        if ann is None:
+            raise UserError(f"{source}: no {' or '.join(names)} found for the {split} split")
+        images = next((source / d for d in IMAGE_DIRS[split] if (source / d).is_dir()), None)
+        if images is None:
+            raise UserError(f"{source}: no images folder ({' or '.join(IMAGE_DIRS[split])}) for the {split} split")
+        layout[split] = (ann, images)
+    return layout

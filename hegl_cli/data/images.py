@@ -1,0 +1,139 @@
+"""Reading chest X-rays (PNG/JPEG 8/16-bit, grayscale/RGB, DICOM) and the shared preprocessing.
+
+Every path that feeds the model (prepare, explain) goes through :func:`load_image` and
+:func:`square_and_resize`, so an image is preprocessed exactly as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from hegl_cli.errors import UserError
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | DICOM_SUFFIXES
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM by suffix or by the ``DICM`` magic at byte 128."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_image(path: Path | str) -> np.ndarray:
+    """Read an X-ray as float32 intensities in [0, 1], shape (H, W), bone bright.
+
+    8-bit images are divided by 255; deeper images (16-bit PNG, DICOM) are scaled by their own
+    min/max after DICOM rescale and VOI windowing. RGB is converted to luminance. DICOM
+    MONOCHROME1 (high values dark) is inverted so that bone is bright like every other input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    if is_dicom(path):
+        return _load_dicom(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _pil_to_float(img)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from exc
+
+
+def _pil_to_float(img: Image.Image) -> np.ndarray:
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "PA"):
+        img = img.convert("L")
+    arr = np.asarray(img)
+    if arr.ndim == 3:  # unusual multi-band modes
+        arr = arr[..., :3].mean(axis=-1)
+    if arr.dtype == np.uint8 or img.mode == "L":
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    return _minmax(arr.astype(np.float32))
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    low, high = float(arr.min()), float(arr.max())
+    if high <= low:
+        return np.zeros_like(arr, dtype=np.float32)
+    return ((arr - low) / (high - low)).astype(np.float32)
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - pydicom is a dependency
+        raise UserError("reading DICOM needs pydicom: pip install pydicom") from exc
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for bad files
+        raise UserError(f"cannot read DICOM {path}: {str(exc).splitlines()[0]}") from exc
+    if pixels.ndim == 3:  # multi-frame or colour: take luminance of the first frame
+        pixels = pixels[0] if ds.get("SamplesPerPixel", 1) == 1 else pixels.mean(axis=-1)
+    arr = apply_modality_lut(pixels, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        arr = apply_voi_lut(arr, ds)
+    arr = _minmax(np.asarray(arr, dtype=np.float32))
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How original pixel coordinates map into the square, resized image.
+
+    ``x_new = (x + pad_x) * scale``, likewise for y.
+    """
+
+    height: int
+    width: int
+    pad_x: int
+    pad_y: int
+    scale: float
+
+    def transform_xy(self, x: float, y: float) -> tuple[float, float]:
+        return (x + self.pad_x) * self.scale, (y + self.pad_y) * self.scale
+
+
+def square_and_resize(img: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """Pad (H, W) to a centred square with zeros, then resize (antialiased) to (size, size).
+
+    Returns the float32 image in [0, 1] and the :class:`Geometry` for annotations.
+    """
+    height, width = img.shape
+    side = max(height, width)
+    pad_y, pad_x = (side - height) // 2, (side - width) // 2
+    if (height, width) != (side, side):
+        square = np.zeros((side, side), dtype=np.float32)
+        square[pad_y : pad_y + height, pad_x : pad_x + width] = img
+    else:
+        square = img.astype(np.float32, copy=False)
+    if side != size:
+        resized = Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+        square = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return square, Geometry(height, width, pad_x, pad_y, size / side)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 with rounding."""
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def preprocess_file(path: Path | str, size: int) -> tuple[np.ndarray, Geometry]:
+    """Load and preprocess one image exactly as the cache stores it: uint8 (size, size)."""
+    img, geometry = square_and_resize(load_image(path), size)
+    return to_uint8(img), geometry

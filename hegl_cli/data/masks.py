@@ -1,0 +1,57 @@
+"""Expert annotations (boxes, polygons) -> per-class binary masks in cache coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hegl_cli.data.chestxdet import Finding
+from hegl_cli.data.images import Geometry
+
+
+def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...], bool]:
+    """Clip (x1, y1, x2, y2) to the image; returns the box and whether it changed."""
+    x1, y1, x2, y2 = box
+    clipped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+               min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+    return clipped, clipped != tuple(box)
+
+
+def rasterize_findings(
+    findings: list[Finding],
+    classes: list[str],
+    geometry: Geometry,
+    size: int,
+    mask_source: str = "polygon",
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw each class's findings into a (size, size) mask.
+
+    Polygons are used where present and ``mask_source == "polygon"``, boxes otherwise.
+
+    Returns:
+        masks: uint8 (C, size, size) of 0/1.
+        has_mask: bool (C,).
+        clipped: how many boxes reached outside the original image and were clipped.
+    """
+    canvases = [Image.new("L", (size, size), 0) for _ in classes]
+    has_mask = np.zeros(len(classes), dtype=bool)
+    clipped_count = 0
+    index = {name: i for i, name in enumerate(classes)}
+    for finding in findings:
+        c = index[finding.label]
+        box, clipped = clip_box(finding.box, geometry.width, geometry.height)
+        clipped_count += int(clipped)
+        draw = ImageDraw.Draw(canvases[c])
+        if mask_source == "polygon" and finding.polygon:
+            points = [geometry.transform_xy(x, y) for x, y in finding.polygon]
+            draw.polygon(points, fill=1)
+        else:
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue  # entirely outside the image
+            (x1, y1), (x2, y2) = geometry.transform_xy(box[0], box[1]), geometry.transform_xy(box[2], box[3])
+            # Pixel i covers [i, i+1): fill every pixel the box overlaps.
+            draw.rectangle([int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)) - 1, int(np.ceil(y2)) - 1], fill=1)
+        has_mask[c] = True
+    masks = np.stack([np.asarray(canvas, dtype=np.uint8) for canvas in canvases]) if classes else np.zeros(
+        (0, size, size), np.uint8)
+    return masks, has_mask, clipped_count

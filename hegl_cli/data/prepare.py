@@ -1,0 +1,301 @@
+"""`hegl prepare`: annotation files + images -> validated, memory-mappable cache.
+
+The cache is written to ``<out>.partial-<pid>`` and renamed when complete, so an interrupted
+prepare never leaves a folder that looks done. Re-running with the same inputs is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hegl_cli import __version__
+from hegl_cli.data.cache import MANIFEST, SplitArrays, commit_folder, pack_masks, write_split
+from hegl_cli.data.chestxdet import FORMATS, Finding, ParseReport, Record, parse_records
+from hegl_cli.data.images import preprocess_file
+from hegl_cli.data.masks import rasterize_findings
+from hegl_cli.errors import UserError
+
+
+@dataclass
+class SplitSource:
+    """One split to import: an annotation file and the folder its ``file_name``s live in."""
+
+    name: str
+    annotations: Path
+    images: Path
+    cue: dict[str, int] | None = None  # file name -> spurious cue present (synthetic data)
+
+
+@dataclass
+class PrepareOptions:
+    image_size: int = 128
+    seed: int = 0
+    val_fraction: float = 0.15
+    mask_source: str = "polygon"
+    strict: bool = False
+    force: bool = False
+    workers: int = 0  # 0 = one per CPU core
+    progress: bool = True
+
+
+@dataclass
+class PrepareResult:
+    """What a prepare run did, for the summary and for tests."""
+
+    out: Path
+    manifest: dict[str, Any]
+    skipped: bool = False  # True when the cache was already up to date
+    problems: list[str] = field(default_factory=list)
+    clipped_boxes: int = 0
+    seconds: float = 0.0
+
+
+def fingerprint(parts: Iterable[Any]) -> str:
+    """A stable hash of everything that determines the cache's content."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _image_stamp(folder: Path) -> list[tuple[str, int, int]]:
+    if not folder.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+
+
+def source_fingerprint(fmt: str, sources: list[SplitSource], options: PrepareOptions, classes: list[str]) -> str:
+    parts: list[Any] = [__version__, fmt, classes, options.image_size, options.seed, options.val_fraction,
+                        options.mask_source]
+    for src in sources:
+        parts += [src.name, _file_digest(src.annotations) if src.annotations.is_file() else None,
+                  _image_stamp(src.images), src.cue]
+    return fingerprint(parts)
+
+
+def existing_fingerprint(out: Path) -> str | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except json.JSONDecodeError:
+        return None
+
+
+def _decode_one(item: tuple[str, list[Finding], list[str], int, str]) -> tuple[Any, ...]:
+    """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error."""
+    path, findings, classes, size, mask_source = item
+    try:
+        image, geometry = preprocess_file(path, size)
+    except UserError as exc:
+        return ("error", str(exc))
+    masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source)
+    return ("ok", image, pack_masks(masks), has_mask, clipped)
+
+
+def _parallel_map(func: Callable, items: list, workers: int, desc: str, progress: bool) -> Iterator:
+    workers = workers or (os.cpu_count() or 1)
+    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        if workers <= 1 or len(items) < 32:
+            for item in items:
+                yield func(item)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(func, items, chunksize=16):
+                    yield result
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def decode_split(
+    source: SplitSource, records: list[Record], classes: list[str], options: PrepareOptions,
+    problems: list[str],
+) -> tuple[SplitArrays, int]:
+    """Decode and rasterize every record of a split. Missing/unreadable images are reported and skipped."""
+    size = options.image_size
+    items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source) for r in records]
+    kept_images, kept_masks, kept_has, kept_labels, kept_files, kept_cue = [], [], [], [], [], []
+    clipped_total = 0
+    results = _parallel_map(_decode_one, items, options.workers, f"decode {source.name}", options.progress)
+    for record, result in zip(records, results):
+        if result[0] == "error":
+            problems.append(f"{source.name}: {result[1]}")
+            continue
+        _, image, packed, has_mask, clipped = result
+        clipped_total += clipped
+        kept_images.append(image)
+        kept_masks.append(packed)
+        kept_has.append(has_mask)
+        labels = np.zeros(len(classes), dtype=np.float32)
+        for label in record.labels:
+            labels[classes.index(label)] = 1.0
+        kept_labels.append(labels)
+        kept_files.append(record.file_name)
+        if source.cue is not None:
+            kept_cue.append(source.cue.get(record.file_name, 0))
+    n_bytes = (size * size + 7) // 8
+    arrays = SplitArrays(
+        images=np.stack(kept_images) if kept_images else np.zeros((0, size, size), np.uint8),
+        labels=np.stack(kept_labels) if kept_labels else np.zeros((0, len(classes)), np.float32),
+        masks=np.stack(kept_masks) if kept_masks else np.zeros((0, len(classes), n_bytes), np.uint8),
+        has_mask=np.stack(kept_has) if kept_has else np.zeros((0, len(classes)), bool),
+        files=kept_files,
+        cue=np.asarray(kept_cue, dtype=np.int8) if source.cue is not None else None,
+    )
+    return arrays, clipped_total
+
+
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train_index, val_index), both sorted."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fraction * n)) if n > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def class_counts(arrays: SplitArrays, classes: list[str]) -> dict[str, int]:
+    return {name: int(np.nansum(arrays.labels[:, i])) for i, name in enumerate(classes)}
+
+
+def build_cache(
+    fmt: str,
+    sources: list[SplitSource],
+    out: Path,
+    options: PrepareOptions,
+    classes: list[str] | None = None,
+    source_description: str | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    before_build: Callable[[Path], None] | None = None,
+) -> PrepareResult:
+    """Import ``sources`` into a cache at ``out`` (atomic; no-op when already up to date).
+
+    ``before_build(partial_dir)`` may write files (e.g. a generated source) into the partial folder
+    before the import; ``sources`` may point inside it.
+    """
+    import time
+
+    start = time.perf_counter()
+    classes = list(classes or FORMATS[fmt]["classes"])
+    out = Path(out)
+    if options.image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {options.image_size}")
+    if out.exists() and not options.force:
+        what = "a dataset prepared from other inputs or settings" if (out / MANIFEST).is_file() else "files"
+        raise UserError(f"{out} already holds {what}; pass --force to replace it")
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if before_build is not None:
+            before_build(partial)
+        result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest)
+        commit_folder(partial, out, force=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _build_into(
+    fmt: str, sources: list[SplitSource], partial: Path, out: Path, options: PrepareOptions,
+    classes: list[str], source_description: str | None, extra_manifest: dict[str, Any] | None,
+) -> PrepareResult:
+    report = ParseReport()
+    parsed = {src.name: parse_records(src.annotations, tuple(classes), report) for src in sources}
+    for src in sources:
+        if not src.images.is_dir():
+            raise UserError(f"images folder for split '{src.name}' not found: {src.images}")
+    problems = list(report.problems)
+    if options.strict and problems:
+        raise UserError(f"--strict: {problems[0]} ({len(problems)} problem(s) in all)")
+    splits: dict[str, SplitArrays] = {}
+    clipped = 0
+    for src in sources:
+        arrays, n_clipped = decode_split(src, parsed[src.name], classes, options, problems)
+        clipped += n_clipped
+        splits[src.name] = arrays
+    if options.strict and len(problems) > len(report.problems):
+        raise UserError(f"--strict: {problems[len(report.problems)]} ({len(problems)} problem(s) in all)")
+    if "train" in splits and "val" not in splits and options.val_fraction > 0:
+        train_idx, val_idx = carve_validation(len(splits["train"].files), options.val_fraction, options.seed)
+        full = splits["train"]
+        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx),
+                  **{k: v for k, v in splits.items() if k != "train"}}
+    for name, arrays in splits.items():
+        write_split(partial / name, arrays)
+    manifest = {
+        "format": fmt,
+        "classes": classes,
+        "image_size": options.image_size,
+        "splits": {name: len(arrays.files) for name, arrays in splits.items()},
+        "class_counts": {name: class_counts(arrays, classes) for name, arrays in splits.items()},
+        "source": source_description or {s.name: {"annotations": str(s.annotations.resolve()),
+                                                   "images": str(s.images.resolve())} for s in sources},
+        "mask_source": options.mask_source,
+        "seed": options.seed,
+        "val_fraction": options.val_fraction,
+        "clipped_boxes": clipped,
+        "skipped": len(problems),
+        "hegl_version": __version__,
+        "fingerprint": source_fingerprint(fmt, sources, options, classes) if extra_manifest is None
+        or "fingerprint" not in extra_manifest else extra_manifest["fingerprint"],
+        **{k: v for k, v in (extra_manifest or {}).items() if k != "fingerprint"},
+    }
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return PrepareResult(out=out, manifest=manifest, problems=problems, clipped_boxes=clipped)
+
+
+def up_to_date(out: Path, expected: str, force: bool) -> PrepareResult | None:
+    """The existing cache's result when it already matches ``expected`` (and no --force)."""
+    if not force and existing_fingerprint(out) == expected:
+        manifest = json.loads((out / MANIFEST).read_text())
+        return PrepareResult(out=out, manifest=manifest, skipped=True)
+    return None
+
+
+def prepare_chestxdet(
+    fmt: str, out: Path, options: PrepareOptions, source: Path | None = None,
+    annotations: dict[str, Path] | None = None, images: dict[str, Path] | None = None,
+) -> PrepareResult:
+    """Import the official ChestX-Det / ChestX-Det10 download (folder layout or explicit files)."""
+    from hegl_cli.data.chestxdet import find_source_layout
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}' (valid: synthetic, {', '.join(FORMATS)})")
+    if annotations:
+        missing = set(annotations) ^ set(images or {})
+        if missing:
+            raise UserError(f"--annotations and --images must name the same splits (mismatch: {', '.join(sorted(missing))})")
+        layout = {split: (Path(annotations[split]), Path(images[split])) for split in annotations}  # type: ignore[index]
+    elif source is not None:
+        layout = find_source_layout(Path(source), fmt)
+    else:
+        raise UserError(f"--format {fmt} needs --source DIR (or --annotations/--images per split)")
+    sources = [SplitSource(name, ann, img) for name, (ann, img) in layout.items()]
+    for src in sources:
+        if not src.annotations.is_file():
+            raise UserError(f"annotation file not found: {src.annotations}")
+    classes = list(FORMATS[fmt]["classes"])
+    done = up_to_date(out, source_fingerprint(fmt, sources, options, classes), options.force)
+    if done is not None:
+        return done
+    return build_cache(fmt, sources, out, options)

@@ -1,0 +1,18 @@
+"""Exceptions that the CLI turns into one-line messages and exit codes.
+
+Exit codes: 0 success, 2 user error (bad input, bad config, missing file), 1 anything else.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (file, config key, value). Exit code 2."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(Exception):
+    """Training produced a non-finite loss term; the last good checkpoint is kept. Exit code 1."""
+
+    exit_code = 1

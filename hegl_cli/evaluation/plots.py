@@ -1,0 +1,50 @@
+"""Pictures next to the machine-readable files: training curves, robustness curves, ablation bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss terms and validation metrics per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "train_ce", "train_ha", "train_dal", "train_rrr"):
+        if key in history[0]:
+            ax_loss.plot(epochs, [h[key] for h in history], label=key[6:])
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss terms")
+    ax_loss.legend()
+    for key in ("val_auc", "val_f1", "val_mcc"):
+        ax_val.plot(epochs, [h[key] if h[key] is not None else float("nan") for h in history], label=key[4:].upper())
+    ax_val.set(xlabel="epoch", ylabel="score", title="validation (macro)", ylim=(min(0, ax_val.get_ylim()[0]), 1))
+    ax_val.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_robustness(records: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("auc", "f1", "mcc", "energy_in_mask")) -> None:
+    """Metric vs noise sigma, one line per run (mean with min-max band over draws)."""
+    runs = list(dict.fromkeys(r["run"] for r in records))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    for ax, metric in zip(axes, metrics):
+        for run in runs:
+            rows = sorted((r for r in records if r["run"] == run), key=lambda r: r["sigma"])
+            sigmas = [r["sigma"] for r in rows]
+            means = [r[metric]["mean"] if r.get(metric) else float("nan") for r in rows]
+            ax.plot(sigmas, means, marker="o", label=run)
+            lows = [r[metric]["min"] if r.get(metric) else float("nan") for r in rows]
+            highs = [r[metric]["max"] if r.get(metric) else float("nan") for r in rows]
+            ax.fill_between(sigmas, lows, highs, alpha=0.15)
+        ax.set(xlabel="Gaussian noise sigma", title=metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

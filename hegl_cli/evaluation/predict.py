@@ -1,0 +1,69 @@
+"""Batched inference over a cache split (optionally perturbed), shared by train, evaluate, robustness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hegl_cli.data.cache import CachedSplit
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray  # float32 (N, C)
+    attention: np.ndarray  # float32 (N, C, h, w), each map sums to 1
+    index: np.ndarray  # int (N,) indices into the split
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def predict_images(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, 1, S, S) in [0, 1] -> probs (B, C), attention (B, C, h, w), on the CPU, float32."""
+    with autocast_for(device, amp):
+        out = model(images.to(device))
+    return torch.sigmoid(out["logits"].float()).cpu(), out["attention"].float().cpu()
+
+
+def predict_split(
+    model: torch.nn.Module,
+    split: CachedSplit,
+    device: torch.device,
+    batch_size: int = 64,
+    indices: np.ndarray | None = None,
+    perturb: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+    amp: bool = True,
+) -> Predictions:
+    """Run the model (eval mode) over ``indices`` of ``split`` (all by default).
+
+    ``perturb(images, batch_indices)`` may change the [0, 1] images before the forward pass.
+    """
+    was_training = model.training
+    model.eval()
+    indices = np.arange(len(split)) if indices is None else np.asarray(indices)
+    probs, maps = [], []
+    for start in range(0, len(indices), batch_size):
+        batch_idx = indices[start : start + batch_size]
+        images = torch.from_numpy(np.stack([split.image(int(i)) for i in batch_idx])).unsqueeze(1)
+        if perturb is not None:
+            images = perturb(images, batch_idx)
+        p, a = predict_images(model, images, device, amp)
+        probs.append(p.numpy())
+        maps.append(a.numpy())
+    model.train(was_training)
+    h, w = getattr(model, "grid", (0, 0))
+    n_classes = len(split.classes)
+    return Predictions(
+        probs=np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32),
+        attention=np.concatenate(maps) if maps else np.zeros((0, n_classes, h, w), np.float32),
+        index=indices,
+    )

@@ -1,0 +1,256 @@
+"""The hybrid loss L = CE + alpha * HA + beta * DAL, as pure functions plus a criterion.
+
+Shapes: B images, C classes, (h, w) patch grid, (S, S) image pixels.
+
+- ``ce``: binary cross-entropy per (image, class) on one logit per class, NaN labels masked out.
+  KAD uses a 2-way softmax per class; a sigmoid on one logit is the same model (the softmax only
+  sees the difference of its two logits) with half the head parameters.
+- ``ha``: penalized Dice ``1 - D / (1 + k (1 - D))`` between the attention map scaled to [0, 1]
+  and the expert mask's soft coverage of each patch, over positive (image, class) pairs that have
+  a mask. ``k`` follows Yang et al. (MIDL 2019); the H-EGL paper's exact form is an assumption.
+- ``dal``: mean pairwise cosine similarity between an image's class maps, from one batched Gram
+  matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hegl_cli.config import LossConfig
+
+EPS = 1e-6
+
+
+def zero_like_graph(t: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 that stays connected to ``t``'s graph (so backward always works)."""
+    return t.sum() * 0.0
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits over known labels. logits, labels: (B, C); NaN label = unknown."""
+    known = ~torch.isnan(labels)
+    if not known.any():
+        return zero_like_graph(logits)
+    return F.binary_cross_entropy_with_logits(logits[known], labels[known].to(logits.dtype))
+
+
+def scale_maps(maps: torch.Tensor, how: str = "max") -> torch.Tensor:
+    """Scale each map to [0, 1]. maps (..., h, w).
+
+    ``max``: divide by the map's maximum (keeps zero at zero, peak at 1; attention is >= 0).
+    ``minmax``: subtract the minimum first (a uniform floor becomes 0).
+    """
+    flat = maps.flatten(-2)
+    if how == "minmax":
+        flat = flat - flat.amin(-1, keepdim=True)
+    flat = flat / flat.amax(-1, keepdim=True).clamp_min(EPS)
+    return flat.view_as(maps)
+
+
+def mask_coverage(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Share of each patch covered by the mask. masks (B, C, S, S) 0/1 -> (B, C, h, w) in [0, 1]."""
+    if masks.shape[-2:] == tuple(grid):
+        return masks.float()
+    return F.adaptive_avg_pool2d(masks.float(), grid)
+
+
+def soft_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice per map. pred, target (N, h, w) in [0, 1] -> (N,).
+
+    ``D = 2 sum(p t) / (sum(p) + sum(t))``; two empty maps count as a perfect match.
+    """
+    p, t = pred.flatten(1), target.flatten(1)
+    inter = (p * t).sum(1)
+    denom = p.sum(1) + t.sum(1)
+    return torch.where(denom > EPS, 2 * inter / denom.clamp_min(EPS), torch.ones_like(denom))
+
+
+def penalized_dice_loss(dice: torch.Tensor, k: float) -> torch.Tensor:
+    """``1 - D / (1 + k (1 - D))``; k = 0 is plain Dice loss, larger k punishes misses harder."""
+    return 1.0 - dice / (1.0 + k * (1.0 - dice))
+
+
+def alignment_pairs(labels: torch.Tensor, has_mask: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: positive (image, class) pairs with a non-empty mask."""
+    positive = torch.nan_to_num(labels, nan=0.0) > 0.5
+    return positive & has_mask.bool() & (coverage.flatten(2).sum(-1) > 0)
+
+
+def alignment_loss(
+    maps: torch.Tensor, coverage: torch.Tensor, valid: torch.Tensor, kind: str = "penalized_dice",
+    k: float = 1.0, norm: str = "max",
+) -> torch.Tensor:
+    """Human-AI alignment over valid pairs; 0 (graph-connected) when there are none.
+
+    Args:
+        maps: (B, C, h, w) attention maps (each sums to 1).
+        coverage: (B, C, h, w) mask coverage in [0, 1].
+        valid: (B, C) bool, pairs that count.
+        kind: ``penalized_dice`` | ``dice`` | ``l1`` (GRADIA-style) | ``bce`` (HAICS-style).
+    """
+    if not valid.any():
+        return zero_like_graph(maps)
+    a = scale_maps(maps, norm)[valid]  # (N, h, w)
+    m = coverage[valid].to(a.dtype)
+    if kind == "penalized_dice":
+        return penalized_dice_loss(soft_dice(a, m), k).mean()
+    if kind == "dice":
+        return (1.0 - soft_dice(a, m)).mean()
+    if kind == "l1":
+        return (a - m).abs().mean()
+    if kind == "bce":
+        return F.binary_cross_entropy(a.clamp(EPS, 1 - EPS), m)
+    raise ValueError(f"unknown alignment loss '{kind}'")
+
+
+def pairwise_cosine(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, C) cosine similarity between every two class maps of an image."""
+    flat = F.normalize(maps.flatten(2), dim=-1, eps=EPS)  # (B, C, N)
+    return flat @ flat.transpose(1, 2)
+
+
+def dal_loss(
+    maps: torch.Tensor, labels: torch.Tensor | None = None, pairs: str = "all", max_classes: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Discriminative attention loss: mean cosine similarity over class pairs (i < j) of each image.
+
+    Args:
+        maps: (B, C, h, w).
+        labels: (B, C), needed for ``pairs="positive"`` (pairs with at least one positive class).
+        max_classes: when > 0 and C is larger, a random subset of classes is used (one per step).
+
+    Returns 0 (graph-connected) when no pair counts (C = 1, or no positives with ``positive``).
+    """
+    c = maps.shape[1]
+    if max_classes and c > max_classes:
+        pick = torch.randperm(c, generator=generator, device="cpu")[:max_classes].to(maps.device)
+        maps = maps[:, pick]
+        labels = labels[:, pick] if labels is not None else None
+        c = max_classes
+    if c < 2:
+        return zero_like_graph(maps)
+    i, j = torch.triu_indices(c, c, offset=1, device=maps.device)
+    sims = pairwise_cosine(maps)[:, i, j]  # (B, P)
+    if pairs == "positive":
+        if labels is None:
+            raise ValueError("dal pairs='positive' needs labels")
+        pos = torch.nan_to_num(labels, nan=0.0) > 0.5
+        weight = (pos[:, i] | pos[:, j]).to(sims.dtype)
+        if weight.sum() == 0:
+            return zero_like_graph(maps)
+        return (sims * weight).sum() / weight.sum()
+    return sims.mean()
+
+
+def rrr_penalty(images: torch.Tensor, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Right for the Right Reasons (Ross et al. 2017): input gradients outside the expert masks.
+
+    Args:
+        images: (B, 1, S, S) with ``requires_grad``, the tensor the logits were computed from.
+        logits: (B, C).
+        allowed: (B, S, S) union of the image's masks; images with no mask contribute nothing.
+
+    Returns the mean over annotated images of ``sum(((1 - allowed) * d sum_c log sigmoid(z_c) / dx)^2)``.
+    """
+    has_any = allowed.flatten(1).amax(1) > 0
+    if not has_any.any():
+        return zero_like_graph(logits)
+    log_probs = F.logsigmoid(logits).sum()
+    (grad,) = torch.autograd.grad(log_probs, images, create_graph=True)
+    outside = (1.0 - allowed.to(grad.dtype)).unsqueeze(1)
+    per_image = ((outside * grad) ** 2).flatten(1).sum(1)
+    return per_image[has_any].mean()
+
+
+class HybridCriterion(nn.Module):
+    """Returns ``{"loss", "ce", "ha", "dal"}`` (+ ``"rrr"``); the weights are kept apart.
+
+    ``weighting``: ``fixed`` uses alpha/beta as given; ``warmup`` ramps them linearly from 0 over
+    ``weighting_warmup_epochs`` (call :meth:`set_epoch`); ``uncertainty`` learns one log-variance
+    per explanation term (Kendall et al. 2018): ``exp(-s) * w * L + s``, its parameters trained with
+    the model.
+    """
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.epoch = 0
+        if cfg.weighting == "uncertainty":
+            self.log_vars = nn.Parameter(torch.zeros(2))
+        else:
+            self.log_vars = None
+
+    @property
+    def needs_all_layers(self) -> bool:
+        return self.cfg.ha_layers == "all" and self.cfg.alpha > 0
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.cfg.rrr_weight > 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def weights(self) -> tuple[float, float]:
+        """Current (alpha, beta) before any uncertainty weighting."""
+        alpha, beta = self.cfg.alpha, self.cfg.beta
+        if self.cfg.weighting == "warmup" and self.cfg.weighting_warmup_epochs > 0:
+            ramp = min(1.0, self.epoch / self.cfg.weighting_warmup_epochs)
+            alpha, beta = alpha * ramp, beta * ramp
+        return alpha, beta
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,
+        has_mask: torch.Tensor, images: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """outputs: model outputs; labels (B, C) with NaN; masks (B, C, S, S); has_mask (B, C)."""
+        cfg = self.cfg
+        logits, maps = outputs["logits"], outputs["attention"]
+        terms = {"ce": masked_bce(logits, labels)}
+        alpha, beta = self.weights()
+        coverage = mask_coverage(masks, maps.shape[-2:])
+        valid = alignment_pairs(labels, has_mask, coverage)
+        if cfg.alpha > 0:
+            layer_maps = outputs["attention_layers"] if cfg.ha_layers == "all" else maps.unsqueeze(0)
+            terms["ha"] = torch.stack([
+                alignment_loss(m, coverage, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm) for m in layer_maps
+            ]).mean()
+        else:
+            terms["ha"] = alignment_loss(maps.detach(), coverage, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm)
+        if cfg.beta > 0:
+            terms["dal"] = dal_loss(maps, labels, cfg.dal_pairs, cfg.dal_max_classes)
+        else:
+            terms["dal"] = dal_loss(maps.detach(), labels, cfg.dal_pairs, cfg.dal_max_classes)
+        total = terms["ce"]
+        if self.log_vars is not None:
+            s = self.log_vars
+            if cfg.alpha > 0:
+                total = total + torch.exp(-s[0]) * alpha * terms["ha"] + s[0]
+            if cfg.beta > 0:
+                total = total + torch.exp(-s[1]) * beta * terms["dal"] + s[1]
+        else:
+            if cfg.alpha > 0:
+                total = total + alpha * terms["ha"]
+            if cfg.beta > 0:
+                total = total + beta * terms["dal"]
+        if cfg.rrr_weight > 0:
+            if images is None:
+                raise ValueError("rrr_weight > 0 needs the input images (with requires_grad)")
+            allowed = masks.amax(1)  # (B, S, S)
+            terms["rrr"] = rrr_penalty(images, logits, allowed)
+            total = total + cfg.rrr_weight * terms["rrr"]
+        terms["loss"] = total
+        return terms
+
+
+def is_finite_terms(terms: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first non-finite term, or None."""
+    for name, value in terms.items():
+        if not math.isfinite(float(value.detach())):
+            return name
+    return None

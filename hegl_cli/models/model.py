@@ -1,0 +1,113 @@
+"""The H-EGL model: image encoder -> patch tokens; class embeddings -> queries; decoder -> logits + maps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hegl_cli.config import ModelConfig
+from hegl_cli.models.decoder import QueryDecoder
+from hegl_cli.models.encoder import ImageEncoder
+from hegl_cli.models.text import embed_prompts
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+class HEGLModel(nn.Module):
+    """KAD-style classifier whose class queries' last cross-attention is each class's attention map.
+
+    Args:
+        classes: class names, in label order.
+        cfg: the ``model`` config section.
+        image_size: input side length in pixels.
+        class_embeddings: (C, T) frozen text embeddings, or None for learned queries.
+    """
+
+    def __init__(self, classes: list[str], cfg: ModelConfig, image_size: int,
+                 class_embeddings: torch.Tensor | None):
+        super().__init__()
+        self.classes = list(classes)
+        self.image_size = image_size
+        self.in_chans = cfg.in_chans
+        self.encoder = ImageEncoder(cfg.encoder, image_size, cfg.in_chans, cfg.pretrained, cfg.encoder_kwargs)
+        self.grid = self.encoder.grid
+        d = cfg.decoder_dim
+        self.memory_proj = nn.Sequential(nn.Linear(self.encoder.dim, d), nn.LayerNorm(d))
+        if class_embeddings is not None:
+            if class_embeddings.shape[0] != len(classes):
+                raise ValueError(f"{class_embeddings.shape[0]} class embeddings for {len(classes)} classes")
+            self.register_buffer("class_embeddings", class_embeddings.float().clone())  # frozen (C, T)
+            self.query_proj: nn.Module = nn.Linear(class_embeddings.shape[1], d)
+            self.learned_queries = None
+        else:
+            self.class_embeddings = None
+            self.query_proj = nn.Identity()
+            self.learned_queries = nn.Parameter(torch.randn(len(classes), d) * 0.02)
+        self.decoder = QueryDecoder(d, cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_ffn, cfg.dropout,
+                                    num_tokens=self.grid[0] * self.grid[1])
+        self.head = nn.Linear(d, 1)
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Fused attention kernels on/off in encoder and decoder (off for double backward, RRR)."""
+        for module in self.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = enabled
+
+    def queries(self, batch: int) -> torch.Tensor:
+        """(B, C, D) class queries."""
+        if self.learned_queries is not None:
+            q = self.learned_queries
+        else:
+            q = self.query_proj(self.class_embeddings)
+        return q.unsqueeze(0).expand(batch, -1, -1)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) in [0, 1] -> normalised (B, in_chans, S, S)."""
+        x = (images - PIXEL_MEAN) / PIXEL_STD
+        if self.in_chans != x.shape[1]:
+            x = x.expand(-1, self.in_chans, -1, -1)
+        return x
+
+    def forward(self, images: torch.Tensor, all_layers: bool = False) -> dict[str, torch.Tensor]:
+        """Classify and explain.
+
+        Args:
+            images: (B, 1, S, S) intensities in [0, 1].
+            all_layers: also return every decoder layer's cross-attention.
+
+        Returns:
+            ``logits`` (B, C); ``attention`` (B, C, h, w), the last layer's cross-attention averaged
+            over heads (each map sums to 1); with ``all_layers``, ``attention_layers`` (L, B, C, h, w).
+        """
+        b = images.shape[0]
+        h, w = self.grid
+        tokens = self.encoder(self.normalize(images))  # (B, N, E)
+        memory = self.memory_proj(tokens)  # (B, N, D)
+        decoded, weights = self.decoder(self.queries(b), memory, all_weights=all_layers)  # (B, C, D)
+        out = {
+            "logits": self.head(decoded).squeeze(-1),  # (B, C)
+            "attention": weights[-1].reshape(b, -1, h, w),
+        }
+        if all_layers:
+            out["attention_layers"] = torch.stack([wt.reshape(b, -1, h, w) for wt in weights])
+        return out
+
+
+def class_prompts(classes: list[str], prompts: dict) -> list[str]:
+    """The text each class is embedded from: its configured description, else its name."""
+    return [str(prompts.get(name, name)) for name in classes]
+
+
+def compute_class_embeddings(classes: list[str], cfg: ModelConfig) -> torch.Tensor | None:
+    """(C, T) embeddings from the configured text encoder, or None for ``text_encoder: none``."""
+    if cfg.text_encoder.lower() == "none":
+        return None
+    return embed_prompts(cfg.text_encoder, class_prompts(classes, cfg.prompts), cfg.text_pooling)
+
+
+def build_model(classes: list[str], cfg: ModelConfig, image_size: int,
+                class_embeddings: torch.Tensor | None = None) -> HEGLModel:
+    """Build from config; the text encoder runs only when embeddings are not given."""
+    if class_embeddings is None:
+        class_embeddings = compute_class_embeddings(classes, cfg)
+    return HEGLModel(classes, cfg, image_size, class_embeddings)
