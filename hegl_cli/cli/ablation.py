@@ -1,12 +1,45 @@
-"""`hegl ablation`."""
+"""`hegl ablation`: H-EGL vs human-only vs DAL-only vs baseline (and other EGL losses), one command."""
 
 from __future__ import annotations
 
-from hegl_cli.cli.common import handles_errors
-from hegl_cli.errors import UserError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, out
 
 
 @handles_errors
-def ablation() -> None:
-    """Not available yet."""
-    raise UserError("'hegl ablation' is not available yet")
+def ablation(
+    config: ConfigOpt = None,
+    grid: Annotated[str, typer.Option(help="Cells 'ALPHA,BETA[+section.key=value]' separated by spaces.")] = "0,0 1,0 0,1 1,1",
+    seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
+    name: Annotated[str, typer.Option(help="Results go to ablations/<name>/.")] = "default",
+    sigma: Annotated[float, typer.Option(help="Noise sigma for the robustness column.")] = 0.05,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per run (train.epochs).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared cache folder (data.path).")] = None,
+    out_root: Annotated[Path, typer.Option("--out-root", help="Parent folder of ablation results.")] = Path("ablations"),
+    overrides: SetOpt = None,
+) -> None:
+    """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
+    from hegl_cli.errors import UserError
+    from hegl_cli.evaluation.ablation import METRICS, _pm, parse_grid, run_ablation
+
+    from hegl_cli.cli.common import resolve_config
+
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
+    cells = parse_grid(grid)
+    target = out_root / name
+    table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
+    view = Table(title=f"ablation {name} (mean ± std over {seeds} seed(s), test split)")
+    view.add_column("cell")
+    for _, label in METRICS:
+        view.add_column(label, justify="right")
+    for e in table:
+        view.add_row(e["label"], *[_pm(e[k]) for k, _ in METRICS])
+    out.print(view)
+    info(f"wrote {target / 'results.csv'}, results.md and results.png")

@@ -1,12 +1,49 @@
-"""`hegl robustness`."""
+"""`hegl robustness`: metrics vs Gaussian noise sigma, for one or more runs, as JSON and a plot."""
 
 from __future__ import annotations
 
-from hegl_cli.cli.common import handles_errors
-from hegl_cli.errors import UserError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hegl_cli.cli.common import State, handles_errors, info, out
 
 
 @handles_errors
-def robustness() -> None:
-    """Not available yet."""
-    raise UserError("'hegl robustness' is not available yet")
+def robustness(
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run folders (default: runs/latest).")] = None,
+    sigma: Annotated[list[float] | None, typer.Option(help="Noise sigma on [0, 1] intensities (repeatable).")] = None,
+    draws: Annotated[int, typer.Option(help="Noise draws per sigma.")] = 3,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the first run's folder).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared cache (default: the one each run trained on).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+) -> None:
+    """Add clipped Gaussian noise (sigma 0 always included) and report AUC/F1/MCC and attention energy."""
+    from hegl_cli.engine.runs import resolve_run
+    from hegl_cli.errors import UserError
+    from hegl_cli.evaluation.robustness import robustness_runs
+
+    folders = [resolve_run(r, runs_dir) for r in (runs or [None])]
+    sigmas = sigma or [0.05]
+    if any(s < 0 for s in sigmas):
+        raise UserError("--sigma must be >= 0")
+    if draws < 1:
+        raise UserError("--draws must be at least 1")
+    target = out_dir or folders[0]
+    records = robustness_runs(folders, sigmas, target, split, draws, seed, checkpoint, data, device,
+                              progress=not State.quiet)
+    table = Table(title=f"robustness on {split}")
+    for col in ("run", "sigma", "AUC", "F1", "MCC", "energy in mask"):
+        table.add_column(col)
+    for r in records:
+        cells = [f"{r[k]['mean']:.3f}" + (f" ± {r[k]['std']:.3f}" if r["draws"] > 1 else "") if r.get(k) else "-"
+                 for k in ("auc", "f1", "mcc", "energy_in_mask")]
+        table.add_row(r["run"], f"{r['sigma']:g}", *cells)
+    out.print(table)
+    info(f"wrote {target / 'robustness.json'} and {target / 'robustness.png'}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, resolve_config
+from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, out, resolve_config
 
 
 @handles_errors
@@ -31,6 +31,8 @@ def train(
                          loss__beta=beta, train__epochs=epochs, train__device=device)
     result = run_training(cfg, name=name, resume=resume, force=force, runs_dir=runs_dir,
                           progress=not State.quiet, log=info)
+    if not result.is_main:
+        return
     stop = " (early stop)" if result.stopped_early else ""
-    info(f"[bold]done[/bold]{stop}: best val macro AUC {result.best_val_auc:.3f} at epoch {result.best_epoch}; "
+    out.print(f"[bold]done[/bold]{stop}: best val macro AUC {result.best_val_auc:.3f} at epoch {result.best_epoch}; "
          f"{result.epochs_run} epochs in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s) -> {result.run}")

@@ -48,6 +48,7 @@ class TrainResult:
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    is_main: bool = True  # False on DDP ranks other than 0
 
 
 def select_device(requested: str) -> torch.device:
@@ -309,7 +310,8 @@ class Trainer:
         if self.dist.is_main:
             self._plot()
         return TrainResult(self.run, self.stopper.best_epoch + 1, self.stopper.best, len(self.history), seconds,
-                           seen / seconds if seconds > 0 else 0.0, self.history, stopped_early)
+                           seen / seconds if seconds > 0 else 0.0, self.history, stopped_early,
+                           self.dist.is_main)
 
     def _write_epoch(self, epoch: int, record: dict[str, Any], improved: bool, val_auc: float) -> None:
         extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": self.thresholds.tolist(),

@@ -1,0 +1,151 @@
+"""`hegl explain`: class probabilities, decisions and attention overlays for any X-ray file.
+
+The image is preprocessed exactly as in training (:func:`hegl_cli.data.images.preprocess_file`),
+and the model is rebuilt from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hegl_cli.data.images import IMAGE_SUFFIXES, load_image, preprocess_file, square_and_resize  # noqa: E402
+from hegl_cli.engine.checkpoint import load_model  # noqa: E402
+from hegl_cli.engine.io import atomic_write_json  # noqa: E402
+from hegl_cli.engine.train import select_device  # noqa: E402
+from hegl_cli.errors import UserError  # noqa: E402
+from hegl_cli.evaluation.predict import predict_images  # noqa: E402
+
+DISPLAY_SIZE = 512
+
+
+@dataclass
+class Explanation:
+    image: Path
+    out_dir: Path
+    probs: dict[str, float]
+    decisions: dict[str, bool]
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted). Missing paths are errors."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"no images (.png, .jpg, .dcm, ...) in folder {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"image not found: {path}")
+    return files
+
+
+def select_classes(all_classes: list[str], wanted: list[str] | None) -> list[int]:
+    if not wanted:
+        return list(range(len(all_classes)))
+    lookup = {name.lower(): i for i, name in enumerate(all_classes)}
+    out = []
+    for name in wanted:
+        if name.lower() not in lookup:
+            raise UserError(f"class '{name}' is not in the model (classes: {', '.join(all_classes)})")
+        out.append(lookup[name.lower()])
+    return out
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    """(C, h, w) -> (C, size, size), bilinear; each map keeps its total mass."""
+    t = torch.from_numpy(maps).unsqueeze(0).float()
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
+    up = up.clamp_min(0)
+    up = up / up.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1) * torch.from_numpy(maps).flatten(1).sum(1).view(-1, 1, 1)
+    return up.numpy()
+
+
+def _draw_overlay(ax, display: np.ndarray, heat: np.ndarray, title: str) -> None:
+    ax.imshow(display, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(heat / max(float(heat.max()), 1e-12), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int], out_dir: Path,
+                  device: torch.device) -> Explanation:
+    """Predict one image and write overlays, a grid, predictions.json and the raw maps into ``out_dir``."""
+    size = int(meta["image_size"])
+    classes = meta["classes"]
+    pixels, _ = preprocess_file(path, size)  # uint8, exactly as the cache stores training images
+    image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
+    probs_t, maps_t = predict_images(model, image, device)
+    probs, maps = probs_t[0].numpy(), maps_t[0].numpy()  # (C,), (C, h, w)
+    thresholds = np.asarray(meta.get("thresholds", [0.5] * len(classes)))
+    display, _ = square_and_resize(load_image(path), min(DISPLAY_SIZE, max(size, 256)))
+    heat = upsample(maps, display.shape[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for c in class_idx:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        verdict = "positive" if probs[c] >= thresholds[c] else "negative"
+        _draw_overlay(ax, display, heat[c], f"{classes[c]}  p={probs[c]:.2f}  ({verdict}, t={thresholds[c]:.2f})")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"overlay_{_slug(classes[c])}.png", dpi=100)
+        plt.close(fig)
+    _grid(display, heat, probs, thresholds, classes, class_idx, out_dir / "grid.png", path.name)
+    np.save(out_dir / "attention_patch.npy", maps.astype(np.float32))
+    np.save(out_dir / "attention_image.npy", upsample(maps, size).astype(np.float32))
+    record = {
+        "image": str(path), "model_input_size": size, "grid": list(maps.shape[-2:]), "checkpoint": meta.get("epoch"),
+        "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
+                                 "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
+    }
+    atomic_write_json(out_dir / "predictions.json", record)
+    return Explanation(path, out_dir, {classes[c]: float(probs[c]) for c in class_idx},
+                       {classes[c]: bool(probs[c] >= thresholds[c]) for c in class_idx})
+
+
+def _grid(display, heat, probs, thresholds, classes, class_idx, path: Path, title: str) -> None:
+    n = len(class_idx) + 1
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    axes = axes.ravel()
+    axes[0].imshow(display, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title(title, fontsize=9)
+    axes[0].axis("off")
+    for ax, c in zip(axes[1:], class_idx):
+        mark = "+" if probs[c] >= thresholds[c] else "-"
+        _draw_overlay(ax, display, heat[c], f"{classes[c]} {probs[c]:.2f} ({mark})")
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").lower()
+
+
+def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[str] | None = None,
+            out: Path | None = None, device: str = "auto") -> list[Explanation]:
+    """Explain every image in ``inputs``; output per image in ``out/<stem>`` (or ``RUN/explain/<stem>``)."""
+    files = collect_images(inputs)
+    dev = select_device(device)
+    model, meta, _ = load_model(run, which, dev)
+    class_idx = select_classes(meta["classes"], classes)
+    base = out or run / "explain"
+    results = []
+    for path in files:
+        target = base / path.stem if (len(files) > 1 or out is None) else base
+        results.append(explain_image(model, meta, path, class_idx, target, dev))
+    return results

@@ -1,0 +1,100 @@
+"""Config precedence and every config error, through the CLI."""
+
+from __future__ import annotations
+
+import yaml
+from typer.testing import CliRunner
+
+from hegl_cli.cli.app import app
+from hegl_cli.config import load_config
+
+runner = CliRunner()
+
+
+def show(*args: str):
+    return runner.invoke(app, ["config", "show", *args])
+
+
+def test_help_lists_the_six_subcommands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("prepare", "train", "evaluate", "robustness", "explain", "ablation"):
+        assert name in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("hegl ")
+
+
+def test_unknown_key_names_it_and_suggests_the_closest():
+    result = show("--set", "train.lrr=1")
+    assert result.exit_code == 2
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "lrr" in lines[0] and "'train.lr'" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_wrong_type_names_key_type_and_value():
+    result = show("--set", "train.lr=abc")
+    assert result.exit_code == 2
+    assert "train.lr" in result.output and "float" in result.output and "abc" in result.output
+
+
+def test_unknown_section_and_bad_choice():
+    assert show("--set", "trian.lr=1").exit_code == 2
+    result = show("--set", "loss.ha_layers=some")
+    assert result.exit_code == 2 and "last, all" in result.output
+
+
+def test_precedence_default_file_set_flag(tmp_path):
+    assert load_config().train.lr == 3e-4
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"train": {"lr": 0.01, "epochs": 7}, "loss": {"alpha": 0.5}}))
+    cfg = load_config(cfg_file)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.loss.alpha) == (0.01, 7, 0.5)
+    cfg = load_config(cfg_file, ["train.lr=0.02", "loss.alpha=0.25"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.loss.alpha) == (0.02, 7, 0.25)
+    cfg = load_config(cfg_file, ["loss.alpha=0.25"], {"loss.alpha": 2.0, "loss.beta": None})
+    assert cfg.loss.alpha == 2.0 and cfg.loss.beta == 1.0  # None flags do not override
+
+
+def test_config_show_resolves_file_and_set(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  epochs: 3\n")
+    result = show("--config", str(cfg_file), "--set", "loss.beta=0")
+    assert result.exit_code == 0
+    shown = yaml.safe_load(result.output)
+    assert shown["train"]["epochs"] == 3 and shown["loss"]["beta"] == 0.0
+
+
+def test_config_file_errors(tmp_path):
+    assert "not found" in show("--config", str(tmp_path / "missing.yaml")).output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    result = show("--config", str(bad))
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train:\n  epoch: 3\n")
+    result = show("--config", str(unknown))
+    assert result.exit_code == 2 and "train.epochs" in result.output
+
+
+def test_packaged_paper_config():
+    cfg = load_config("paper.yaml")
+    assert cfg.model.encoder == "vit_base_patch16_224" and cfg.model.text_encoder == "xmcmic/Med-KEBERT"
+    assert cfg.train.lr == 1e-5 and cfg.train.batch_size == 32 and cfg.train.epochs == 1000
+    assert cfg.loss.alpha == cfg.loss.beta == 1.0
+
+
+def test_set_keeps_string_values_and_parses_lists():
+    cfg = load_config(None, ["data.path=2024", "eval.sigmas=[0.05, 0.1]", "model.pretrained=weights.safetensors"])
+    assert cfg.data.path == "2024" and cfg.eval.sigmas == [0.05, 0.1]
+    assert cfg.model.pretrained == "weights.safetensors"
+    assert load_config(None, ["model.pretrained=true"]).model.pretrained is True
+
+
+def test_malformed_set():
+    result = show("--set", "train.lr")
+    assert result.exit_code == 2 and "section.key=value" in result.output

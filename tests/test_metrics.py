@@ -1,0 +1,108 @@
+"""Metrics against scikit-learn, thresholds chosen on validation only, attention metrics on toy maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
+
+from hegl_cli.evaluation.attention import alignment_report, energy_in_mask, pointing_game, top_share_overlap
+from hegl_cli.evaluation.faithfulness import curve_area, shortcut_reliance
+from hegl_cli.evaluation.metrics import (
+    _fast_f1_mcc,
+    bootstrap_macro,
+    choose_thresholds,
+    summarize,
+)
+
+
+@pytest.fixture()
+def arrays():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((120, 3)) < 0.4).astype(np.float32)
+    probs = np.clip(labels * 0.3 + rng.random((120, 3)) * 0.7, 0, 1).astype(np.float32)
+    return probs, labels
+
+
+def test_summary_matches_sklearn(arrays):
+    probs, labels = arrays
+    thresholds = np.array([0.4, 0.5, 0.6])
+    s = summarize(probs, labels, thresholds, ["a", "b", "c"])
+    for c, name in enumerate("abc"):
+        pred = probs[:, c] >= thresholds[c]
+        assert s["per_class"][name]["auc"] == pytest.approx(roc_auc_score(labels[:, c], probs[:, c]))
+        assert s["per_class"][name]["f1"] == pytest.approx(f1_score(labels[:, c], pred))
+        assert s["per_class"][name]["mcc"] == pytest.approx(matthews_corrcoef(labels[:, c], pred))
+    assert s["macro"]["auc"] == pytest.approx(np.mean([roc_auc_score(labels[:, c], probs[:, c]) for c in range(3)]))
+    f1, mcc = _fast_f1_mcc(probs, labels, thresholds)
+    assert f1 == pytest.approx(s["macro"]["f1"]) and mcc == pytest.approx(s["macro"]["mcc"])
+
+
+def test_nan_labels_are_left_out(arrays):
+    probs, labels = arrays
+    masked = labels.copy()
+    masked[:20, 0] = np.nan
+    s = summarize(probs, masked, np.full(3, 0.5), ["a", "b", "c"])
+    assert s["per_class"]["a"]["auc"] == pytest.approx(roc_auc_score(labels[20:, 0], probs[20:, 0]))
+    assert s["per_class"]["a"]["n"] == 100
+
+
+def test_single_valued_class_has_no_auc():
+    probs = np.array([[0.1], [0.9]])
+    s = summarize(probs, np.zeros((2, 1)), np.array([0.5]), ["x"])
+    assert s["per_class"]["x"]["auc"] is None and s["macro"]["auc"] is None
+
+
+def test_thresholds_maximise_mcc_by_brute_force(arrays):
+    probs, labels = arrays
+    chosen = choose_thresholds(probs, labels, "mcc")
+    for c in range(3):
+        best = max(matthews_corrcoef(labels[:, c], probs[:, c] >= t) for t in np.unique(probs[:, c]))
+        assert matthews_corrcoef(labels[:, c], probs[:, c] >= chosen[c]) == pytest.approx(best)
+    chosen_f1 = choose_thresholds(probs, labels, "f1")
+    for c in range(3):
+        best = max(f1_score(labels[:, c], probs[:, c] >= t) for t in np.unique(probs[:, c]))
+        assert f1_score(labels[:, c], probs[:, c] >= chosen_f1[c]) == pytest.approx(best)
+
+
+def test_bootstrap_interval_contains_point_estimate(arrays):
+    probs, labels = arrays
+    thresholds = np.full(3, 0.5)
+    ci = bootstrap_macro(probs, labels, thresholds, n=100, seed=1)
+    point = summarize(probs, labels, thresholds, ["a", "b", "c"])["macro"]
+    for key in ("auc", "f1", "mcc"):
+        assert ci[key][0] <= point[key] <= ci[key][1]
+    assert ci == bootstrap_macro(probs, labels, thresholds, n=100, seed=1)
+
+
+def test_pointing_energy_and_top_share_on_toy_maps():
+    maps = np.array([[[0.7, 0.1], [0.1, 0.1]], [[0.1, 0.1], [0.1, 0.7]]])
+    cov = np.array([[[1.0, 0.5], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    assert pointing_game(maps, cov).tolist() == [True, False]
+    assert energy_in_mask(maps, cov).tolist() == pytest.approx([0.7 + 0.05, 0.1])
+    dice, iou = top_share_overlap(maps, cov, share=0.25)  # top 1 patch each
+    # image 0: pred {0}, target {0, 1}: dice 2/3, iou 1/2; image 1: pred {3}, target {0}: 0, 0
+    assert dice.tolist() == pytest.approx([2 / 3, 0.0]) and iou.tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_alignment_report_uses_only_positive_masked_pairs():
+    attention = np.full((2, 2, 2, 2), 0.25, np.float32)
+    attention[0, 0] = [[1.0, 0.0], [0.0, 0.0]]
+    labels = np.array([[1.0, 0.0], [0.0, 0.0]])
+    has_mask = np.array([[True, True], [False, False]])
+    masks = np.zeros((2, 2, 4, 4), np.uint8)
+    masks[0, 0, :2, :2] = 1
+    masks[0, 1, 2:, 2:] = 1
+    report = alignment_report(attention, labels, has_mask, lambda i: masks[i], ["x", "y"], 0.25)
+    assert report["overall"]["pairs"] == 1
+    assert report["overall"]["energy_in_mask"] == pytest.approx(1.0)
+    assert report["per_class"]["y"]["pairs"] == 0
+
+
+def test_curve_area_and_shortcut_reliance():
+    assert curve_area(np.array([1.0, 0.5, 0.0])) == pytest.approx(0.5)
+    p = np.array([[0.9, 0.2], [0.4, 0.4]])
+    q = np.array([[0.1, 0.2], [0.4, 0.6]])
+    s = shortcut_reliance(p, q, ["a", "b"])
+    assert s["mean"] == pytest.approx((0.8 + 0 + 0 + 0.2) / 4)
+    assert s["per_class"] == pytest.approx({"a": 0.4, "b": 0.1})
