@@ -58,6 +58,7 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_ffn: int = 1024
     dropout: float = 0.1
+    head: str = "shared"  # shared (KAD: one linear for all class queries) | per_class (one each)
 
 
 @dataclass
@@ -132,6 +133,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.mask_source": ("polygon", "box"),
     "data.augment": ("none", "background_swap"),
     "model.text_pooling": ("mean", "cls"),
+    "model.head": ("per_class", "shared"),
     "loss.ha_type": ("penalized_dice", "dice", "l1", "bce"),
     "loss.ha_norm": ("max", "minmax"),
     "loss.ha_layers": ("last", "all"),

@@ -21,6 +21,7 @@ TINY_OVERRIDES = [
     "model.decoder_layers=2",
     "model.decoder_heads=2",
     "model.decoder_ffn=64",
+    "model.head=per_class",
     "train.batch_size=16",
     "train.epochs=2",
     "train.warmup_epochs=0",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hegl_cli.config import ModelConfig
+from hegl_cli.config import LossConfig, ModelConfig
 from hegl_cli.errors import UserError
 from hegl_cli.losses import HybridCriterion
-from hegl_cli.config import LossConfig
 from hegl_cli.models.model import build_model
 
 CLASSES = ["Nodule", "Mass", "Effusion"]

@@ -24,10 +24,9 @@ def ablation(
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
+    from hegl_cli.cli.common import resolve_config
     from hegl_cli.errors import UserError
     from hegl_cli.evaluation.ablation import METRICS, _pm, parse_grid, run_ablation
-
-    from hegl_cli.cli.common import resolve_config
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")

@@ -15,7 +15,8 @@ class XrayDataset(Dataset):
 
     ``augment="background_swap"``: with probability ``swap_prob`` the image's annotated regions are
     pasted onto a random finding-free image of the same split, so that everything outside the expert
-    masks (a laterality tag, a device) becomes independent of the labels. The random choice is
+    masks (a laterality tag, a device) becomes independent of the labels. Images with a positive
+    class that has no mask are left alone (their finding would be pasted away). The random choice is
     drawn from ``(seed, epoch, index)``, so runs and resumed runs see the same samples.
     """
 
@@ -27,6 +28,8 @@ class XrayDataset(Dataset):
         self.swap_prob = swap_prob
         labels = np.nan_to_num(split.labels, nan=1.0)
         self.donors = np.flatnonzero(labels.sum(1) == 0)
+        # Only images whose every positive (or unknown) class has a mask can keep all their findings.
+        self.swappable = ((labels < 0.5) | split.has_mask).all(1)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,7 +40,7 @@ class XrayDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image = self.split.image(index)
         masks = self.split.masks(index)
-        if self.augment == "background_swap" and len(self.donors):
+        if self.augment == "background_swap" and len(self.donors) and self.swappable[index]:
             image = self._swap_background(index, image, masks)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0),

@@ -49,6 +49,7 @@ class SyntheticSpec:
     cue_strength: float = 0.9
     prevalence: float = 0.3
     lesion_contrast: float = 0.22
+    cue_in_train: bool = True  # False: train/val images never carry the cue (a model that never sees it)
 
 
 def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, soft: float) -> np.ndarray:
@@ -174,7 +175,7 @@ def generate_case(args: tuple[SyntheticSpec, str, int]) -> dict[str, Any]:
         p_cue = spec.cue_strength if CUE_CLASS in labels else 1.0 - spec.cue_strength
     else:
         p_cue = 0.5
-    cue = bool(rng.random() < p_cue)
+    cue = bool(rng.random() < p_cue) and (split != "train" or spec.cue_in_train)
     cue_rng_seed = int(rng.integers(0, 2**31))
     with_cue = draw_cue(img, np.random.default_rng(cue_rng_seed))
     return {

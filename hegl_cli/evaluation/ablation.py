@@ -111,10 +111,10 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
             run_name = f"{cell.name}_s{seed}"
             done_file = runs_dir / run_name / "cell.json"
             if done_file.is_file():
-                log(f"[{cell.label}, seed {seed}] done already, skipped")
+                log(f"cell {cell.label}, seed {seed}: done already, skipped")
                 rows.append(json.loads(done_file.read_text()))
                 continue
-            log(f"[{cell.label}, seed {seed}] training")
+            log(f"cell {cell.label}, seed {seed}: training")
             numbers = run_cell(cell_config(base, cell, seed), run_name, runs_dir, sigma, log, progress)
             row = {"cell": cell.name, "label": cell.label, "alpha": cell.alpha, "beta": cell.beta,
                    "overrides": cell.overrides, "seed": seed, **numbers}

@@ -13,6 +13,23 @@ from hegl_cli.models.text import embed_prompts
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
+class ClassHeads(nn.Module):
+    """One linear classifier per class query (Query2Label's group-wise linear): (B, C, D) -> (B, C, 1).
+
+    KAD shares one classifier across the queries (``model.head: shared``); a head per class learns
+    much faster from scratch, because the decoded queries start out as near-identical averages of the
+    image tokens and a shared head can only tell the classes apart through them.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim**-0.5)
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, decoded: torch.Tensor) -> torch.Tensor:
+        return ((decoded * self.weight).sum(-1) + self.bias).unsqueeze(-1)
+
+
 class HEGLModel(nn.Module):
     """KAD-style classifier whose class queries' last cross-attention is each class's attention map.
 
@@ -45,7 +62,7 @@ class HEGLModel(nn.Module):
             self.learned_queries = nn.Parameter(torch.randn(len(classes), d) * 0.02)
         self.decoder = QueryDecoder(d, cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_ffn, cfg.dropout,
                                     num_tokens=self.grid[0] * self.grid[1])
-        self.head = nn.Linear(d, 1)
+        self.head: nn.Module = ClassHeads(len(classes), d) if cfg.head == "per_class" else nn.Linear(d, 1)
 
     def set_fused_attention(self, enabled: bool) -> None:
         """Fused attention kernels on/off in encoder and decoder (off for double backward, RRR)."""
