@@ -144,7 +144,7 @@ def _train_on(tmp_path: Path, name: str, **spec_kw) -> dict:
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("data.image_size", "train.epochs", "model.encoder"))]
     # A CNN picks up a corner marker within a few epochs; the tiny ViT needs far more steps.
     cfg = load_config(None, overrides + [f"data.path={cache}", "data.image_size=64", "train.epochs=8",
-                                         "model.encoder=resnet18", "loss.alpha=0", "loss.beta=0", "train.patience=0"])
+                                         "model.encoder=resnet18", "model.encoder_kwargs={}", "loss.alpha=0", "loss.beta=0", "train.patience=0"])
     run = train(cfg, name=name, runs_dir=tmp_path / "runs", progress=False, log=lambda *_: None).run
     return evaluate_run(run, "test", "last")["faithfulness"]["shortcut_reliance"]
 

@@ -150,3 +150,42 @@ def test_pretrained_from_local_safetensors_file(tmp_path):
     torch.testing.assert_close(got, source.state_dict()["blocks.0.attn.qkv.weight"])
     with pytest.raises(UserError, match="not found"):
         build_model(CLASSES, tiny_cfg(pretrained=str(tmp_path / "missing.safetensors")), 32)
+
+
+def test_hub_weights_and_hub_text_encoder_offline_give_one_line_errors(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot load pretrained weights.*model.pretrained=path"):
+        build_model(CLASSES, tiny_cfg(pretrained=True), 32)
+    with pytest.raises(UserError, match="cannot load text encoder 'xmcmic/Med-KEBERT'.*save_pretrained"):
+        build_model(CLASSES, tiny_cfg(text_encoder="xmcmic/Med-KEBERT"), 32)
+
+
+def test_rrr_double_backward_through_the_vit():
+    torch.manual_seed(0)
+    model = build_model(CLASSES, tiny_cfg(), 32).train()
+    model.set_fused_attention(False)  # the fused CPU kernel has no double backward
+    criterion = HybridCriterion(LossConfig(alpha=0, beta=0, rrr_weight=1.0))
+    images = torch.rand(2, 1, 32, 32, requires_grad=True)
+    masks = torch.zeros(2, 3, 32, 32)
+    masks[:, 0, 8:16, 8:16] = 1
+    out = model(images)
+    terms = criterion(out, torch.tensor([[1.0, 0, 0], [1, 0, 0]]), masks, torch.ones(2, 3, dtype=torch.bool), images)
+    assert terms["rrr"].item() > 0
+    terms["loss"].backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+
+
+def test_rrr_penalty_is_zero_when_gradients_stay_inside_the_mask():
+    from hegl_cli.losses import rrr_penalty
+
+    images = torch.rand(1, 1, 4, 4, requires_grad=True)
+    weights = torch.zeros(1, 1, 4, 4)
+    weights[..., :2, :2] = 1.0
+    logits = (images * weights).sum((-1, -2))  # (1, 1): depends on the top-left corner only
+    allowed = torch.zeros(1, 4, 4)
+    allowed[:, :2, :2] = 1
+    assert rrr_penalty(images, logits, allowed).item() == 0.0
+    allowed_elsewhere = torch.zeros(1, 4, 4)
+    allowed_elsewhere[:, 2:, 2:] = 1
+    assert rrr_penalty(images, logits, allowed_elsewhere).item() > 0

@@ -69,6 +69,9 @@ def test_train_refuses_existing_run_without_force(tiny_cache, tmp_path):
     (["--resume", "--name", "nothing-here"], "nothing to resume"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "cuda"),
     (["--set", "data.image_size=64"], "prepared at 32 px"),
+    (["--set", "model.encoder=vit_tiny_patch16_22"], "closest: vit_tiny_patch16_224"),
+    (["--set", "model.text_encoder=/nonexistent/bert"], "cannot load text encoder"),
+    (["--set", "data.image_size=32", "--set", "model.encoder_kwargs={patch_size: 7}"], "not divisible by the patch size 7"),
 ])
 def test_train_user_errors_exit_2_with_one_line(tiny_cache, tmp_path, extra, message):
     args = ["train", "--runs-dir", str(tmp_path), *tiny_args(tiny_cache), *extra]

@@ -378,7 +378,12 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
             shutil.rmtree(run)
         if rank == 0:
             run = new_run_dir(run.name, Path(runs_dir))
-    trainer = Trainer(cfg, run, resume, progress, log=log if rank == 0 else (lambda *_: None))
+    try:
+        trainer = Trainer(cfg, run, resume, progress, log=log if rank == 0 else (lambda *_: None))
+    except BaseException:
+        if rank == 0 and not resume and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # leave no empty run folder behind a run that never started
+        raise
     try:
         if trainer.dist.is_main:
             cfg.dump(run / "config.yaml")
