@@ -56,6 +56,9 @@ def print_report(report: dict) -> None:
     table.add_row("[bold]macro[/bold]", _fmt(m["auc"]), _fmt(m["f1"]), _fmt(m["mcc"]), "", "",
                   _fmt(o["pointing_game"]), _fmt(o["energy_in_mask"]), _fmt(o["dice"]))
     out.print(table)
+    if o.get("energy_uniform") is not None:
+        out.print(f"attention energy in mask {_fmt(o['energy_in_mask'])} (a flat map: {_fmt(o['energy_uniform'])}), "
+                  f"pointing game {_fmt(o['pointing_game'])} over {o['pairs']} positive pairs with a mask")
     out.print(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   (95% bootstrap CI)")
     f = report.get("faithfulness") or {}
     if f.get("pairs"):

@@ -26,7 +26,8 @@ from hegl_cli.errors import UserError
 METRICS: tuple[tuple[str, str], ...] = (
     ("auc", "test macro AUC"), ("f1", "test macro F1"), ("mcc", "test macro MCC"),
     ("energy_in_mask", "attention energy in mask"), ("pointing_game", "pointing game"),
-    ("deletion_auc", "deletion AUC (lower = more faithful)"), ("shortcut_reliance", "shortcut reliance"),
+    ("deletion_auc", "deletion AUC"), ("deletion_gain", "deletion gain over random order"),
+    ("shortcut_reliance", "shortcut reliance"),
     ("auc_noise", "AUC at sigma 0.05"),
 )
 
@@ -91,6 +92,7 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
         "energy_in_mask": report["attention"]["overall"]["energy_in_mask"],
         "pointing_game": report["attention"]["overall"]["pointing_game"],
         "deletion_auc": faith.get("deletion_attention"),
+        "deletion_gain": faith.get("deletion_gain"),
         "shortcut_reliance": (faith.get("shortcut_reliance") or {}).get("mean"),
         "auc_noise": at_sigma["auc"]["mean"] if at_sigma.get("auc") else None,
         "best_epoch": result.best_epoch, "val_auc": result.best_val_auc, "train_seconds": result.seconds,
@@ -166,15 +168,13 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
 def plot_ablation(table: list[dict[str, Any]], path: Path) -> None:
     from hegl_cli.evaluation.plots import plt
 
-    keys = [k for k, _ in METRICS]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(14, 10))
     for ax, (key, label) in zip(axes.ravel(), METRICS):
         means = [e[key][0] if e[key] else np.nan for e in table]
         stds = [e[key][1] if e[key] else 0 for e in table]
         ax.bar(range(len(table)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(table))])
         ax.set_xticks(range(len(table)), [e["cell"] for e in table], rotation=30, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
-    del keys
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,7 +5,7 @@ All functions take maps (N, h, w) that sum to 1 and the masks' patch coverage (N
 
 - pointing game: the map's peak patch overlaps the mask;
 - energy in mask: the share of attention mass inside the mask, ``sum(a * coverage)`` (attention
-  spread uniformly within a patch);
+  spread uniformly within a patch); ``energy_uniform`` is the same for a flat map (chance level);
 - Dice / IoU of the map thresholded at its top ``share`` of patches against the patches the mask
   overlaps.
 """
@@ -67,7 +67,7 @@ def alignment_report(
     grid = attention.shape[-2:]
     rows: list[tuple[int, int]] = [(i, c) for i, c in zip(*np.nonzero((np.nan_to_num(labels) > 0.5) & has_mask))]
     per_class: dict[str, dict[str, list[float]]] = {name: {"pointing_game": [], "energy_in_mask": [], "dice": [],
-                                                           "iou": []} for name in classes}
+                                                           "iou": [], "energy_uniform": []} for name in classes}
     by_image: dict[int, list[int]] = {}
     for i, c in rows:
         by_image.setdefault(int(i), []).append(int(c))
@@ -80,15 +80,18 @@ def alignment_report(
         maps, cov = maps[keep], cov[keep]
         hits, energy = pointing_game(maps, cov), energy_in_mask(maps, cov)
         dice, iou = top_share_overlap(maps, cov, share)
+        chance = uniform_energy_baseline(cov)
         for j, c in enumerate(np.asarray(cs)[keep]):
             d = per_class[classes[c]]
             d["pointing_game"].append(float(hits[j]))
             d["energy_in_mask"].append(float(energy[j]))
             d["dice"].append(float(dice[j]))
             d["iou"].append(float(iou[j]))
+            d["energy_uniform"].append(float(chance[j]))
     summary_per_class = {name: {k: (float(np.mean(v)) if v else None) for k, v in d.items()} | {"pairs": len(d["dice"])}
                          for name, d in per_class.items()}
-    pooled = {k: [x for d in per_class.values() for x in d[k]] for k in ("pointing_game", "energy_in_mask", "dice", "iou")}
+    pooled = {k: [x for d in per_class.values() for x in d[k]]
+              for k in ("pointing_game", "energy_in_mask", "dice", "iou", "energy_uniform")}
     overall = {k: (float(np.mean(v)) if v else None) for k, v in pooled.items()}
     overall["pairs"] = len(pooled["dice"])
     overall["top_share"] = share
