@@ -177,3 +177,11 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write(target, half_then_crash)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    target = tmp_path / "meta.json"
+    atomic_write(target, lambda tmp: tmp.write_text("{}"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
