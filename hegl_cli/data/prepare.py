@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -190,8 +191,6 @@ def build_cache(
     ``before_build(partial_dir)`` may write files (e.g. a generated source) into the partial folder
     before the import; ``sources`` may point inside it.
     """
-    import time
-
     start = time.perf_counter()
     classes = list(classes or FORMATS[fmt]["classes"])
     out = Path(out)

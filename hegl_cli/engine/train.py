@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,9 +365,7 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
     A new run refuses an existing, non-empty folder unless ``force`` (which empties it); ``resume``
     continues the run found there from its last finished epoch.
     """
-    import shutil
-
-    rank = int(__import__("os").environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
     if resume:
         if name is None:
             raise UserError("--resume needs --name of the run to continue")
