@@ -148,12 +148,12 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(tiny_conf
     def poisoned(self, *args, **kwargs):
         terms = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, step 2 (3 steps per epoch)
+        if calls["n"] == 3:  # epoch 2, step 1 (41 training images, batches of 16: 2 steps per epoch)
             terms["dal"] = terms["dal"] * float("nan")
         return terms
 
     monkeypatch.setattr(HybridCriterion, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"non-finite 'dal' loss at epoch 2, step 2"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite 'dal' loss at epoch 2, step 1"):
         engine.train(tiny_config, name="nan", runs_dir=tmp_path, progress=False, log=lambda *_: None)
     meta = json.loads((tmp_path / "nan" / "last.json").read_text())
     assert meta["epoch"] == 1
