@@ -1,6 +1,6 @@
 """`hegl explain`: class probabilities, decisions and attention overlays for any X-ray file.
 
-The image is preprocessed exactly as in training (:func:`hegl_cli.data.images.preprocess_file`),
+The image is preprocessed exactly as in training (:func:`hegl_cli.data.images.preprocess_array`),
 and the model is rebuilt from the checkpoint alone.
 """
 
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hegl_cli.data.images import IMAGE_SUFFIXES, load_image, preprocess_file, square_and_resize  # noqa: E402
+from hegl_cli.data.images import IMAGE_SUFFIXES, load_image, preprocess_array, square_and_resize  # noqa: E402
 from hegl_cli.engine.checkpoint import load_model  # noqa: E402
 from hegl_cli.engine.io import atomic_write_json  # noqa: E402
 from hegl_cli.engine.train import select_device  # noqa: E402
@@ -85,12 +85,13 @@ def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int],
     """Predict one image and write overlays, a grid, predictions.json and the raw maps into ``out_dir``."""
     size = int(meta["image_size"])
     classes = meta["classes"]
-    pixels, _ = preprocess_file(path, size)  # uint8, exactly as the cache stores training images
+    raw = load_image(path)  # decoded once, for the model input and for the display
+    pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
     image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
     probs_t, maps_t = predict_images(model, image, device)
     probs, maps = probs_t[0].numpy(), maps_t[0].numpy()  # (C,), (C, h, w)
     thresholds = np.asarray(meta.get("thresholds", [0.5] * len(classes)))
-    display, _ = square_and_resize(load_image(path), min(DISPLAY_SIZE, max(size, 256)))
+    display, _ = square_and_resize(raw, min(DISPLAY_SIZE, max(size, 256)))
     heat = upsample(maps, display.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     for c in class_idx:

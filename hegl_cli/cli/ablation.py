@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, out
+from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, out, resolve_config
 
 
 @handles_errors
@@ -24,9 +24,8 @@ def ablation(
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
-    from hegl_cli.cli.common import resolve_config
     from hegl_cli.errors import UserError
-    from hegl_cli.evaluation.ablation import METRICS, _pm, parse_grid, run_ablation
+    from hegl_cli.evaluation.ablation import METRICS, format_mean_std, parse_grid, run_ablation
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
@@ -39,6 +38,6 @@ def ablation(
     for _, label in METRICS:
         view.add_column(label, justify="right")
     for e in table:
-        view.add_row(e["label"], *[_pm(e[k]) for k, _ in METRICS])
+        view.add_row(e["label"], *[format_mean_std(e[k]) for k, _ in METRICS])
     out.print(view)
     info(f"wrote {target / 'results.csv'}, results.md and results.png")

@@ -133,7 +133,12 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
+def preprocess_array(img: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
+    """A loaded (H, W) [0, 1] image -> uint8 (size, size) exactly as the cache stores it."""
+    square, geometry = square_and_resize(img, size)
+    return to_uint8(square), geometry
+
+
 def preprocess_file(path: Path | str, size: int) -> tuple[np.ndarray, Geometry]:
     """Load and preprocess one image exactly as the cache stores it: uint8 (size, size)."""
-    img, geometry = square_and_resize(load_image(path), size)
-    return to_uint8(img), geometry
+    return preprocess_array(load_image(path), size)

@@ -142,7 +142,7 @@ def aggregate(rows: list[dict[str, Any]], cells: list[CellSpec]) -> list[dict[st
     return table
 
 
-def _pm(value: tuple[float, float] | None) -> str:
+def format_mean_std(value: tuple[float, float] | None) -> str:
     return "-" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
@@ -159,7 +159,7 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
     header = "| cell | seeds | " + " | ".join(label for _, label in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 2)]
     for e in table:
-        lines.append(f"| {e['label']} | {e['seeds']} | " + " | ".join(_pm(e[k]) for k, _ in METRICS) + " |")
+        lines.append(f"| {e['label']} | {e['seeds']} | " + " | ".join(format_mean_std(e[k]) for k, _ in METRICS) + " |")
     cell_minutes = sum(r.get("wall_seconds", r.get("train_seconds", 0.0)) for r in rows) / 60
     note = (f"\nMean ± std over seeds; test split; AUC under Gaussian noise at sigma {sigma}. "
             f"Time of all {len(rows)} runs (train + evaluate + noise): {cell_minutes:.1f} min; "

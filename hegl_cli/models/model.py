@@ -16,9 +16,10 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 class ClassHeads(nn.Module):
     """One linear classifier per class query (Query2Label's group-wise linear): (B, C, D) -> (B, C, 1).
 
-    KAD shares one classifier across the queries (``model.head: shared``); a head per class learns
-    much faster from scratch, because the decoded queries start out as near-identical averages of the
-    image tokens and a shared head can only tell the classes apart through them.
+    KAD shares one classifier across the queries (``model.head: shared``, the default). The decoded
+    queries start out as near-identical averages of the image tokens, so a shared head can tell the
+    classes apart only through them; a head per class picked up a simple cue several times faster in
+    a small CNN, but did not help the demo ViT (see README, "Method and assumptions").
     """
 
     def __init__(self, num_classes: int, dim: int):
