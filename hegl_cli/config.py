@@ -1,26 +1,40 @@
 """Typed configuration: the public schema users write in YAML.
 
-Precedence (lowest to highest): the packaged ``default.yaml`` < ``--config FILE`` <
-``--set section.key=value`` (repeatable) < dedicated CLI flags (``--alpha``, ``--epochs``, ...).
+Precedence (lowest to highest): the packaged ``default.yaml`` (or, for a run being resumed or
+evaluated, the run's own ``config.yaml``) < ``--config FILE`` < ``--set section.key=value``
+(repeatable) < dedicated CLI flags (``--alpha``, ``--epochs``, ...).
 
-Every key is validated: an unknown key names itself and the closest valid key; a value of the
-wrong type names the key, the expected type and the value.
+Every key is validated from its declared type: an unknown key names itself and the closest valid
+key; a value of the wrong type names the key, the expected type and the value; ``Literal`` fields
+take one of their values; numbers must be finite and inside the field's declared range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from hegl_cli.errors import UserError
+
+MAX_IMAGE_SIZE = 2048
+
+
+def opt(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with a declared range (checked whenever the key is set)."""
+    bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"bounds": bounds})
+    return field(default=default, metadata={"bounds": bounds})
 
 
 @dataclass
@@ -28,18 +42,20 @@ class DataConfig:
     """Where the prepared cache lives and how it is split."""
 
     path: str = "data/synthetic"
-    image_size: int = 128
-    val_fraction: float = 0.15
-    seed: int = 0
-    mask_source: str = "polygon"  # polygon | box (polygons fall back to boxes when absent)
+    image_size: int = opt(128, ge=8, le=MAX_IMAGE_SIZE)
+    val_fraction: float = opt(0.15, ge=0.0, lt=1.0)
+    seed: int = opt(0, ge=0)
+    mask_source: Literal["polygon", "box"] = "polygon"  # polygons fall back to boxes when absent
+    # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
+    max_pixels: int = opt(64_000_000, ge=1)
     # Built-in synthetic dataset (used by `hegl prepare` with no --source).
-    synthetic_train: int = 900
-    synthetic_test: int = 300
-    synthetic_source_size: int = 256
-    cue_strength: float = 0.9
-    # Training-time augmentation: none | background_swap (annotated regions pasted onto a random
-    # finding-free image, so anything outside the masks, a shortcut too, is independent of the labels).
-    augment: str = "none"
+    synthetic_train: int = opt(900, ge=8)
+    synthetic_test: int = opt(300, ge=1)
+    synthetic_source_size: int = opt(256, ge=32, le=4096)
+    cue_strength: float = opt(0.9, ge=0.0, le=1.0)
+    # Training-time augmentation: background_swap pastes annotated regions onto a random
+    # finding-free image, so anything outside the masks (a shortcut too) is independent of the labels.
+    augment: Literal["none", "background_swap"] = "none"
 
 
 @dataclass
@@ -48,67 +64,69 @@ class ModelConfig:
 
     encoder: str = "vit_tiny_patch16_224"
     pretrained: Union[bool, str] = False  # false | true (hub) | path/to/weights.safetensors
-    in_chans: int = 1
-    encoder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
+    in_chans: int = opt(1, ge=1, le=4)
+    # Passed to timm.create_model. They belong to `encoder`: a config layer that changes the
+    # encoder without giving encoder_kwargs of its own starts from {} (see load_config).
+    encoder_kwargs: dict = field(default_factory=dict)
     text_encoder: str = "builtin:minilm"  # builtin:minilm | hub id | local folder | none
-    text_pooling: str = "mean"  # mean | cls
+    text_pooling: Literal["mean", "cls"] = "mean"
     prompts: dict = field(default_factory=dict)  # class name -> description used as the prompt
-    decoder_dim: int = 256
-    decoder_layers: int = 4
-    decoder_heads: int = 4
-    decoder_ffn: int = 1024
-    dropout: float = 0.1
-    head: str = "shared"  # shared (KAD: one linear for all class queries) | per_class (one each)
+    decoder_dim: int = opt(256, ge=1)
+    decoder_layers: int = opt(4, ge=1)
+    decoder_heads: int = opt(4, ge=1)
+    decoder_ffn: int = opt(1024, ge=1)
+    dropout: float = opt(0.1, ge=0.0, lt=1.0)
+    head: Literal["shared", "per_class"] = "shared"  # KAD: one linear for all class queries
 
 
 @dataclass
 class LossConfig:
     """L = CE + alpha * HA + beta * DAL (+ rrr_weight * RRR)."""
 
-    alpha: float = 1.0
-    beta: float = 1.0
-    dice_k: float = 1.0  # penalized Dice penalty k (assumption: see README)
-    ha_type: str = "penalized_dice"  # penalized_dice | dice | l1 | bce
-    ha_norm: str = "max"  # max | minmax: how a map is scaled to [0, 1] before alignment
-    ha_layers: str = "last"  # last | all decoder layers' cross-attention
-    dal_pairs: str = "all"  # all | positive (pairs with at least one positive class)
-    dal_max_classes: int = 0  # sample this many classes per step for DAL (0 = all)
-    rrr_weight: float = 0.0  # input-gradient penalty outside the mask (Ross et al. 2017)
-    weighting: str = "fixed"  # fixed | warmup | uncertainty
-    weighting_warmup_epochs: int = 5
+    alpha: float = opt(1.0, ge=0.0)
+    beta: float = opt(1.0, ge=0.0)
+    dice_k: float = opt(1.0, ge=0.0)  # penalized Dice penalty k (assumption: see README)
+    ha_type: Literal["penalized_dice", "dice", "l1", "bce"] = "penalized_dice"
+    ha_norm: Literal["max", "minmax"] = "max"  # how a map is scaled to [0, 1] before alignment
+    ha_layers: Literal["last", "all"] = "last"  # which decoder layers' cross-attention is aligned
+    dal_pairs: Literal["all", "positive"] = "all"  # positive: pairs with at least one positive class
+    dal_max_classes: int = opt(0, ge=0)  # sample this many classes per step for DAL (0 = all)
+    rrr_weight: float = opt(0.0, ge=0.0)  # input-gradient penalty outside the mask (Ross et al. 2017)
+    weighting: Literal["fixed", "warmup", "uncertainty"] = "fixed"
+    weighting_warmup_epochs: int = opt(5, ge=0)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and run control."""
 
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 2
-    grad_clip: float = 1.0
-    patience: int = 8
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
-    workers: int = 0
+    epochs: int = opt(30, ge=1)
+    batch_size: int = opt(32, ge=1)
+    lr: float = opt(3e-4, gt=0.0)
+    weight_decay: float = opt(0.05, ge=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = opt(2, ge=0)
+    grad_clip: float = opt(1.0, ge=0.0)  # 0 = no clipping
+    patience: int = opt(8, ge=0)  # 0 = no early stopping
+    seed: int = opt(0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    workers: int = opt(0, ge=0)
     deterministic: bool = False
     amp: bool = True  # bf16 autocast on CUDA
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation, faithfulness and robustness settings."""
+    """Evaluation, faithfulness and robustness (``hegl evaluate/robustness/explain --set eval.KEY=V``)."""
 
-    threshold_metric: str = "mcc"  # mcc | f1: how thresholds are chosen on validation
-    bootstrap: int = 200
-    top_share: float = 0.2  # share of patches kept when a map is thresholded for Dice/IoU
-    faithfulness_images: int = 48
-    faithfulness_steps: int = 8
-    robustness_draws: int = 3
-    sigmas: list = field(default_factory=lambda: [0.05])
-    batch_size: int = 64
+    threshold_metric: Literal["mcc", "f1"] = "mcc"  # how thresholds are chosen on validation
+    bootstrap: int = opt(200, ge=0)
+    top_share: float = opt(0.2, gt=0.0, le=1.0)  # share of patches kept when a map is thresholded
+    faithfulness_images: int = opt(48, ge=0)
+    faithfulness_steps: int = opt(8, ge=1)
+    robustness_draws: int = opt(3, ge=1)  # `hegl robustness` default for --draws
+    sigmas: list[float] = opt(ge=0.0, le=1.0, factory=lambda: [0.05])  # `hegl robustness` default for --sigma
+    batch_size: int = opt(64, ge=1)
 
 
 @dataclass
@@ -128,34 +146,31 @@ class Config:
         """Write the resolved config as YAML."""
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.mask_source": ("polygon", "box"),
-    "data.augment": ("none", "background_swap"),
-    "model.text_pooling": ("mean", "cls"),
-    "model.head": ("per_class", "shared"),
-    "loss.ha_type": ("penalized_dice", "dice", "l1", "bce"),
-    "loss.ha_norm": ("max", "minmax"),
-    "loss.ha_layers": ("last", "all"),
-    "loss.dal_pairs": ("all", "positive"),
-    "loss.weighting": ("fixed", "warmup", "uncertainty"),
-    "train.schedule": ("cosine", "constant"),
-    "train.device": ("auto", "cpu", "cuda", "mps"),
-    "eval.threshold_metric": ("mcc", "f1"),
-}
+    def check(self) -> None:
+        """Checks that involve more than one key (one-key ranges are checked when a key is set)."""
+        if self.model.decoder_dim % self.model.decoder_heads:
+            raise UserError(f"config key 'model.decoder_heads' ({self.model.decoder_heads}) must divide "
+                            f"model.decoder_dim ({self.model.decoder_dim})")
+        if self.loss.dal_max_classes == 1:
+            raise UserError("config key 'loss.dal_max_classes' must be 0 (all classes) or at least 2, got 1")
 
 
 def _sections() -> dict[str, type]:
-    return {f.name: f.type if isinstance(f.type, type) else _resolve(f.type) for f in dataclasses.fields(Config)}
-
-
-def _resolve(name: str) -> type:
-    return {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "LossConfig": LossConfig,
-            "TrainConfig": TrainConfig, "EvalConfig": EvalConfig}[name]
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
 def _field_types(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
+
+
+def _field_bounds(section_cls: type) -> dict[str, dict[str, float]]:
+    return {f.name: dict(f.metadata.get("bounds", {})) for f in dataclasses.fields(section_cls)}
+
+
+def all_keys() -> list[str]:
+    """Every valid ``section.key``."""
+    return [f"{s}.{k}" for s, cls in _sections().items() for k in _field_types(cls)]
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -164,52 +179,77 @@ def _closest(name: str, options: list[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (Union, types.UnionType):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotated type ``tp``; return it (ints widen to float)."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
+def _coerce(key: str, value: Any, tp: Any, bounds: dict[str, float] | None = None) -> Any:
+    """Check ``value`` against the annotated type ``tp`` and its bounds; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _coerce(key, value, option)
+                return _coerce(key, value, option, bounds)
             except UserError:
                 continue
         raise _type_error(key, tp, value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if origin is Literal:
+        choices = [str(c) for c in typing.get_args(tp)]
+        if value not in choices:
+            raise UserError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}"
+                            f"{_closest(str(value), choices)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(key, tp, value)
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(key, item, item_type, bounds) for item in value]
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _in_bounds(key, float(value), bounds)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _in_bounds(key, value, bounds)
     if tp is bool and isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}; got {value!r}"
-                            f"{_closest(value, list(CHOICES[key]))}")
         return value
-    if tp is list and isinstance(value, list):
-        return value
-    if tp is dict and isinstance(value, dict):
+    if tp in (list, dict) and isinstance(value, tp):
         return value
     raise _type_error(key, tp, value)
+
+
+_COMPARE = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+            "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _in_bounds(key: str, value: float, bounds: dict[str, float] | None) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}' must be a finite number, got {value}")
+    for name, bound in (bounds or {}).items():
+        sign, ok = _COMPARE[name]
+        if not ok(value, bound):
+            raise UserError(f"config key '{key}' must be {sign} {bound:g}, got {value!r}")
+    return value
 
 
 def _type_error(key: str, tp: Any, value: Any) -> UserError:
     return UserError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
 
 
-def apply_mapping(cfg: Config, mapping: dict[str, Any], source: str) -> None:
-    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg`` with validation."""
+def apply_mapping(cfg: Config, mapping: dict[str, Any], source: str) -> set[str]:
+    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg`` with validation; returns the keys set."""
     if not isinstance(mapping, dict):
         raise UserError(f"{source}: expected a mapping of sections, got {type(mapping).__name__}")
     sections = _sections()
+    touched: set[str] = set()
     for section, values in mapping.items():
         if section not in sections:
             raise UserError(f"{source}: unknown config section '{section}'{_closest(str(section), list(sections))}")
@@ -219,12 +259,14 @@ def apply_mapping(cfg: Config, mapping: dict[str, Any], source: str) -> None:
             raise UserError(f"{source}: section '{section}' must be a mapping")
         for key, value in values.items():
             set_value(cfg, f"{section}.{key}", value, source=source)
+            touched.add(f"{section}.{key}")
+    return touched
 
 
 def set_value(cfg: Config, dotted: str, value: Any, source: str = "--set") -> None:
-    """Set ``section.key`` to ``value`` after checking the key and the value's type."""
+    """Set ``section.key`` to ``value`` after checking the key, the value's type and its range."""
     sections = _sections()
-    if "." not in dotted:
+    if "." not in str(dotted):
         raise UserError(f"{source}: config key '{dotted}' must look like section.key")
     section, key = dotted.split(".", 1)
     if section not in sections:
@@ -233,7 +275,13 @@ def set_value(cfg: Config, dotted: str, value: Any, source: str = "--set") -> No
     if key not in types_:
         valid = [f"{section}.{k}" for k in types_]
         raise UserError(f"{source}: unknown config key '{dotted}'{_closest(dotted, valid)}")
-    setattr(getattr(cfg, section), key, _coerce(dotted, value, types_[key]))
+    bounds = _field_bounds(sections[section]).get(key)
+    setattr(getattr(cfg, section), key, _coerce(dotted, value, types_[key], bounds))
+
+
+def get_value(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), key)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -247,17 +295,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = raw
     if value is None:
         value = raw
-    return key.strip(), value
+    return key.strip(), _keep_text_for_strings(key.strip(), value, raw)
 
 
-def _coerce_override(cfg: Config, key: str, value: Any, raw: str) -> Any:
+def _keep_text_for_strings(key: str, value: Any, raw: str) -> Any:
     """A ``--set`` value for a string field keeps the user's text (``--set data.path=2024``)."""
     section, _, name = key.partition(".")
     sections = _sections()
-    if section in sections:
-        tp = _field_types(sections[section]).get(name)
-        if tp is str and not isinstance(value, str):
-            return raw
+    if section in sections and _field_types(sections[section]).get(name) is str and not isinstance(value, str):
+        return raw
     return value
 
 
@@ -271,41 +317,91 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"config file not found: {path}")
     try:
         return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def config_layers(
+    config_file: Path | str | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The user's layers above the base, lowest first, as ``(source, {section.key: value})``."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.exists() and packaged_config(str(config_file)).is_file():
+            path = packaged_config(str(config_file))
+        mapping = read_yaml(path)
+        if not isinstance(mapping, dict):
+            raise UserError(f"{config_file}: expected a mapping of sections, got {type(mapping).__name__}")
+        flat: dict[str, Any] = {}
+        for section, values in mapping.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise UserError(f"{config_file}: section '{section}' must be a mapping")
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        layers.append((str(config_file), flat))
+    if overrides:
+        layers.append(("--set", dict(parse_override(text) for text in overrides)))
+    if flags:
+        layers.append(("option", {k: v for k, v in flags.items() if v is not None}))
+    return layers
+
+
+def apply_layer(cfg: Config, source: str, values: dict[str, Any]) -> None:
+    """Set every key of one layer; encoder options given for another encoder are dropped."""
+    encoder_before = cfg.model.encoder
+    for key, value in values.items():
+        set_value(cfg, key, value, source=source)
+    if cfg.model.encoder != encoder_before and "model.encoder_kwargs" not in values:
+        cfg.model.encoder_kwargs = {}
+
+
+def apply_eval_layers(cfg: Config, layers: list[tuple[str, dict[str, Any]]], command: str) -> None:
+    """Apply ``--config/--set`` layers to a trained run's config; only ``eval.*`` keys may change."""
+    for source, values in layers:
+        other = [k for k in values if not str(k).startswith("eval.")]
+        if other:
+            raise UserError(f"{source}: {command} can only set eval.* keys of a trained run, not {other[0]} "
+                            "(the rest is the run's config.yaml)")
+        apply_layer(cfg, source, values)
 
 
 def load_config(
     config_file: Path | str | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    base: Path | None = None,
 ) -> Config:
-    """Resolve the configuration: default < file < ``--set`` overrides < dedicated flags.
+    """Resolve the configuration: base < file < ``--set`` overrides < dedicated flags.
 
     Args:
         config_file: a YAML file, or a packaged name such as ``paper.yaml``.
         overrides: ``section.key=value`` strings.
         flags: ``{"section.key": value}`` from dedicated CLI flags; ``None`` values are skipped.
+        base: a complete config YAML (a run's ``config.yaml``) used instead of the packaged default.
     """
     cfg = Config()
-    apply_mapping(cfg, read_yaml(packaged_config("default.yaml")), "default.yaml")
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.exists() and packaged_config(str(config_file)).is_file():
-            path = packaged_config(str(config_file))
-        apply_mapping(cfg, read_yaml(path), str(config_file))
-    for text in overrides or []:
-        key, value = parse_override(text)
-        raw = text.split("=", 1)[1]
-        set_value(cfg, key, _coerce_override(cfg, key, value, raw))
-    for key, value in (flags or {}).items():
-        if value is not None:
-            set_value(cfg, key, value, source="option")
+    if base is None:
+        apply_mapping(cfg, read_yaml(packaged_config("default.yaml")), "default.yaml")
+    else:
+        apply_mapping(cfg, read_yaml(Path(base)), str(base))
+    for source, values in config_layers(config_file, overrides, flags):
+        apply_layer(cfg, source, values)
+    cfg.check()
     return cfg
 
 
-def config_from_dict(mapping: dict[str, Any]) -> Config:
+def config_from_dict(mapping: dict[str, Any], source: str = "checkpoint config") -> Config:
     """Rebuild a config stored with a checkpoint (no defaults file involved)."""
     cfg = Config()
-    apply_mapping(cfg, mapping, "checkpoint config")
+    apply_mapping(cfg, mapping, source)
     return cfg
+
+
+def changed_keys(before: Config, after: Config) -> list[str]:
+    """The ``section.key``s whose values differ between two configs."""
+    a, b = before.to_dict(), after.to_dict()
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]

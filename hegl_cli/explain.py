@@ -19,11 +19,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from hegl_cli.data.images import IMAGE_SUFFIXES, load_image, preprocess_array, square_and_resize  # noqa: E402
-from hegl_cli.engine.checkpoint import load_model  # noqa: E402
 from hegl_cli.engine.io import atomic_write_json  # noqa: E402
-from hegl_cli.engine.train import select_device  # noqa: E402
+from hegl_cli.engine.predict import predict_images  # noqa: E402
+from hegl_cli.engine.runs import load_run  # noqa: E402
 from hegl_cli.errors import UserError  # noqa: E402
-from hegl_cli.evaluation.predict import predict_images  # noqa: E402
 
 DISPLAY_SIZE = 512
 
@@ -36,20 +35,41 @@ class Explanation:
     decisions: dict[str, bool]
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted). Missing paths are errors."""
+@dataclass
+class ExplainResult:
+    """What ``explain`` did: one :class:`Explanation` per readable image, one line per failure."""
+
+    explained: list[Explanation]
+    failed: list[str]
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given and folders expanded to their image files (sorted); missing paths are reported."""
     files: list[Path] = []
+    failed: list[str] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise UserError(f"no images (.png, .jpg, .dcm, ...) in folder {path}")
+                failed.append(f"no images (.png, .jpg, .dcm, ...) in folder {path}")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise UserError(f"image not found: {path}")
-    return files
+            failed.append(f"image not found: {path}")
+    return list(dict.fromkeys(files)), failed
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A distinct output folder name per file: the stem, then stem_suffix, then a counter."""
+    stems = [f.stem for f in files]
+    names = [f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
 
 
 def select_classes(all_classes: list[str], wanted: list[str] | None) -> list[int]:
@@ -105,7 +125,8 @@ def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int],
     np.save(out_dir / "attention_patch.npy", maps.astype(np.float32))
     np.save(out_dir / "attention_image.npy", upsample(maps, size).astype(np.float32))
     record = {
-        "image": str(path), "model_input_size": size, "grid": list(maps.shape[-2:]), "checkpoint": meta.get("epoch"),
+        "image": str(path), "model_input_size": size, "grid": list(maps.shape[-2:]),
+        "checkpoint": meta.get("which", "best"), "epoch": meta.get("epoch"),
         "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
                                  "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
     }
@@ -138,15 +159,25 @@ def _slug(name: str) -> str:
 
 
 def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[str] | None = None,
-            out: Path | None = None, device: str = "auto") -> list[Explanation]:
-    """Explain every image in ``inputs``; output per image in ``out/<stem>`` (or ``RUN/explain/<stem>``)."""
-    files = collect_images(inputs)
-    dev = select_device(device)
-    model, meta, _ = load_model(run, which, dev)
-    class_idx = select_classes(meta["classes"], classes)
+            out: Path | None = None, device: str = "auto", log=lambda *_: None,
+            eval_layers: list | None = None) -> ExplainResult:
+    """Explain every readable image in ``inputs``; an unreadable one is reported and skipped.
+
+    Output per image in ``out/<name>`` (or ``RUN/explain/<name>``), ``<name>`` distinct per file;
+    a single file with ``out`` writes into ``out`` itself.
+    """
+    files, failed = collect_images(inputs)
+    loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain")
+    meta = {**loaded.meta, "which": which, "thresholds": loaded.thresholds.tolist()}
+    class_idx = select_classes(loaded.classes, classes)
     base = out or run / "explain"
+    single = len(files) == 1 and len(inputs) == 1 and out is not None and not inputs[0].is_dir()
     results = []
-    for path in files:
-        target = base / path.stem if (len(files) > 1 or out is None) else base
-        results.append(explain_image(model, meta, path, class_idx, target, dev))
-    return results
+    for path, name in zip(files, output_names(files)):
+        target = base if single else base / name
+        try:
+            results.append(explain_image(loaded.model, meta, path, class_idx, target, loaded.device))
+        except UserError as exc:
+            failed.append(str(exc))
+            log(f"skipped: {exc}")
+    return ExplainResult(results, failed)

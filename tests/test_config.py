@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -98,3 +99,54 @@ def test_set_keeps_string_values_and_parses_lists():
 def test_malformed_set():
     result = show("--set", "train.lr")
     assert result.exit_code == 2 and "section.key=value" in result.output
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss.alpha=-1", "'loss.alpha' must be >= 0"),
+    ("loss.alpha=nan", "'loss.alpha' must be a finite number"),
+    ("loss.beta=.inf", "'loss.beta' must be a finite number"),
+    ("train.epochs=0", "'train.epochs' must be >= 1"),
+    ("train.batch_size=0", "'train.batch_size' must be >= 1"),
+    ("train.lr=-1", "'train.lr' must be > 0"),
+    ("train.lr=0", "'train.lr' must be > 0"),
+    ("data.image_size=100000", "'data.image_size' must be <= 2048"),
+    ("data.val_fraction=1", "'data.val_fraction' must be < 1"),
+    ("model.dropout=1.5", "'model.dropout' must be < 1"),
+    ("eval.sigmas=[0.1, -0.2]", "'eval.sigmas' must be >= 0"),
+    ("eval.sigmas=0.1", "expects a list of float"),
+    ("eval.top_share=0", "'eval.top_share' must be > 0"),
+    ("model.decoder_heads=3", "'model.decoder_heads' (3) must divide model.decoder_dim (256)"),
+    ("loss.dal_max_classes=1", "at least 2"),
+    ("train.device=tpu", "must be one of auto, cpu, cuda, mps"),
+])
+def test_ranges_are_validated_for_every_key(override, message):
+    result = show("--set", override)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_every_choice_comes_from_the_type():
+    """A Literal field rejects what it does not list, whatever the key (no side table to forget)."""
+    import typing
+
+    from hegl_cli.config import Config, _field_types, _sections
+
+    literal_keys = [f"{s}.{k}" for s, cls in _sections().items() for k, tp in _field_types(cls).items()
+                    if typing.get_origin(tp) is typing.Literal]
+    assert len(literal_keys) >= 12
+    for key in literal_keys:
+        result = show("--set", f"{key}=not-a-choice")
+        assert result.exit_code == 2 and "must be one of" in result.output, key
+    assert Config().eval.threshold_metric == "mcc"
+
+
+def test_encoder_options_follow_their_encoder(tmp_path):
+    """default.yaml's ViT depth must not reach a CNN, nor paper.yaml's ViT-B/16."""
+    assert load_config().model.encoder_kwargs == {"depth": 6}
+    assert load_config(None, ["model.encoder=resnet18"]).model.encoder_kwargs == {}
+    assert load_config("paper.yaml").model.encoder_kwargs == {}
+    both = load_config(None, ["model.encoder=resnet18", "model.encoder_kwargs={drop_rate: 0.1}"])
+    assert both.model.encoder_kwargs == {"drop_rate": 0.1}
+    same = load_config(None, ["model.encoder=vit_tiny_patch16_224"])
+    assert same.model.encoder_kwargs == {"depth": 6}

@@ -62,7 +62,7 @@ def test_robustness_one_and_two_runs(trained_run, tmp_path):
 
 
 def test_robustness_plot_has_one_line_per_run(tmp_path):
-    from hegl_cli.evaluation.plots import plot_robustness, plt
+    from hegl_cli.plots import plot_robustness, plt
 
     stats = {"mean": 0.8, "std": 0.0, "min": 0.8, "max": 0.8}
     records = [{"run": run, "sigma": s, **{k: stats for k in ("auc", "f1", "mcc", "energy_in_mask")}}

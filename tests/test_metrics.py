@@ -8,12 +8,7 @@ from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
 
 from hegl_cli.evaluation.attention import alignment_report, energy_in_mask, pointing_game, top_share_overlap
 from hegl_cli.evaluation.faithfulness import curve_area, shortcut_reliance
-from hegl_cli.evaluation.metrics import (
-    _fast_f1_mcc,
-    bootstrap_macro,
-    choose_thresholds,
-    summarize,
-)
+from hegl_cli.metrics import bootstrap_macro, choose_thresholds, macro_scores, summarize
 
 
 @pytest.fixture()
@@ -34,8 +29,23 @@ def test_summary_matches_sklearn(arrays):
         assert s["per_class"][name]["f1"] == pytest.approx(f1_score(labels[:, c], pred))
         assert s["per_class"][name]["mcc"] == pytest.approx(matthews_corrcoef(labels[:, c], pred))
     assert s["macro"]["auc"] == pytest.approx(np.mean([roc_auc_score(labels[:, c], probs[:, c]) for c in range(3)]))
-    f1, mcc = _fast_f1_mcc(probs, labels, thresholds)
-    assert f1 == pytest.approx(s["macro"]["f1"]) and mcc == pytest.approx(s["macro"]["mcc"])
+    fast = macro_scores(probs, labels, thresholds)
+    assert fast["f1"] == pytest.approx(s["macro"]["f1"]) and fast["mcc"] == pytest.approx(s["macro"]["mcc"])
+
+
+def test_one_macro_rule_for_auc_f1_and_mcc(arrays):
+    """A class without positives in the split is left out of macro F1 exactly as of macro AUC/MCC."""
+    probs, labels = arrays
+    labels = labels.copy()
+    labels[:, 2] = 0.0  # class c has no positive here
+    thresholds = np.array([0.4, 0.5, 0.6])
+    s = summarize(probs, labels, thresholds, ["a", "b", "c"])
+    assert s["per_class"]["c"]["f1"] is None and s["per_class"]["c"]["auc"] is None
+    assert s["macro"]["classes"] == ["a", "b"]
+    expected_f1 = np.mean([f1_score(labels[:, c], probs[:, c] >= thresholds[c]) for c in range(2)])
+    assert s["macro"]["f1"] == pytest.approx(expected_f1)
+    assert macro_scores(probs, labels, thresholds)["f1"] == pytest.approx(expected_f1)
+    assert "both a positive and a negative" in s["macro_rule"]
 
 
 def test_nan_labels_are_left_out(arrays):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, out, resolve_config
+from hegl_cli.cli.common import ConfigOpt, SetOpt, State, cell, handles_errors, info, out, resolve_config
 
 
 @handles_errors
@@ -24,20 +24,23 @@ def ablation(
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
+    from hegl_cli.ablation import METRICS, format_mean_std, parse_grid, run_ablation
+    from hegl_cli.engine.runs import validate_run_name
     from hegl_cli.errors import UserError
-    from hegl_cli.evaluation.ablation import METRICS, format_mean_std, parse_grid, run_ablation
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
+    if not 0 <= sigma <= 1:  # also false for NaN
+        raise UserError(f"--sigma must be a number in [0, 1], got {sigma}")
     cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
     cells = parse_grid(grid)
-    target = out_root / name
+    target = out_root / validate_run_name(name)
     table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
     view = Table(title=f"ablation {name} (mean ± std over {seeds} seed(s), test split)")
     view.add_column("cell")
     for _, label in METRICS:
         view.add_column(label, justify="right")
     for e in table:
-        view.add_row(e["label"], *[format_mean_std(e[k]) for k, _ in METRICS])
+        view.add_row(cell(e["label"]), *[format_mean_std(e[k]) for k, _ in METRICS])
     out.print(view)
     info(f"wrote {target / 'results.csv'}, results.md and results.png")

@@ -11,8 +11,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from hegl_cli.config import Config, load_config
+from hegl_cli.config import Config, config_layers, load_config
 from hegl_cli.errors import TrainingDiverged, UserError
 
 console = Console(stderr=True, highlight=False)
@@ -45,7 +46,7 @@ def handles_errors(func: F) -> F:
             _report(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            console.print("[red]error:[/red] interrupted")
+            error_line("interrupted")
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             _report(exc, unexpected=True)
@@ -61,13 +62,28 @@ def _report(exc: BaseException, unexpected: bool = False) -> None:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if unexpected:
         message = f"{type(exc).__name__}: {message} (run with --verbose for the traceback)"
-    console.print(f"[red]{prefix}:[/red] {message}", markup=True, soft_wrap=True)
+    error_line(message, prefix)
 
 
-def info(message: str) -> None:
-    """A progress or result line, hidden by --quiet."""
+def error_line(message: str, prefix: str = "error") -> None:
+    """One line on stderr; the message is printed literally (file names may contain '[...]')."""
+    console.print(Text.assemble((f"{prefix}: ", "red"), message), soft_wrap=True)
+
+
+def info(message: str, style: str | None = None) -> None:
+    """A progress or result line, hidden by --quiet; printed literally, never as markup."""
     if not State.quiet:
-        console.print(message, soft_wrap=True)
+        console.print(Text(message, style=style or ""), soft_wrap=True)
+
+
+def result_line(message: str) -> None:
+    """A result on stdout (kept by --quiet), printed literally."""
+    out.print(Text(message), soft_wrap=True)
+
+
+def cell(value: object) -> Text:
+    """A table cell shown exactly as given (rich would read '[...]' in a file name as markup)."""
+    return Text(str(value))
 
 
 ConfigOpt = Annotated[
@@ -80,10 +96,15 @@ SetOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 
-def resolve_config(config: str | None, overrides: list[str] | None, **flags: Any) -> Config:
-    """Default < --config < --set < dedicated flags (given as section__key=value)."""
+def resolve_config(config: str | None, overrides: list[str] | None, base: Path | None = None, **flags: Any) -> Config:
+    """Default (or ``base``, a run's config.yaml) < --config < --set < dedicated flags (section__key=value)."""
     dotted = {key.replace("__", "."): value for key, value in flags.items()}
-    return load_config(config, overrides or [], dotted)
+    return load_config(config, overrides or [], dotted, base=base)
+
+
+def eval_layers(config: str | None, overrides: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+    """The --config/--set layers of evaluate/robustness/explain (checked against eval.* later)."""
+    return config_layers(config, overrides or [])
 
 
 def existing_path(path: Path, what: str) -> Path:

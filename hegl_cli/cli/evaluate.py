@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from hegl_cli.cli.common import handles_errors, info, out
+from hegl_cli.cli.common import ConfigOpt, SetOpt, cell, eval_layers, handles_errors, info, out, result_line
 
 
 def _fmt(value) -> str:
@@ -25,8 +26,13 @@ def evaluate(
     faithfulness: Annotated[bool, typer.Option(help="Deletion/insertion curves and shortcut reliance.")] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
 ) -> None:
-    """Per-class and macro AUC/F1/MCC (95% bootstrap CI), attention alignment, faithfulness."""
+    """Per-class and macro AUC/F1/MCC (95% bootstrap CI), attention alignment, faithfulness.
+
+    --config/--set may change eval.* keys (bootstrap, top_share, faithfulness_images, ...).
+    """
     from hegl_cli.engine.runs import resolve_run
     from hegl_cli.errors import UserError
     from hegl_cli.evaluation.evaluate import evaluate_run
@@ -34,38 +40,41 @@ def evaluate(
     if threshold_metric not in (None, "mcc", "f1"):
         raise UserError(f"--threshold-metric must be mcc or f1, got {threshold_metric!r}")
     folder = resolve_run(run, runs_dir)
-    report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device)
+    report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
+                          eval_layers(config, overrides))
     print_report(report)
     info(f"wrote {folder / 'eval' / (split + '.json')} and {split}.csv")
 
 
 def print_report(report: dict) -> None:
-    table = Table(title=f"{report['run']} · {report['split']} ({report['images']} images) · {report['checkpoint']}")
+    title = f"{report['run']} · {report['split']} ({report['images']} images) · {report['checkpoint']}"
+    table = Table(title=Text(title))
     for col in ("class", "AUC", "F1", "MCC", "thr", "pos", "pointing", "energy", "Dice"):
         table.add_column(col, justify="right" if col != "class" else "left")
     att = report["attention"]["per_class"]
     for name, row in report["per_class"].items():
         a = att.get(name, {})
-        table.add_row(name, _fmt(row["auc"]), _fmt(row["f1"]), _fmt(row["mcc"]), _fmt(row["threshold"]),
+        table.add_row(cell(name), _fmt(row["auc"]), _fmt(row["f1"]), _fmt(row["mcc"]), _fmt(row["threshold"]),
                       str(row["positives"]), _fmt(a.get("pointing_game")), _fmt(a.get("energy_in_mask")), _fmt(a.get("dice")))
     m, ci, o = report["macro"], report["macro_ci95"], report["attention"]["overall"]
 
     def with_ci(key: str) -> str:
         return f"{_fmt(m[key])} [{_fmt(ci[key][0])}, {_fmt(ci[key][1])}]" if ci.get(key) else _fmt(m[key])
 
-    table.add_row("[bold]macro[/bold]", _fmt(m["auc"]), _fmt(m["f1"]), _fmt(m["mcc"]), "", "",
+    table.add_row(Text("macro", style="bold"), _fmt(m["auc"]), _fmt(m["f1"]), _fmt(m["mcc"]), "", "",
                   _fmt(o["pointing_game"]), _fmt(o["energy_in_mask"]), _fmt(o["dice"]))
     out.print(table)
     if o.get("energy_uniform") is not None:
-        out.print(f"attention energy in mask {_fmt(o['energy_in_mask'])} (a flat map: {_fmt(o['energy_uniform'])}), "
-                  f"pointing game {_fmt(o['pointing_game'])} over {o['pairs']} positive pairs with a mask")
-    out.print(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   (95% bootstrap CI)")
+        result_line(f"attention energy in mask {_fmt(o['energy_in_mask'])} (a flat map: {_fmt(o['energy_uniform'])}), "
+                    f"pointing game {_fmt(o['pointing_game'])} over {o['pairs']} positive pairs with a mask")
+    result_line(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   (95% bootstrap CI; "
+                f"over {len(m.get('classes', []))} classes with positives and negatives in the split)")
     f = report.get("faithfulness") or {}
     if f.get("pairs"):
-        out.print(f"faithfulness ({f['pairs']} positive pairs): deletion AUC {f['deletion_attention']:.3f} "
-                  f"(random {f['deletion_random']:.3f}), insertion AUC {f['insertion_attention']:.3f} "
-                  f"(random {f['insertion_random']:.3f})")
+        result_line(f"faithfulness ({f['pairs']} positive pairs): deletion AUC {f['deletion_attention']:.3f} "
+                    f"(random {f['deletion_random']:.3f}), insertion AUC {f['insertion_attention']:.3f} "
+                    f"(random {f['insertion_random']:.3f})")
     if f.get("shortcut_reliance"):
         s = f["shortcut_reliance"]
         per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_class"].items())
-        out.print(f"shortcut reliance: mean |p(x) - p(x without/with cue)| = {s['mean']:.3f}  ({per})")
+        result_line(f"shortcut reliance: mean |p(x) - p(x without/with cue)| = {s['mean']:.3f}  ({per})")

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from hegl_cli.cli.common import handles_errors, info, out
+from hegl_cli.cli.common import ConfigOpt, SetOpt, error_line, eval_layers, handles_errors, info, out
 
 
 @handles_errors
@@ -20,19 +21,30 @@ def explain(
     checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
 ) -> None:
-    """Write per-class overlays, a grid, predictions.json and raw maps (.npy) for each image."""
+    """Write per-class overlays, a grid, predictions.json and raw maps (.npy) for each image.
+
+    An unreadable image is reported and skipped; the exit code is 2 when any was.
+    """
     from hegl_cli.engine.runs import resolve_run
     from hegl_cli.explain import explain as run_explain
 
     folder = resolve_run(run, runs_dir)
-    results = run_explain(images, folder, checkpoint, classes, out_dir, device)
-    for result in results:
-        table = Table(title=str(result.image))
+    result = run_explain(images, folder, checkpoint, classes, out_dir, device, eval_layers=eval_layers(config, overrides))
+    for item in result.explained:
+        table = Table(title=Text(str(item.image)))
         table.add_column("class")
         table.add_column("probability", justify="right")
         table.add_column("decision")
-        for name, p in result.probs.items():
-            table.add_row(name, f"{p:.3f}", "positive" if result.decisions[name] else "negative")
+        for name, p in item.probs.items():
+            table.add_row(Text(name), f"{p:.3f}", "positive" if item.decisions[name] else "negative")
         out.print(table)
-        info(f"wrote {result.out_dir}")
+        info(f"wrote {item.out_dir}")
+    if result.failed:
+        for line in result.failed:
+            error_line(line)
+        if result.explained:
+            info(f"{len(result.failed)} input(s) skipped, {len(result.explained)} explained")
+        raise typer.Exit(2)

@@ -68,7 +68,7 @@ def report(result) -> None:
     if result.clipped_boxes:
         info(f"clipped {result.clipped_boxes} box(es) that reached outside their image")
     if result.problems:
-        info(f"[yellow]skipped {len(result.problems)} record(s)/image(s):[/yellow]")
+        info(f"skipped {len(result.problems)} record(s)/image(s):", style="yellow")
         for line in result.problems[:20]:
             info(f"  {line}")
         if len(result.problems) > 20:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, out, resolve_config
+from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, resolve_config, result_line
 
 
 @handles_errors
@@ -19,20 +19,34 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs).")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (train.device).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: runs/<name> (default: a timestamp).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch, with its config.yaml.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     overrides: SetOpt = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Start an existing hegl run of this name over.")] = False,
 ) -> None:
     """Train, validate every epoch, keep best/last checkpoints, stop early on validation macro AUC."""
+    from hegl_cli.engine.runs import validate_run_name
     from hegl_cli.engine.train import train as run_training
+    from hegl_cli.errors import UserError
 
-    cfg = resolve_config(config, overrides, data__path=str(data) if data else None, loss__alpha=alpha,
+    base = None
+    if resume:
+        if name is None:
+            raise UserError("--resume needs --name of the run to continue")
+        base = runs_dir / validate_run_name(name) / "config.yaml"
+        if not base.is_file():
+            base = None  # the engine says what is missing
+        if force:
+            raise UserError("--resume and --force contradict each other: --force starts the run over")
+    cfg = resolve_config(config, overrides, base=base, data__path=str(data) if data else None, loss__alpha=alpha,
                          loss__beta=beta, train__epochs=epochs, train__device=device)
     result = run_training(cfg, name=name, resume=resume, force=force, runs_dir=runs_dir,
                           progress=not State.quiet, log=info)
     if not result.is_main:
         return
     stop = " (early stop)" if result.stopped_early else ""
-    out.print(f"[bold]done[/bold]{stop}: best val macro AUC {result.best_val_auc:.3f} at epoch {result.best_epoch}; "
-         f"{result.epochs_run} epochs in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s) -> {result.run}")
+    result_line(f"done{stop}: best val macro AUC {result.best_val_auc:.3f} at epoch {result.best_epoch}; "
+                f"{result.epochs_run} epochs in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s) "
+                f"-> {result.run}")
+
+

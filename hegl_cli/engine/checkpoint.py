@@ -60,23 +60,41 @@ def checkpoint_paths(run: Path, which: str) -> tuple[Path, Path]:
 def load_meta(run: Path, which: str = "best") -> dict[str, Any]:
     _, meta = checkpoint_paths(run, which)
     try:
-        return json.loads(meta.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{meta}: corrupt checkpoint metadata ({exc})") from exc
+    missing = [k for k in ("config", "classes", "image_size") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise UserError(f"{meta}: not a hegl checkpoint description (missing {', '.join(missing)})")
+    return data
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a corrupt or truncated file is named in one line."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type (and OSError) for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable safetensors file ({reason})") from exc
 
 
 def load_model(run: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[HEGLModel, dict, Config]:
     """Rebuild the model of a run from its checkpoint alone; returns (model in eval mode, meta, config)."""
     weights, _ = checkpoint_paths(run, which)
     meta = load_meta(run, which)
-    cfg = config_from_dict(meta["config"])
+    cfg = config_from_dict(meta["config"], source=str(run / f"{which}.json"))
     cfg.model.pretrained = False  # the checkpoint has the weights; never reach for the hub
-    state = load_file(str(weights))
+    state = read_weights(weights)
     embeddings = state.get("class_embeddings")
     if embeddings is None and meta.get("text_embeddings"):
         raise UserError(f"{weights}: class embeddings missing from the checkpoint")
     if embeddings is None:
         cfg.model.text_encoder = "none"
     model = build_model(meta["classes"], cfg.model, int(meta["image_size"]), class_embeddings=embeddings)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise UserError(f"{weights}: these weights are not the model that {run / (which + '.json')} describes "
+                        f"({detail})") from exc
     return model.to(device).eval(), meta, cfg

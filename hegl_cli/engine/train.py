@@ -1,9 +1,15 @@
 """The training engine behind `hegl train`: one function, :func:`train`, callable in-process.
 
 Exact resume: ``state.pt`` (written atomically at the end of every epoch) holds the model,
-optimizer, scheduler, loss weights, RNG states, epoch and early-stopping state; the data order is
-drawn from ``(seed, epoch)``. A run killed at any point and resumed ends with the same weights as
-the same run left alone (CPU, ``train.deterministic``).
+optimizer, scheduler, loss weights, RNG states, epoch and early-stopping state, as tensors and
+plain values only (it loads with ``weights_only=True``: a crafted file cannot run code); the data
+order is drawn from ``(seed, epoch)``. A run killed at any point and resumed ends with the same
+weights as the same run left alone (CPU, ``train.deterministic``).
+
+The run folder is the record: ``config.yaml`` is what was trained. Resuming takes the run's config;
+a change is refused unless the key is in :data:`RESUME_SAFE_KEYS` (then ``config.yaml`` is updated
+and ``history.jsonl`` records the change). Selection (best checkpoint, early stopping, thresholds)
+only ever sees the ``val`` split.
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +26,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from hegl_cli.config import Config
+from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
+from hegl_cli.engine.device import select_device
 from hegl_cli.engine.io import atomic_write, atomic_write_text
-from hegl_cli.engine.runs import mark_latest, new_run_dir
+from hegl_cli.engine.predict import autocast_for, predict_split
+from hegl_cli.engine.runs import (
+    append_history,
+    create_run_dir,
+    is_hegl_run,
+    mark_latest,
+    remove_if_unused,
+    run_lock,
+    validate_run_name,
+    write_marker,
+)
 from hegl_cli.errors import TrainingDiverged, UserError
-from hegl_cli.evaluation.metrics import choose_thresholds, macro_auc, summarize
-from hegl_cli.evaluation.predict import autocast_for, predict_split
 from hegl_cli.losses import HybridCriterion, is_finite_terms
+from hegl_cli.metrics import choose_thresholds, macro_auc, summarize
 from hegl_cli.models.model import HEGLModel, build_model
+from hegl_cli.plots import plot_training_curves
 
 STATE = "state.pt"
 METRICS = "metrics.jsonl"
@@ -53,49 +71,24 @@ class TrainResult:
     is_main: bool = True  # False on DDP ranks other than 0
 
 
-def select_device(requested: str) -> torch.device:
-    """cuda > mps > cpu for ``auto``; a clear error when a forced device is missing."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA device is available")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("train.device=mps but MPS is not available")
-    return torch.device(requested)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffled order drawn from ``(seed, epoch)``; with DDP each rank takes every world-th index
-    (padded by wrapping so that all ranks run the same number of steps)."""
+def make_loader(dataset: XrayDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                workers: int = 0) -> tuple[DataLoader, DistributedSampler]:
+    """A loader over this rank's share of a shuffled order drawn from ``(seed, epoch)``.
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        total = math.ceil(self.n / self.world) * self.world
-        order += order[: total - self.n]
-        return order[self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._order())
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.world)
+    The partition is torch's ``DistributedSampler`` (every rank gets ``ceil(n / world)`` indices,
+    padded by wrapping); the last short batch is dropped only when the rank's share holds at least
+    one full batch, so no rank ever trains zero steps.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        drop_last=len(sampler) >= batch_size, persistent_workers=False)
+    return loader, sampler
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
@@ -115,16 +108,35 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoc
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG's state as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read ``state.pt`` without unpickling arbitrary objects; a foreign or corrupt file is named."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path}: not a hegl training state, refusing to load it ({reason})") from exc
+    needed = ("epoch", "model", "optimizer", "scheduler", "rng", "stopper", "history")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise UserError(f"{path}: not a hegl training state (missing keys)")
+    return state
 
 
 @dataclass
@@ -148,16 +160,23 @@ class EarlyStopping:
 
 
 def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
+    """The train and val splits; selection never falls back to test."""
     data = Path(cfg.data.path)
     train_split = CachedSplit(data, "train")
-    val_name = "val" if "val" in train_split.manifest["splits"] else "test"
-    val_split = CachedSplit(data, val_name)
+    if "val" not in train_split.manifest["splits"]:
+        raise UserError(f"{data} has no 'val' split, and model selection and thresholds never use test: "
+                        f"re-run `hegl prepare --force` with data.val_fraction > 0 (e.g. --set "
+                        "data.val_fraction=0.15), or give a val split (--annotations val=... --images val=...)")
+    val_split = CachedSplit(data, "val")
     if train_split.image_size != cfg.data.image_size:
         raise UserError(f"{data} was prepared at {train_split.image_size} px but data.image_size is "
                         f"{cfg.data.image_size}; re-run `hegl prepare --image-size {cfg.data.image_size}` "
                         f"or set data.image_size={train_split.image_size}")
     if len(train_split) == 0:
         raise UserError(f"{data}: the train split is empty")
+    if len(val_split) == 0:
+        raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
+                        "data.val_fraction")
     return train_split, val_split
 
 
@@ -180,10 +199,8 @@ class Trainer:
         if self.criterion.needs_input_grad:
             self.model.set_fused_attention(False)  # double backward has no fused CPU kernel
         self.dataset = XrayDataset(self.train_split, cfg.data.augment, seed=cfg.train.seed)
-        self.sampler = EpochSampler(len(self.dataset), cfg.train.seed, self.dist.rank, self.dist.world_size)
-        self.loader = DataLoader(self.dataset, batch_size=cfg.train.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.train.workers, drop_last=len(self.dataset) > cfg.train.batch_size,
-                                 persistent_workers=False)
+        self.loader, self.sampler = make_loader(self.dataset, cfg.train.batch_size, cfg.train.seed,
+                                                self.dist.rank, self.dist.world_size, cfg.train.workers)
         params = list(self.model.parameters()) + list(self.criterion.parameters())
         self.optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
@@ -195,7 +212,8 @@ class Trainer:
         self.stopper = EarlyStopping(cfg.train.patience)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.thresholds = np.full(len(self.classes), 0.5)
+        self.best_thresholds = np.full(len(self.classes), 0.5)  # chosen on val at the best epoch
+        self.writer = None  # one TensorBoard writer for the whole run (when tensorboard is installed)
         if resume:
             self._resume()
 
@@ -204,21 +222,25 @@ class Trainer:
         return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": _rng_state(), "stopper": vars(self.stopper).copy(), "history": self.history,
-                "thresholds": self.thresholds}
+                "best_thresholds": self.best_thresholds.tolist()}
 
     def _resume(self) -> None:
         path = self.run / STATE
         if not path.is_file():
             raise UserError(f"nothing to resume in {self.run} (no {STATE}); start it without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
+        state = load_state(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"{path}: the saved model does not match the run's config.yaml "
+                            f"({' '.join(str(exc).split())[:160]})") from exc
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.stopper = EarlyStopping(**state["stopper"])
         self.history = list(state["history"])
-        self.thresholds = np.asarray(state["thresholds"])
+        self.best_thresholds = np.asarray(state.get("best_thresholds", state.get("thresholds")), dtype=np.float64)
         self.start_epoch = int(state["epoch"]) + 1
         if self.dist.is_main:  # metrics.jsonl may hold a line from an epoch that never finished
             atomic_write_text(self.run / METRICS, "".join(json.dumps(h) + "\n" for h in self.history))
@@ -255,9 +277,12 @@ class Trainer:
         terms = self.criterion(outputs, labels, masks, has_mask, images if self.criterion.needs_input_grad else None)
         bad = is_finite_terms(terms)
         if bad is not None:
+            kept = (f"the last good checkpoint (epoch {self.history[-1]['epoch']}) is kept in {self.run}"
+                    if self.history and (self.run / "last.safetensors").is_file()
+                    else "no checkpoint was written (it diverged in its first epoch)")
             raise TrainingDiverged(
-                f"non-finite '{bad}' loss at epoch {epoch + 1}, step {step + 1}: training stopped; the last "
-                f"good checkpoint is kept in {self.run} (try a lower train.lr)")
+                f"non-finite '{bad}' loss at epoch {epoch + 1}, step {step + 1}: training stopped; {kept} "
+                "(try a lower train.lr)")
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         D.all_reduce_grads(list(self.criterion.parameters()), self.dist)
@@ -296,14 +321,14 @@ class Trainer:
             summary = summarize(probs, labels, thresholds, self.classes)["macro"]
             improved = self.stopper.update(val_auc, epoch)
             if improved:
-                self.thresholds = thresholds
+                self.best_thresholds = thresholds
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_terms.items()},
                       "val_auc": val_auc, "val_f1": summary["f1"], "val_mcc": summary["mcc"],
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                       "best": improved}
             self.history.append(record)
             if self.dist.is_main:
-                self._write_epoch(epoch, record, improved, val_auc)
+                self._write_epoch(epoch, record, improved, val_auc, thresholds)
             D.barrier(self.dist)
             self.log(_epoch_line(record, self.cfg.train.epochs))
         else:
@@ -315,24 +340,43 @@ class Trainer:
                            seen / seconds if seconds > 0 else 0.0, self.history, stopped_early,
                            self.dist.is_main)
 
-    def _write_epoch(self, epoch: int, record: dict[str, Any], improved: bool, val_auc: float) -> None:
-        extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": self.thresholds.tolist(),
-                 "threshold_metric": self.cfg.eval.threshold_metric, "data": str(self.cfg.data.path)}
+    def _write_epoch(self, epoch: int, record: dict[str, Any], improved: bool, val_auc: float,
+                     thresholds: np.ndarray) -> None:
+        """last = this epoch with thresholds chosen on val for it; best = the same when it improved."""
+        extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": np.asarray(thresholds).tolist(),
+                 "threshold_metric": self.cfg.eval.threshold_metric, "thresholds_chosen_on": "val",
+                 "data": str(self.cfg.data.path)}
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
         if improved:
             save_checkpoint(self.run, "best", self.model, self.cfg, extra)
         atomic_write(self.run / STATE, lambda tmp: torch.save(self._state(epoch), tmp))
         with open(self.run / METRICS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        _tensorboard(self.run, record)
+        self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """TensorBoard scalars through one writer per run (skipped when tensorboard is not installed)."""
+        if self.writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard not installed
+                self.writer = False
+                return
+            self.writer = SummaryWriter(str(self.run / "tensorboard"))
+        if self.writer is False:
+            return
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
 
     def _plot(self) -> None:
-        from hegl_cli.evaluation.plots import plot_training_curves
-
         if self.history:
             plot_training_curves(self.history, self.run / "curves.png")
 
     def close(self) -> None:
+        if self.writer:
+            self.writer.close()
         D.shutdown(self.dist)
 
 
@@ -346,47 +390,90 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
             f"MCC={mcc:.3f}  {record['seconds']:.1f}s{star}")
 
 
-def _tensorboard(run: Path, record: dict[str, Any]) -> None:
-    """TensorBoard scalars when tensorboard is installed (silently skipped otherwise)."""
+RESUME_SAFE_KEYS: tuple[str, ...] = (
+    "train.epochs", "train.patience", "train.workers", "train.device", "eval.batch_size",
+)
+
+
+def stored_config(run: Path) -> Config:
+    """The config a run was trained with (its ``config.yaml``)."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run} has no config.yaml; it cannot be resumed")
+    return config_from_dict(read_yaml(path), source=str(path))
+
+
+def check_resume_config(run: Path, cfg: Config) -> dict[str, list[Any]]:
+    """Refuse a resume whose config differs from the run's in any key not in :data:`RESUME_SAFE_KEYS`.
+
+    Returns ``{key: [old, new]}`` for the safe keys that change.
+    """
+    stored = stored_config(run)
+    changed = changed_keys(stored, cfg)
+    unsafe = [k for k in changed if k not in RESUME_SAFE_KEYS]
+    if unsafe:
+        detail = ", ".join(f"{k} {get_value(stored, k)!r} -> {get_value(cfg, k)!r}" for k in unsafe[:4])
+        raise UserError(f"--resume would change {detail} of {run}/config.yaml mid-run; a run trains with one "
+                        f"config (only {', '.join(RESUME_SAFE_KEYS)} may change on resume): start a new run instead")
+    return {k: [get_value(stored, k), get_value(cfg, k)] for k in changed}
+
+
+def _data_fingerprint(cfg: Config) -> str | None:
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed
-        return
-    with SummaryWriter(str(run / "tensorboard")) as writer:
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-                writer.add_scalar(key, value, record["epoch"])
+        return CachedSplit(cfg.data.path, "train").manifest.get("fingerprint")
+    except UserError:
+        return None
 
 
 def train(cfg: Config, name: str | None = None, resume: bool = False, force: bool = False,
           runs_dir: Path = Path("runs"), progress: bool = True, log=print) -> TrainResult:
     """Train one run into ``runs_dir/<name>`` and return its summary.
 
-    A new run refuses an existing, non-empty folder unless ``force`` (which empties it); ``resume``
-    continues the run found there from its last finished epoch.
+    A new run refuses an existing, non-empty folder unless ``force``, which replaces it only when it
+    is a hegl run no process is using. ``resume`` continues the run found there from its last
+    finished epoch, with the run's own config (``cfg`` must equal it but for safe keys). The run
+    folder is locked while training: a second process on the same run gets a UserError.
     """
     rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
+    changes: dict[str, list[Any]] = {}
     if resume:
         if name is None:
             raise UserError("--resume needs --name of the run to continue")
-        run = Path(runs_dir) / name
+        run = Path(runs_dir) / validate_run_name(name)
         if not run.is_dir():
             raise UserError(f"nothing to resume: run folder {run} not found")
+        if not is_hegl_run(run):
+            raise UserError(f"nothing to resume in {run}: not a hegl run (no {STATE})")
+        changes = check_resume_config(run, cfg)
+    elif main:
+        run = create_run_dir(name, Path(runs_dir), force=force)
     else:
-        run = Path(runs_dir) / (name or time.strftime("%Y%m%d-%H%M%S"))
-        if force and run.exists() and rank == 0:
-            shutil.rmtree(run)
-        if rank == 0:
-            run = new_run_dir(run.name, Path(runs_dir))
+        run = Path(runs_dir) / validate_run_name(name or "")
+    lock = run_lock(run) if main else None
     try:
-        trainer = Trainer(cfg, run, resume, progress, log=log if rank == 0 else (lambda *_: None))
+        if lock is not None:
+            lock.acquire()
+        return _train_locked(cfg, run, resume, changes, progress, log if main else (lambda *_: None), main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[Any]], progress: bool, log,
+                  main: bool) -> TrainResult:
+    try:
+        trainer = Trainer(cfg, run, resume, progress, log=log)
     except BaseException:
-        if rank == 0 and not resume and run.is_dir() and not any(run.iterdir()):
-            run.rmdir()  # leave no empty run folder behind a run that never started
+        if main and not resume:
+            remove_if_unused(run)  # leave no empty run folder behind a run that never started
         raise
     try:
         if trainer.dist.is_main:
+            write_marker(run)
             cfg.dump(run / "config.yaml")
+            append_history(run, "resume" if resume else "start", epoch=trainer.start_epoch + 1,
+                           changed=changes, data=str(cfg.data.path), data_fingerprint=_data_fingerprint(cfg))
             mark_latest(run)
         return trainer.fit()
     finally:

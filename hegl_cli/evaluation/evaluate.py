@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,62 +12,53 @@ import torch
 
 from hegl_cli.config import Config
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.engine.checkpoint import load_model
 from hegl_cli.engine.io import atomic_write, atomic_write_json
-from hegl_cli.engine.train import select_device
+from hegl_cli.engine.predict import Predictions, predict_split
+from hegl_cli.engine.runs import LoadedRun, load_run, open_split
 from hegl_cli.errors import UserError
 from hegl_cli.evaluation.attention import alignment_report
 from hegl_cli.evaluation.faithfulness import faithfulness_report, shortcut_reliance
-from hegl_cli.evaluation.metrics import bootstrap_macro, choose_thresholds, summarize
-from hegl_cli.evaluation.predict import Predictions, predict_split
+from hegl_cli.metrics import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
 
 
-def open_split(data: Path | str, split: str, classes: list[str], image_size: int) -> CachedSplit:
-    """A cache split that matches the model's classes and input size (clear error otherwise)."""
-    cached = CachedSplit(data, split)
-    if cached.classes != list(classes):
-        raise UserError(f"{data}: classes {cached.classes} differ from the model's {list(classes)}")
-    if cached.image_size != image_size:
-        raise UserError(f"{data}: images are {cached.image_size} px but the model expects {image_size} px")
-    return cached
-
-
-def resolve_thresholds(model, meta: dict, cfg: Config, data: Path, device: torch.device, metric: str | None) -> tuple[np.ndarray, str]:
+def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarray, str]:
     """Thresholds stored with the checkpoint (chosen on validation during training), or, when another
     metric is asked for, re-chosen on the validation split. Never on the evaluated split."""
-    stored_metric = meta.get("threshold_metric", "mcc")
+    stored_metric = loaded.meta.get("threshold_metric", "mcc")
     if metric is None or metric == stored_metric:
-        return np.asarray(meta["thresholds"], dtype=np.float64), f"validation ({stored_metric}, stored)"
-    val = open_split(data, "val", meta["classes"], int(meta["image_size"]))
-    preds = predict_split(model, val, device, cfg.eval.batch_size)
+        return loaded.thresholds, f"validation ({stored_metric}, stored)"
+    val = open_split(loaded.data, "val", loaded.classes, loaded.image_size)
+    preds = predict_split(loaded.model, val, loaded.device, loaded.cfg.eval.batch_size)
     return choose_thresholds(preds.probs, val.labels, metric), f"validation ({metric})"
 
 
 def evaluate_run(
     run: Path, split: str = "test", which: str = "best", data: Path | None = None,
     threshold_metric: str | None = None, faithfulness: bool = True, device: str = "auto",
+    eval_layers: list | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on a split; writes ``RUN/eval/<split>.json`` and ``<split>.csv``; returns the report."""
-    dev = select_device(device)
-    model, meta, cfg = load_model(run, which, dev)
-    data = Path(data or meta.get("data") or cfg.data.path)
-    classes = meta["classes"]
-    cached = open_split(data, split, classes, int(meta["image_size"]))
+    loaded = load_run(run, which, data, device, split, eval_layers, "hegl evaluate")
+    cached, cfg, classes = loaded.split, loaded.cfg, loaded.classes
+    assert cached is not None
     if len(cached) == 0:
-        raise UserError(f"{data}: split '{split}' is empty")
-    thresholds, threshold_source = resolve_thresholds(model, meta, cfg, data, dev, threshold_metric)
-    preds = predict_split(model, cached, dev, cfg.eval.batch_size)
+        raise UserError(f"{loaded.data}: split '{split}' is empty")
+    thresholds, threshold_source = resolve_thresholds(loaded, threshold_metric)
+    preds = predict_split(loaded.model, cached, loaded.device, cfg.eval.batch_size)
     metrics = summarize(preds.probs, cached.labels, thresholds, classes)
     report: dict[str, Any] = {
-        "run": str(run), "checkpoint": which, "split": split, "data": str(data), "images": len(cached),
-        "macro": metrics["macro"],
+        "run": str(run), "checkpoint": which, "epoch": loaded.meta.get("epoch"), "split": split,
+        "data": str(loaded.data), "images": len(cached),
+        "macro": metrics["macro"], "macro_rule": MACRO_RULE,
         "macro_ci95": bootstrap_macro(preds.probs, cached.labels, thresholds, cfg.eval.bootstrap, seed=0),
         "per_class": metrics["per_class"],
         "thresholds": {"values": dict(zip(classes, map(float, thresholds))), "chosen_on": threshold_source},
         "attention": alignment_report(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                       cfg.eval.top_share),
+        "eval_config": dataclasses.asdict(cfg.eval),
     }
-    report["faithfulness"] = faithfulness_section(model, cached, preds, cfg, dev, data, split) if faithfulness else {}
+    report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
+                              if faithfulness else {})
     out_dir = run / "eval"
     atomic_write_json(out_dir / f"{split}.json", report)
     write_per_class_csv(out_dir / f"{split}.csv", report)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hegl_cli.evaluation.predict import predict_images
+from hegl_cli.engine.predict import predict_images
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """`hegl robustness`: metrics under Gaussian noise added to [0, 1] intensities (clipped).
 
-Sigma 0 is always included as the reference. Every (run, sigma, draw) uses noise drawn from
-``(seed, sigma index, draw, image index)``, so two runs see exactly the same noisy images.
+Sigma 0 is always included as the reference. The noise of draw ``d`` on image ``i`` is
+``sigma * z`` with ``z`` a standard normal field drawn from ``(seed, d, i)``: the same ``z`` for every
+run and every sigma (common random numbers), so runs and sigmas differ only by what they should.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hegl_cli.engine.checkpoint import load_model
 from hegl_cli.engine.io import atomic_write_json
-from hegl_cli.engine.train import select_device
+from hegl_cli.engine.predict import predict_split
+from hegl_cli.engine.runs import load_run
 from hegl_cli.evaluation.attention import alignment_report
-from hegl_cli.evaluation.evaluate import open_split
-from hegl_cli.evaluation.metrics import summarize
-from hegl_cli.evaluation.plots import plot_robustness
-from hegl_cli.evaluation.predict import predict_split
+from hegl_cli.metrics import summarize
+from hegl_cli.plots import plot_robustness
 
 
 def gaussian_noise(sigma: float, seed: int, draw: int):
@@ -46,25 +45,30 @@ def _stats(values: list[float | None]) -> dict[str, float] | None:
 
 
 def robustness_runs(
-    runs: list[Path], sigmas: list[float], out_dir: Path, split: str = "test", draws: int = 3, seed: int = 0,
-    which: str = "best", data: Path | None = None, device: str = "auto", progress: bool = True,
+    runs: list[Path], sigmas: list[float] | None, out_dir: Path, split: str = "test", draws: int | None = None,
+    seed: int = 0, which: str = "best", data: Path | None = None, device: str = "auto", progress: bool = True,
+    eval_layers: list | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every run at every sigma; write ``robustness.json`` and ``robustness.png`` to ``out_dir``."""
-    dev = select_device(device)
-    sigmas = sorted({0.0, *map(float, sigmas)})
+    """Evaluate every run at every sigma; write ``robustness.json`` and ``robustness.png`` to ``out_dir``.
+
+    ``sigmas`` / ``draws`` default to each run's ``eval.sigmas`` / ``eval.robustness_draws``.
+    """
+    loaded_runs = [load_run(run, which, data, device, split, eval_layers, "hegl robustness") for run in runs]
+    first = loaded_runs[0].cfg.eval
+    sigmas = sorted({0.0, *map(float, first.sigmas if sigmas is None else sigmas)})
+    draws = first.robustness_draws if draws is None else draws
     records: list[dict[str, Any]] = []
     jobs = [(run, s) for run in runs for s in sigmas]
     bar = tqdm(total=len(jobs), desc="robustness", disable=not progress, leave=False)
-    for run in runs:
-        model, meta, cfg = load_model(run, which, dev)
-        cached = open_split(Path(data or meta.get("data") or cfg.data.path), split, meta["classes"], int(meta["image_size"]))
-        thresholds = np.asarray(meta["thresholds"])
+    for loaded in loaded_runs:
+        run, model, cfg, cached, classes = loaded.folder, loaded.model, loaded.cfg, loaded.split, loaded.classes
         for sigma in sigmas:
             per_draw: dict[str, list] = {"auc": [], "f1": [], "mcc": [], "energy_in_mask": [], "pointing_game": []}
             for draw in range(1 if sigma == 0 else draws):
-                preds = predict_split(model, cached, dev, cfg.eval.batch_size, perturb=gaussian_noise(sigma, seed, draw))
-                macro = summarize(preds.probs, cached.labels, thresholds, meta["classes"])["macro"]
-                att = alignment_report(preds.attention, cached.labels, cached.has_mask, cached.masks, meta["classes"],
+                preds = predict_split(model, cached, loaded.device, cfg.eval.batch_size,
+                                      perturb=gaussian_noise(sigma, seed, draw))
+                macro = summarize(preds.probs, cached.labels, loaded.thresholds, classes)["macro"]
+                att = alignment_report(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                        cfg.eval.top_share)["overall"]
                 for key in ("auc", "f1", "mcc"):
                     per_draw[key].append(macro[key])
@@ -75,6 +79,7 @@ def robustness_runs(
             bar.update()
     bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "robustness.json", {"split": split, "seed": seed, "sigmas": sigmas, "records": records})
+    atomic_write_json(out_dir / "robustness.json", {"split": split, "seed": seed, "sigmas": sigmas, "draws": draws,
+                                                    "records": records})
     plot_robustness(records, out_dir / "robustness.png")
     return records

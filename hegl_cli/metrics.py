@@ -1,25 +1,39 @@
 """Classification metrics (AUC, F1, MCC), validation-chosen thresholds and bootstrap intervals.
 
 Arrays: ``probs`` and ``labels`` are (N, C); NaN labels are unknown and left out per class.
-A class whose known labels are all one value has no AUC (``None``) and is left out of the macro.
+
+One rule for every macro figure (AUC, F1 and MCC alike): a class counts only when its known labels
+in the split hold both values. A class with no positive (or no negative) there has no AUC, F1 or
+MCC (``None``) and is left out of the macro mean; :data:`MACRO_RULE` states this in every report.
+F1 and MCC come from one confusion-count implementation (checked against scikit-learn in tests).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
+from sklearn.metrics import roc_auc_score
+
+MACRO_RULE = ("macro = mean over classes whose known labels in the split include both a positive and a "
+              "negative; other classes have no AUC/F1/MCC and are left out of every macro figure")
 
 
 def _known(labels: np.ndarray, c: int) -> np.ndarray:
     return ~np.isnan(labels[:, c])
 
 
+def defined_classes(labels: np.ndarray) -> np.ndarray:
+    """(C,) bool: the class's known labels hold both a positive and a negative."""
+    known = ~np.isnan(labels)
+    y = np.nan_to_num(labels) > 0.5
+    return (y & known).any(0) & (~y & known).any(0)
+
+
 def auc_per_class(probs: np.ndarray, labels: np.ndarray) -> list[float | None]:
     out: list[float | None] = []
+    defined = defined_classes(labels)
     for c in range(labels.shape[1]):
         k = _known(labels, c)
-        y = labels[k, c]
-        out.append(float(roc_auc_score(y, probs[k, c])) if len(np.unique(y)) == 2 else None)
+        out.append(float(roc_auc_score(labels[k, c], probs[k, c])) if defined[c] else None)
     return out
 
 
@@ -69,18 +83,22 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray, metric: str = "mcc"
     return out
 
 
+def confusion_counts(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per class (C,) counts tp, fp, fn, tn over known labels, predicting positive when p >= t."""
+    known = ~np.isnan(labels)
+    y = np.nan_to_num(labels) > 0.5
+    pred = probs >= np.asarray(thresholds)[None, :]
+    return ((pred & y & known).sum(0), (pred & ~y & known).sum(0), (~pred & y & known).sum(0),
+            (~pred & ~y & known).sum(0))
+
+
 def f1_mcc_per_class(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[list, list]:
-    f1s, mccs = [], []
-    for c in range(labels.shape[1]):
-        k = _known(labels, c)
-        y, pred = labels[k, c].astype(int), (probs[k, c] >= thresholds[c]).astype(int)
-        if len(y) == 0:
-            f1s.append(None)
-            mccs.append(None)
-            continue
-        f1s.append(float(f1_score(y, pred, zero_division=0)))
-        mccs.append(float(matthews_corrcoef(y, pred)) if len(np.unique(y)) == 2 else None)
-    return f1s, mccs
+    """Per-class F1 and MCC at ``thresholds``; ``None`` for classes the macro rule leaves out."""
+    tp, fp, fn, tn = confusion_counts(probs, labels, thresholds)
+    f1, mcc = f1_from_counts(tp, fp, fn), mcc_from_counts(tp, fp, fn, tn)
+    defined = defined_classes(labels)
+    return ([float(f1[c]) if defined[c] else None for c in range(labels.shape[1])],
+            [float(mcc[c]) if defined[c] else None for c in range(labels.shape[1])])
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -89,7 +107,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def summarize(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
-    """Macro and per-class AUC / F1 / MCC at the given thresholds."""
+    """Macro and per-class AUC / F1 / MCC at the given thresholds (macro rule: :data:`MACRO_RULE`)."""
     aucs = auc_per_class(probs, labels)
     f1s, mccs = f1_mcc_per_class(probs, labels, thresholds)
     per_class = {
@@ -97,12 +115,21 @@ def summarize(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, cla
                "positives": int(np.nansum(labels[:, c])), "n": int((~np.isnan(labels[:, c])).sum())}
         for c, name in enumerate(classes)
     }
-    return {"macro": {"auc": _mean(aucs), "f1": _mean(f1s), "mcc": _mean(mccs)}, "per_class": per_class}
+    macro = {"auc": _mean(aucs), "f1": _mean(f1s), "mcc": _mean(mccs),
+             "classes": [name for c, name in enumerate(classes) if aucs[c] is not None]}
+    return {"macro": macro, "per_class": per_class, "macro_rule": MACRO_RULE}
 
 
 def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     value = _mean(auc_per_class(probs, labels))
     return float("nan") if value is None else value
+
+
+def macro_scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+    """Macro AUC, F1 and MCC under the macro rule (NaN where no class counts)."""
+    f1s, mccs = f1_mcc_per_class(probs, labels, thresholds)
+    values = {"auc": _mean(auc_per_class(probs, labels)), "f1": _mean(f1s), "mcc": _mean(mccs)}
+    return {k: float("nan") if v is None else v for k, v in values.items()}
 
 
 def bootstrap_macro(
@@ -116,25 +143,8 @@ def bootstrap_macro(
     samples: dict[str, list[float]] = {"auc": [], "f1": [], "mcc": []}
     for _ in range(n):
         idx = rng.integers(0, len(probs), len(probs))
-        p, y = probs[idx], labels[idx]
-        samples["auc"].append(_mean(auc_per_class(p, y)) or np.nan)
-        f1s, mccs = _fast_f1_mcc(p, y, thresholds)
-        samples["f1"].append(f1s)
-        samples["mcc"].append(mccs)
+        for key, value in macro_scores(probs[idx], labels[idx], thresholds).items():
+            samples[key].append(value)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in samples.items()}
-
-
-def _fast_f1_mcc(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
-    """Macro F1 and MCC from confusion counts (same values as scikit-learn, much faster)."""
-    known = ~np.isnan(labels)
-    y = np.nan_to_num(labels).astype(bool)
-    pred = probs >= thresholds[None, :]
-    tp = (pred & y & known).sum(0)
-    fp = (pred & ~y & known).sum(0)
-    fn = (~pred & y & known).sum(0)
-    tn = (~pred & ~y & known).sum(0)
-    both = (tp + fn > 0) & (fp + tn > 0)
-    f1 = f1_from_counts(tp, fp, fn)
-    mcc = mcc_from_counts(tp, fp, fn, tn)
-    return float(f1[known.any(0)].mean()), float(mcc[both].mean()) if both.any() else float("nan")
+    return {k: ([float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] if np.isfinite(v).any() else None)
+            for k, v in samples.items()}

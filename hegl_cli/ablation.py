@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hegl_cli.config import Config, parse_override, set_value
+from hegl_cli.config import Config, apply_layer, parse_override
 from hegl_cli.engine.io import atomic_write, atomic_write_json, atomic_write_text
 from hegl_cli.errors import UserError
 
@@ -65,12 +65,13 @@ def parse_grid(text: str) -> list[CellSpec]:
 
 
 def cell_config(base: Config, cell: CellSpec, seed: int) -> Config:
+    """The config of one (cell, seed), every key validated (ranges and cross-key checks too)."""
     cfg = copy.deepcopy(base)
-    cfg.loss.alpha, cfg.loss.beta = cell.alpha, cell.beta
-    for text in cell.overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value, source=f"--grid cell {cell.name}")
-    cfg.train.seed = seed
+    source = f"--grid cell {cell.label!r}"
+    layer = {"loss.alpha": cell.alpha, "loss.beta": cell.beta, **dict(parse_override(t) for t in cell.overrides),
+             "train.seed": seed}
+    apply_layer(cfg, source, layer)
+    cfg.check()
     return cfg
 
 
@@ -104,6 +105,7 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
 def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sigma: float = 0.05,
                  log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (cell, seed) not yet finished, then write results.csv / results.md / results.png."""
+    configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     start = time.perf_counter()
@@ -118,7 +120,7 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
                 continue
             log(f"cell {cell.label}, seed {seed}: training")
             t0 = time.perf_counter()
-            numbers = run_cell(cell_config(base, cell, seed), run_name, runs_dir, sigma, log, progress)
+            numbers = run_cell(configs[(cell.name, seed)], run_name, runs_dir, sigma, log, progress)
             row = {"cell": cell.name, "label": cell.label, "alpha": cell.alpha, "beta": cell.beta,
                    "overrides": cell.overrides, "seed": seed, **numbers,
                    "wall_seconds": time.perf_counter() - t0}
@@ -170,7 +172,7 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path) -> None:
-    from hegl_cli.evaluation.plots import plt
+    from hegl_cli.plots import plt
 
     fig, axes = plt.subplots(3, 3, figsize=(14, 10))
     for ax, (key, label) in zip(axes.ravel(), METRICS):
