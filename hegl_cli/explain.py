@@ -18,7 +18,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hegl_cli.data.images import IMAGE_SUFFIXES, load_image, preprocess_array, square_and_resize  # noqa: E402
+from hegl_cli.data.images import (  # noqa: E402
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    load_image,
+    preprocess_array,
+    square_and_resize,
+)
 from hegl_cli.engine.io import atomic_write_json  # noqa: E402
 from hegl_cli.engine.predict import predict_images  # noqa: E402
 from hegl_cli.engine.runs import load_run  # noqa: E402
@@ -105,7 +111,7 @@ def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int],
     """Predict one image and write overlays, a grid, predictions.json and the raw maps into ``out_dir``."""
     size = int(meta["image_size"])
     classes = meta["classes"]
-    raw = load_image(path)  # decoded once, for the model input and for the display
+    raw = load_image(path, int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)))  # decoded once: model input and display
     pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
     image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
     probs_t, maps_t = predict_images(model, image, device)
@@ -168,7 +174,8 @@ def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[st
     """
     files, failed = collect_images(inputs)
     loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain")
-    meta = {**loaded.meta, "which": which, "thresholds": loaded.thresholds.tolist()}
+    meta = {**loaded.meta, "which": which, "thresholds": loaded.thresholds.tolist(),
+            "max_pixels": loaded.cfg.data.max_pixels}
     class_idx = select_classes(loaded.classes, classes)
     base = out or run / "explain"
     single = len(files) == 1 and len(inputs) == 1 and out is not None and not inputs[0].is_dir()

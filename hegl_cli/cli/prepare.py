@@ -40,10 +40,12 @@ def prepare(
     from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
     from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
 
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (one per core) or more, got {workers}")
     cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed)
     options = PrepareOptions(image_size=cfg.data.image_size, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
                              mask_source=cfg.data.mask_source, strict=strict, force=force, workers=workers,
-                             progress=not State.quiet)
+                             progress=not State.quiet, max_pixels=cfg.data.max_pixels)
     target = out or Path("data") / fmt
     if fmt == "synthetic":
         if source or annotations:

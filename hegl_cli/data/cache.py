@@ -60,9 +60,12 @@ def read_manifest(cache: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no prepared dataset at {cache} (missing {MANIFEST}); run `hegl prepare` first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: corrupt manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise UserError(f"{path}: not a hegl manifest (no 'splits')")
+    return manifest
 
 
 class CachedSplit:
@@ -76,15 +79,32 @@ class CachedSplit:
             available = ", ".join(self.manifest["splits"])
             raise UserError(f"split '{split}' not in {self.root} (available: {available})")
         self.split = split
-        self.classes: list[str] = list(self.manifest["classes"])
-        self.image_size: int = int(self.manifest["image_size"])
-        self.images = np.load(folder / "images.npy", mmap_mode="r")
-        self.labels = np.load(folder / "labels.npy")
-        self.packed_masks = np.load(folder / "masks.npy", mmap_mode="r")
-        self.has_mask = np.load(folder / "has_mask.npy")
-        self.files: list[str] = json.loads((folder / "files.json").read_text())
+        try:
+            self.classes: list[str] = list(self.manifest["classes"])
+            self.image_size: int = int(self.manifest["image_size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{self.root / MANIFEST}: not a hegl manifest (no valid {exc})") from exc
+        self.images = _load_array(folder / "images.npy", mmap=True)
+        self.labels = _load_array(folder / "labels.npy")
+        self.packed_masks = _load_array(folder / "masks.npy", mmap=True)
+        self.has_mask = _load_array(folder / "has_mask.npy")
+        try:
+            self.files: list[str] = json.loads((folder / "files.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{folder / 'files.json'}: unreadable ({exc}); re-run `hegl prepare --force`") from exc
         cue_path = folder / "cue.npy"
-        self.cue = np.load(cue_path) if cue_path.is_file() else None
+        self.cue = _load_array(cue_path) if cue_path.is_file() else None
+        self._check_shapes(folder)
+
+    def _check_shapes(self, folder: Path) -> None:
+        n, size, c = len(self.files), self.image_size, len(self.classes)
+        expected = {"images.npy": (self.images, (n, size, size)), "labels.npy": (self.labels, (n, c)),
+                    "masks.npy": (self.packed_masks, (n, c, (size * size + 7) // 8)),
+                    "has_mask.npy": (self.has_mask, (n, c))}
+        for name, (array, shape) in expected.items():
+            if tuple(array.shape) != shape:
+                raise UserError(f"{folder / name}: shape {tuple(array.shape)} does not match the manifest and "
+                                f"files.json {shape}; the cache is damaged, re-run `hegl prepare --force`")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -98,6 +118,17 @@ class CachedSplit:
         size = self.image_size
         flat = np.unpackbits(self.packed_masks[index], axis=-1, count=size * size)
         return flat.reshape(len(self.classes), size, size)
+
+
+def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load with the file named in one line when it is missing, truncated or not an array."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from the cache; re-run `hegl prepare --force`") from None
+    except (ValueError, OSError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: damaged or truncated ({reason}); re-run `hegl prepare --force`") from exc
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ lists are parallel (one entry per finding). ChestX-Det10 has no ``polygons``.
 from __future__ import annotations
 
 import json
+import math
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -77,15 +79,17 @@ def read_annotation_file(path: Path) -> list[Any]:
 
 
 def safe_file_name(name: Any) -> str | None:
-    """Return the name if it stays inside the images folder, else None (``../x``, ``/x``, ``C:\\x``)."""
-    if not isinstance(name, str) or not name.strip():
+    """The name in normal form (``./a.png`` and ``a.png`` are one file) if it stays inside the images
+    folder, else None (``../x``, ``/x``, ``C:\\x``, empty, NUL)."""
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
         return None
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
     if posix.is_absolute() or windows.is_absolute() or windows.drive:
         return None
     if ".." in posix.parts or ".." in windows.parts:
         return None
-    return name
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    return None if normal in (".", "") else normal
 
 
 def parse_record(raw: Any, classes: tuple[str, ...]) -> Record:
@@ -95,7 +99,10 @@ def parse_record(raw: Any, classes: tuple[str, ...]) -> Record:
     name = safe_file_name(raw.get("file_name"))
     if name is None:
         raise ValueError(f"file_name {raw.get('file_name')!r} is missing or escapes the images folder")
-    syms, boxes = raw.get("syms", []), raw.get("boxes", [])
+    missing = [key for key in ("syms", "boxes") if key not in raw]
+    if missing:  # a finding-free record says so with empty lists; a missing key is not "no finding"
+        raise ValueError(f"no {' or '.join(repr(k) for k in missing)} list (a record without findings has empty lists)")
+    syms, boxes = raw["syms"], raw["boxes"]
     polygons = raw.get("polygons")
     if not isinstance(syms, list) or not isinstance(boxes, list):
         raise ValueError("'syms' and 'boxes' must be lists")
@@ -116,9 +123,11 @@ def _parse_box(box: Any, index: int) -> tuple[float, float, float, float]:
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise ValueError(f"box {index} is not [x1, y1, x2, y2]")
     try:
-        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1, x2, y2 = (_number(v) for v in box)
     except (TypeError, ValueError):
         raise ValueError(f"box {index} has non-numeric coordinates") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise ValueError(f"box {index} has a non-finite coordinate {list(box)}")
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"box {index} {list(box)} has no area")
     return x1, y1, x2, y2
@@ -127,13 +136,28 @@ def _parse_box(box: Any, index: int) -> tuple[float, float, float, float]:
 def _parse_polygon(polygon: Any, index: int) -> list[tuple[float, float]] | None:
     if polygon in (None, []):
         return None
-    try:
-        points = [(float(p[0]), float(p[1])) for p in polygon]
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"polygon {index} is not a list of [x, y] points") from None
+    if not isinstance(polygon, (list, tuple)):
+        raise ValueError(f"polygon {index} is not a list of [x, y] points")
+    points = []
+    for point in polygon:
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            raise ValueError(f"polygon {index} is not a list of [x, y] points")
+        try:
+            points.append((_number(point[0]), _number(point[1])))
+        except TypeError:
+            raise ValueError(f"polygon {index} has a non-numeric point") from None
+    if not all(math.isfinite(v) for point in points for v in point):
+        raise ValueError(f"polygon {index} has a non-finite point")
     if len(points) < 3:
         raise ValueError(f"polygon {index} has fewer than 3 points")
     return points
+
+
+def _number(value: Any) -> float:
+    """A JSON number (not a bool, not a string) as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
 
 
 def parse_records(path: Path, classes: tuple[str, ...], report: ParseReport) -> list[Record]:
@@ -141,14 +165,15 @@ def parse_records(path: Path, classes: tuple[str, ...], report: ParseReport) -> 
     records: list[Record] = []
     seen: set[str] = set()
     for index, raw in enumerate(read_annotation_file(path)):
-        label = raw.get("file_name", f"#{index}") if isinstance(raw, dict) else f"#{index}"
+        label = str(raw.get("file_name", f"#{index}"))[:80] if isinstance(raw, dict) else f"#{index}"
         try:
             record = parse_record(raw, classes)
         except ValueError as exc:
             report.problems.append(f"{path.name}: record {index} ({label}): {exc}")
             continue
         if record.file_name in seen:
-            report.problems.append(f"{path.name}: record {index} ({label}): duplicate file_name, skipped")
+            report.problems.append(f"{path.name}: record {index} ({label}): duplicate file_name "
+                                   f"{record.file_name!r}, skipped")
             continue
         seen.add(record.file_name)
         records.append(record)

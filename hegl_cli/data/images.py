@@ -6,6 +6,7 @@ Every path that feeds the model (prepare, explain) goes through :func:`load_imag
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hegl_cli.errors import UserError
 
+DEFAULT_MAX_PIXELS = 64_000_000  # data.max_pixels: a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | DICOM_SUFFIXES
 
@@ -30,24 +32,41 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def load_image(path: Path | str) -> np.ndarray:
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image whose header claims more pixels than ``max_pixels`` (before decoding it)."""
+    if width <= 0 or height <= 0:
+        raise UserError(f"cannot read image {path}: it claims {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise UserError(f"image {path} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
+                        f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels; raise it if the file is genuine)")
+
+
+def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an X-ray as float32 intensities in [0, 1], shape (H, W), bone bright.
 
     8-bit images are divided by 255; deeper images (16-bit PNG, DICOM) are scaled by their own
     min/max after DICOM rescale and VOI windowing. RGB is converted to luminance. DICOM
     MONOCHROME1 (high values dark) is inverted so that bone is bright like every other input.
+    An image whose header claims more than ``max_pixels`` pixels is refused before it is decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     if is_dicom(path):
-        return _load_dicom(path)
+        return _load_dicom(path, max_pixels)
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _pil_to_float(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_pixels(path, img.width, img.height, max_pixels)
+                img.load()
+                return _pil_to_float(img)
+    except Image.DecompressionBombError:
+        raise UserError(f"image {path} claims more pixels than PIL will decode, over the "
+                        f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read image {path}: {reason}") from exc
 
 
 def _pil_to_float(img: Image.Image) -> np.ndarray:
@@ -70,7 +89,7 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return ((arr - low) / (high - low)).astype(np.float32)
 
 
-def _load_dicom(path: Path) -> np.ndarray:
+def _load_dicom(path: Path, max_pixels: int) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -78,9 +97,19 @@ def _load_dicom(path: Path) -> np.ndarray:
         raise UserError("reading DICOM needs pydicom: pip install pydicom") from exc
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
     except Exception as exc:  # pydicom raises many types for bad files
-        raise UserError(f"cannot read DICOM {path}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot read DICOM {path}: {_first_line(exc)}") from exc
+    if "PixelData" not in ds:
+        raise UserError(f"cannot read DICOM {path}: it holds no image (no PixelData)")
+    check_pixels(path, cols, rows * max(frames, 1), max_pixels)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # no decoder for a compressed transfer syntax, truncated data, ...
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+        raise UserError(f"cannot decode DICOM {path}{name}: {_first_line(exc)}") from exc
     if pixels.ndim == 3:  # multi-frame or colour: take luminance of the first frame
         pixels = pixels[0] if ds.get("SamplesPerPixel", 1) == 1 else pixels.mean(axis=-1)
     arr = apply_modality_lut(pixels, ds)
@@ -90,6 +119,11 @@ def _load_dicom(path: Path) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = 1.0 - arr
     return arr
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -139,6 +173,6 @@ def preprocess_array(img: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     return to_uint8(square), geometry
 
 
-def preprocess_file(path: Path | str, size: int) -> tuple[np.ndarray, Geometry]:
+def preprocess_file(path: Path | str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Geometry]:
     """Load and preprocess one image exactly as the cache stores it: uint8 (size, size)."""
-    return preprocess_array(load_image(path), size)
+    return preprocess_array(load_image(path, max_pixels), size)

@@ -17,6 +17,31 @@ def clip_box(box: tuple[float, float, float, float], width: int, height: int) ->
     return clipped, clipped != tuple(box)
 
 
+def clip_polygon(points: list[tuple[float, float]], low: float, high: float) -> list[tuple[float, float]]:
+    """Sutherland-Hodgman: the part of a polygon inside the square [low, high]^2 (exact, any finite input)."""
+    edges = ((0, low, True), (0, high, False), (1, low, True), (1, high, False))
+    far = 1e12  # bring overflowing (inf) or absurd coordinates into float range first
+    out = [(min(max(x, -far), far), min(max(y, -far), far)) for x, y in points]
+    for axis, bound, keep_above in edges:
+        if not out:
+            break
+        src, out = out, []
+
+        def inside(p, axis=axis, bound=bound, keep_above=keep_above) -> bool:
+            return p[axis] >= bound if keep_above else p[axis] <= bound
+
+        for i, cur in enumerate(src):
+            prev = src[i - 1]
+            if inside(cur) != inside(prev):
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = [prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])]
+                cross[axis] = bound
+                out.append((cross[0], cross[1]))
+            if inside(cur):
+                out.append(cur)
+    return out
+
+
 def rasterize_findings(
     findings: list[Finding],
     classes: list[str],
@@ -43,7 +68,9 @@ def rasterize_findings(
         clipped_count += int(clipped)
         draw = ImageDraw.Draw(canvases[c])
         if mask_source == "polygon" and finding.polygon:
-            points = [geometry.transform_xy(x, y) for x, y in finding.polygon]
+            points = clip_polygon([geometry.transform_xy(x, y) for x, y in finding.polygon], -1.0, size + 1.0)
+            if len(points) < 3:
+                continue  # entirely outside the image
             draw.polygon(points, fill=1)
         else:
             if box[2] <= box[0] or box[3] <= box[1]:

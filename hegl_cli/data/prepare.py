@@ -23,9 +23,10 @@ from tqdm import tqdm
 from hegl_cli import __version__
 from hegl_cli.data.cache import MANIFEST, SplitArrays, commit_folder, pack_masks, write_split
 from hegl_cli.data.chestxdet import FORMATS, Finding, ParseReport, Record, parse_records
-from hegl_cli.data.images import preprocess_file
+from hegl_cli.data.images import DEFAULT_MAX_PIXELS, preprocess_file
 from hegl_cli.data.masks import rasterize_findings
 from hegl_cli.errors import UserError
+from hegl_cli.locking import FolderLock, pid_alive
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PrepareOptions:
     force: bool = False
     workers: int = 0  # 0 = one per CPU core
     progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped and reported (data.max_pixels)
 
 
 @dataclass
@@ -99,14 +101,17 @@ def existing_fingerprint(out: Path) -> str | None:
         return None
 
 
-def _decode_one(item: tuple[str, list[Finding], list[str], int, str]) -> tuple[Any, ...]:
-    """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error."""
-    path, findings, classes, size, mask_source = item
+def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int]) -> tuple[Any, ...]:
+    """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error line."""
+    path, findings, classes, size, mask_source, max_pixels = item
     try:
-        image, geometry = preprocess_file(path, size)
+        image, geometry = preprocess_file(path, size, max_pixels)
+        masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source)
     except UserError as exc:
         return ("error", str(exc))
-    masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not end a prepare of thousands
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return ("error", f"cannot read image {path}: {type(exc).__name__}: {reason}")
     return ("ok", image, pack_masks(masks), has_mask, clipped)
 
 
@@ -133,7 +138,8 @@ def decode_split(
 ) -> tuple[SplitArrays, int]:
     """Decode and rasterize every record of a split. Missing/unreadable images are reported and skipped."""
     size = options.image_size
-    items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source) for r in records]
+    items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source, options.max_pixels)
+             for r in records]
     kept_images, kept_masks, kept_has, kept_labels, kept_files, kept_cue = [], [], [], [], [], []
     clipped_total = 0
     results = _parallel_map(_decode_one, items, options.workers, f"decode {source.name}", options.progress)
@@ -153,6 +159,9 @@ def decode_split(
         kept_files.append(record.file_name)
         if source.cue is not None:
             kept_cue.append(source.cue.get(record.file_name, 0))
+    if records and not kept_files:
+        raise UserError(f"none of the {len(records)} images of split '{source.name}' could be read from "
+                        f"{source.images} ({problems[-1] if problems else 'no image'}); is --images/--source right?")
     n_bytes = (size * size + 7) // 8
     arrays = SplitArrays(
         images=np.stack(kept_images) if kept_images else np.zeros((0, size, size), np.uint8),
@@ -194,24 +203,73 @@ def build_cache(
     start = time.perf_counter()
     classes = list(classes or FORMATS[fmt]["classes"])
     out = Path(out)
-    if options.image_size < 8:
-        raise UserError(f"--image-size must be at least 8, got {options.image_size}")
-    if out.exists() and not options.force:
-        what = "a dataset prepared from other inputs or settings" if (out / MANIFEST).is_file() else "files"
-        raise UserError(f"{out} already holds {what}; pass --force to replace it")
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        if before_build is not None:
-            before_build(partial)
-        result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest)
-        commit_folder(partial, out, force=True)
-    except BaseException:
+    check_output_folder(out, [p for src in sources for p in (src.annotations, src.images)], options.force)
+    with FolderLock(lock_path(out), f"prepare output {out}"):
+        remove_stale_partials(out)
+        partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        raise
+        partial.mkdir(parents=True)
+        try:
+            if before_build is not None:
+                before_build(partial)
+            result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest)
+            commit_folder(partial, out, force=True)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    lock_path(out).unlink(missing_ok=True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def is_hegl_cache(folder: Path) -> bool:
+    """A folder that `hegl prepare` wrote (its manifest names hegl's version)."""
+    path = Path(folder) / MANIFEST
+    if Path(folder).is_symlink() or not path.is_file():
+        return False
+    try:
+        return "hegl_version" in json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
+
+
+def check_output_folder(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an output that would overwrite the user's files: an input (or a folder holding or inside
+    one), a link, or anything but an empty folder or a hegl cache; a hegl cache needs ``force``."""
+    target = out.resolve()
+    for path in inputs:
+        src = Path(path).resolve()
+        if target == src or target in src.parents or src in target.parents:
+            raise UserError(f"--out {out} overlaps the input {path}; choose an output folder outside the dataset")
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link; refusing to write through it")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not is_hegl_cache(out):
+        raise UserError(f"{out} exists and is not a hegl cache (no manifest.json from `hegl prepare`); it was "
+                        "left alone, --force included: choose another --out")
+    if not force:
+        raise UserError(f"{out} already holds a dataset prepared from other inputs or settings; pass --force "
+                        "to replace it")
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete ``<out>.partial-PID`` / ``<out>.old-PID`` folders whose process is gone (a killed prepare)."""
+    removed = []
+    for leftover in out.parent.glob(f"{out.name}.*-*"):
+        kind, _, pid = leftover.name[len(out.name) + 1 :].partition("-")
+        if kind in ("partial", "old") and pid.isdigit() and leftover.is_dir() and not pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
 
 
 def _build_into(
@@ -223,6 +281,10 @@ def _build_into(
     for src in sources:
         if not src.images.is_dir():
             raise UserError(f"images folder for split '{src.name}' not found: {src.images}")
+    for src in sources:
+        if not parsed[src.name]:
+            why = f" ({report.problems[0]})" if report.problems else ""
+            raise UserError(f"{src.annotations}: no usable record for split '{src.name}'{why}")
     problems = list(report.problems)
     if options.strict and problems:
         raise UserError(f"--strict: {problems[0]} ({len(problems)} problem(s) in all)")
