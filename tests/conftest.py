@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,22 @@ def tiny_config(tiny_cache):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_cache, tmp_path_factory) -> Path:
-    """A tiny run trained for 2 epochs through the engine (shared, read-only by convention)."""
+def _trained_master(tiny_cache, tmp_path_factory) -> Path:
+    """A tiny run trained for 2 epochs through the engine, once per session; never handed out."""
     from hegl_cli.config import load_config
     from hegl_cli.engine.train import train
 
     cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}"])
     runs = tmp_path_factory.mktemp("runs")
     return train(cfg, name="tiny", runs_dir=runs, progress=False, log=lambda *_: None).run
+
+
+@pytest.fixture()
+def trained_run(_trained_master, tmp_path) -> Path:
+    """A private copy of the tiny trained run (tests write eval/, explain/ into it)."""
+    from hegl_cli.engine.runs import mark_latest
+
+    copy = tmp_path / "runs" / "tiny"
+    shutil.copytree(_trained_master, copy)
+    mark_latest(copy)
+    return copy

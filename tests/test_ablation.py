@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES
+from hegl_cli import ablation as ablation_module
 from hegl_cli.ablation import parse_grid
 from hegl_cli.cli.app import app
-from hegl_cli import ablation as ablation_module
 
 runner = CliRunner()
 

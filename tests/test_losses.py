@@ -105,11 +105,35 @@ def test_dal_single_class_and_no_positive_pairs():
     assert dal_loss(maps2, torch.zeros(2, 3), "positive").item() == 0.0
 
 
-def test_dal_class_sampling_uses_a_subset():
+def test_dal_class_sampling_uses_the_drawn_subset():
+    """The sampled DAL is exactly the DAL of the drawn classes (and not the DAL of all of them)."""
+    torch.manual_seed(0)
     maps = torch.rand(2, 50, 3, 3)
-    g = torch.Generator().manual_seed(0)
-    value = dal_loss(maps, max_classes=10, generator=g)
-    assert 0 < value.item() <= 1
+    maps[:, :25] = maps[:, :1]  # half the classes share one map: subsets differ a lot
+    value = dal_loss(maps, max_classes=10, generator=torch.Generator().manual_seed(7))
+    pick = torch.randperm(50, generator=torch.Generator().manual_seed(7))[:10]
+    assert value.item() == pytest.approx(naive_dal(maps[:, pick]), rel=1e-5)
+    assert value.item() != pytest.approx(dal_loss(maps).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["bce", "l1", "dice"])
+def test_other_alignment_losses_match_their_formulas(kind):
+    torch.manual_seed(1)
+    maps = torch.rand(2, 3, 4, 4)
+    maps = maps / maps.sum((-2, -1), keepdim=True)
+    coverage = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    valid = torch.tensor([[True, False, True], [False, True, False]])
+    a = maps / maps.amax((-2, -1), keepdim=True)  # peak-normalised, as ha_norm=max
+    got = alignment_loss(maps, coverage, valid, kind=kind).item()
+    a, m = a[valid], coverage[valid]
+    if kind == "bce":
+        p = a.clamp(1e-6, 1 - 1e-6)
+        expected = -(m * torch.log(p) + (1 - m) * torch.log(1 - p)).mean()
+    elif kind == "l1":
+        expected = (a - m).abs().mean()
+    else:
+        expected = (1 - 2 * (a * m).flatten(1).sum(1) / (a.flatten(1).sum(1) + m.flatten(1).sum(1))).mean()
+    assert got == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_masked_bce_ignores_nan_and_handles_all_nan():

@@ -1,12 +1,17 @@
 """Image encoder: any timm model by name, returning patch tokens on a known grid.
 
-ViTs: ``forward_features`` -> (B, prefix + h*w, D); the prefix (class/register) tokens are dropped.
-CNNs: ``forward_features`` -> (B, D, h, w); the last feature map's positions are the tokens.
+The layout of ``forward_features`` is found once, by timm's own contract, on a probe image:
+- (B, prefix + h*w, D) tokens (ViT, DeiT, ViT with registers): the model's ``num_prefix_tokens``
+  (class, distillation, register tokens) are dropped;
+- (B, h, w, D) when the model declares ``output_fmt = "NHWC"`` (Swin, MambaOut, ...);
+- (B, D, h, w) otherwise (ResNet, ConvNeXt, EfficientNet, ...).
+A model whose features have no spatial layout is refused in one line.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 import timm
@@ -46,51 +51,72 @@ def create_timm_backbone(
             return timm.create_model(name, **kwargs)
     except UserError:
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
+    except TypeError as exc:  # an encoder_kwargs key this architecture does not take
+        raise UserError(f"model.encoder_kwargs {extra or {}} do not fit '{name}' ({str(exc).splitlines()[0][:120]})") from exc
+    except (OSError, RuntimeError, ValueError, AssertionError) as exc:
         if pretrained is True:
             raise UserError(
                 f"cannot load pretrained weights for '{name}' ({str(exc).splitlines()[0][:160]}); "
                 "offline, pass model.pretrained=path/to/weights.safetensors or model.pretrained=false"
             ) from exc
-        raise
+        raise UserError(f"cannot build timm model '{name}' with {kwargs} ({str(exc).splitlines()[0][:160]})") from exc
 
 
 class ImageEncoder(nn.Module):
-    """Wrap a timm model so that ``forward`` returns patch tokens and the grid shape.
+    """Wrap a timm model so that ``forward`` returns patch tokens on the grid ``self.grid``.
 
-    Input: (B, in_chans, S, S) normalised images. Output: tokens (B, h*w, D).
+    Input: (B, in_chans, S, S) normalised images. Output: tokens (B, h*w, D), row-major over the grid.
     """
 
     def __init__(self, name: str, image_size: int, in_chans: int = 1, pretrained: bool | str = False,
                  extra: dict | None = None):
         super().__init__()
         self.backbone = create_timm_backbone(name, image_size, in_chans, pretrained, extra)
-        self.is_vit = hasattr(self.backbone, "patch_embed")
-        if self.is_vit:
-            patch = self.backbone.patch_embed.patch_size
+        patch = getattr(getattr(self.backbone, "patch_embed", None), "patch_size", None)
+        if patch is not None:
             patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
             if image_size % patch:
-                raise UserError(
-                    f"image size {image_size} is not divisible by the patch size {patch} of '{name}'"
-                )
-            self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 1))
-        self.dim = int(self.backbone.num_features)
-        self.grid = self._probe_grid(image_size, in_chans)
+                raise UserError(f"image size {image_size} is not divisible by the patch size {patch} of '{name}'")
+        self.layout, self.num_prefix_tokens, self.grid, self.dim = self._probe(name, image_size, in_chans)
 
     @torch.no_grad()
-    def _probe_grid(self, image_size: int, in_chans: int) -> tuple[int, int]:
-        if self.is_vit:
-            grid = self.backbone.patch_embed.grid_size
-            return int(grid[0]), int(grid[1])
+    def _probe(self, name: str, image_size: int, in_chans: int) -> tuple[str, int, tuple[int, int], int]:
+        """(layout NLC | NHWC | NCHW, prefix tokens, (h, w), D) of ``forward_features`` on a zero image."""
         was_training = self.backbone.training
         self.backbone.eval()
-        feats = self.backbone.forward_features(torch.zeros(1, in_chans, image_size, image_size))
-        self.backbone.train(was_training)
-        return int(feats.shape[-2]), int(feats.shape[-1])
+        try:
+            feats = self.backbone.forward_features(torch.zeros(1, in_chans, image_size, image_size))
+        except Exception as exc:  # noqa: BLE001 - any architecture may refuse a size in its own way
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise UserError(f"timm model '{name}' cannot run on {image_size} px images ({reason})") from exc
+        finally:
+            self.backbone.train(was_training)
+        if isinstance(feats, (list, tuple)):
+            raise UserError(f"timm model '{name}' returns several feature maps; hegl needs one (B, tokens, D) output")
+        shape = tuple(feats.shape)
+        if len(shape) == 4:
+            if str(getattr(self.backbone, "output_fmt", "NCHW")) == "NHWC":
+                return "NHWC", 0, (shape[1], shape[2]), shape[3]
+            return "NCHW", 0, (shape[2], shape[3]), shape[1]
+        if len(shape) == 3:
+            prefix = int(getattr(self.backbone, "num_prefix_tokens", 0))
+            return "NLC", prefix, self._token_grid(name, shape[1] - prefix), shape[2]
+        raise UserError(f"timm model '{name}' gives features of shape {shape}: no spatial tokens to attend to")
+
+    def _token_grid(self, name: str, tokens: int) -> tuple[int, int]:
+        grid = getattr(getattr(self.backbone, "patch_embed", None), "grid_size", None)
+        if grid is not None and int(grid[0]) * int(grid[1]) == tokens:
+            return int(grid[0]), int(grid[1])
+        side = math.isqrt(tokens)
+        if side * side != tokens or tokens == 0:
+            raise UserError(f"timm model '{name}' gives {tokens} tokens that form no square grid")
+        return side, side
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, S, S) -> tokens (B, h*w, D)."""
         feats = self.backbone.forward_features(images)
-        if feats.ndim == 4:  # CNN: (B, D, h, w)
+        if self.layout == "NCHW":
             return feats.flatten(2).transpose(1, 2)
-        return feats[:, self.num_prefix_tokens :]  # ViT: drop class/register tokens
+        if self.layout == "NHWC":
+            return feats.flatten(1, 2)
+        return feats[:, self.num_prefix_tokens :]
