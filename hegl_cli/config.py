@@ -359,13 +359,17 @@ def apply_layer(cfg: Config, source: str, values: dict[str, Any]) -> None:
         cfg.model.encoder_kwargs = {}
 
 
+RUN_TIME_KEYS = ("data.max_pixels",)  # besides eval.*: keys a trained run may take from the command line
+
+
 def apply_eval_layers(cfg: Config, layers: list[tuple[str, dict[str, Any]]], command: str) -> None:
-    """Apply ``--config/--set`` layers to a trained run's config; only ``eval.*`` keys may change."""
+    """Apply ``--config/--set`` layers to a trained run's config; only ``eval.*`` keys (and
+    :data:`RUN_TIME_KEYS`) may change: the rest is what was trained."""
     for source, values in layers:
-        other = [k for k in values if not str(k).startswith("eval.")]
+        other = [k for k in values if not str(k).startswith("eval.") and k not in RUN_TIME_KEYS]
         if other:
-            raise UserError(f"{source}: {command} can only set eval.* keys of a trained run, not {other[0]} "
-                            "(the rest is the run's config.yaml)")
+            raise UserError(f"{source}: {command} can only set eval.* keys (and {', '.join(RUN_TIME_KEYS)}) of a "
+                            f"trained run, not {other[0]} (the rest is the run's config.yaml)")
         apply_layer(cfg, source, values)
 
 

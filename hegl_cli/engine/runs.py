@@ -63,7 +63,7 @@ def create_run_dir(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = Fa
     An existing non-empty folder is refused, or with ``force`` replaced, but only when it is a hegl
     run that no process holds; anything else is never deleted.
     """
-    run = Path(runs_dir) / validate_run_name(name or time.strftime("%Y%m%d-%H%M%S"))
+    run = Path(runs_dir) / validate_run_name(time.strftime("%Y%m%d-%H%M%S") if name is None else name)
     if run.is_symlink():
         raise UserError(f"{run} is a symbolic link; refusing to use it as a run folder")
     if run.exists() and not run.is_dir():

@@ -20,6 +20,7 @@ import os
 import pickle
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def load_state(path: Path) -> dict[str, Any]:
     """Read ``state.pt`` without unpickling arbitrary objects; a foreign or corrupt file is named."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before refusing them
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise UserError(f"{path}: not a hegl training state, refusing to load it ({reason})") from exc

@@ -1,0 +1,503 @@
+"""Issue 11: a catalogue of bad inputs and faults, each through the real CLI.
+
+Every case asserts: the exit code (2 for anything the user can fix), a single line that names the
+file, record or key, no traceback, and that nothing the user had was deleted or overwritten (every
+file present before the command has the same bytes after it, and no run or cache folder appeared).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_OVERRIDES
+from hegl_cli.cli.app import app
+
+runner = CliRunner()
+HEGL_OWN = {".hegl-lock"}  # lock files hegl rewrites while it holds them
+
+
+@dataclass
+class Env:
+    """A sandbox: a user's precious files, a ChestX-Det-like source, a tiny cache and a trained run."""
+
+    tmp: Path
+    cache: Path
+    run: Path
+    src: Path
+    precious: Path
+    notes: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def runs(self) -> Path:
+        return self.run.parent
+
+
+def write_png(path: Path, size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, size[::-1], dtype=np.uint8)).save(path)
+    return path
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+RECORDS = [
+    {"file_name": "a.png", "syms": ["Nodule"], "boxes": [[2, 2, 20, 20]], "polygons": [[[2, 2], [20, 2], [20, 20]]]},
+    {"file_name": "b.png", "syms": [], "boxes": [], "polygons": []},
+    {"file_name": "c.png", "syms": ["Mass", "Effusion"], "boxes": [[1, 1, 9, 9], [5, 5, 30, 30]],
+     "polygons": [[[1, 1], [9, 1], [9, 9]], [[5, 5], [30, 5], [30, 30]]]},
+    {"file_name": "d.png", "syms": [], "boxes": [], "polygons": []},
+]
+
+
+def make_source(root: Path) -> Path:
+    for split in ("train", "test"):
+        for i, record in enumerate(RECORDS):
+            write_png(root / split / record["file_name"], seed=i)
+        (root / f"ChestX_Det_{split}.json").write_text(json.dumps(RECORDS))
+    return root
+
+
+@pytest.fixture()
+def env(tmp_path, tiny_cache, _trained_master, monkeypatch) -> Env:
+    from hegl_cli.engine.runs import mark_latest
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(_trained_master, run)
+    mark_latest(run)
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "thesis.txt").write_text("years of work")
+    (precious / "sub" / "data.csv").write_text("1,2,3")
+    return Env(tmp_path, Path(tiny_cache), run, make_source(tmp_path / "src"), precious)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name not in HEGL_OWN:
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def folders(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()}
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Env], list[str]]
+    message: str  # must appear in the single output line
+    setup: Callable[[Env], None] = lambda e: None
+    code: int = 2
+    after: Callable[[Env], None] = lambda e: None  # extra checks
+
+
+def fill(text: str, e: Env) -> str:
+    """Put the sandbox's paths into ``{e.tmp}``-style placeholders (other braces are YAML)."""
+    return text.format(e=e) if "{e." in text else text
+
+
+def tiny(e: Env, *extra: str) -> list[str]:
+    args = []
+    for item in TINY_OVERRIDES + [f"data.path={e.cache}", *extra]:
+        args += ["--set", item]
+    return args
+
+
+def train(*extra: str, name: str | None = "new") -> Callable[[Env], list[str]]:
+    return lambda e: ["train", *(["--name", name] if name is not None else []), "--runs-dir", str(e.runs),
+                      *tiny(e), *[fill(x, e) for x in extra]]
+
+
+def resume(*extra: str, name: str = "tiny") -> Callable[[Env], list[str]]:
+    return lambda e: ["train", "--resume", "--name", name, "--runs-dir", str(e.runs), *[fill(x, e) for x in extra]]
+
+
+def cmd(*args: str) -> Callable[[Env], list[str]]:
+    return lambda e: [fill(a, e) for a in args]
+
+
+def det(*extra: str, records=None, out: str = "{e.tmp}/cache-out") -> Callable[[Env], list[str]]:
+    """prepare --format chestxdet from explicit files; ``records`` replaces the train annotations."""
+    def argv(e: Env) -> list[str]:
+        ann = e.src / "ChestX_Det_train.json"
+        if records is not None:
+            ann = e.tmp / "bad.json"
+            if isinstance(records, bytes):
+                ann.write_bytes(records)
+            else:
+                ann.write_text(records if isinstance(records, str) else json.dumps(records))
+        return ["prepare", "--format", "chestxdet", "--annotations", f"train={ann}", "--images",
+                f"train={e.src / 'train'}", "--out", fill(out, e), "--image-size", "32", "--workers", "1",
+                *[fill(x, e) for x in extra]]
+    return argv
+
+
+def record(**changes) -> list[dict]:
+    bad = {**RECORDS[0], **changes}
+    bad = {k: v for k, v in bad.items() if v is not None}
+    return [bad, *RECORDS[1:]]
+
+
+def without(key: str) -> list[dict]:
+    bad = {k: v for k, v in RECORDS[0].items() if k != key}
+    return [bad, *RECORDS[1:]]
+
+
+# --- setups ------------------------------------------------------------------------------------
+def user_run_folder(e: Env) -> None:
+    shutil.copytree(e.precious, e.runs / "mine")
+
+
+def user_link(e: Env) -> None:
+    os.symlink(e.precious, e.runs / "link")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def crafted_state(e: Env) -> None:
+    (e.run / "state.pt").write_bytes(pickle.dumps({"epoch": 0, "model": Payload()}))
+
+
+def hold_lock(path_of: Callable[[Env], Path]) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        from hegl_cli.locking import FolderLock
+
+        e.notes["lock"] = FolderLock(path_of(e), "test").acquire()  # released when the fixture ends
+    return setup
+
+
+def truncate(path_of: Callable[[Env], Path], keep: float = 0.5) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        path = path_of(e)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+    return setup
+
+
+def own_cache(e: Env) -> None:
+    copy = e.tmp / "cache-copy"
+    shutil.copytree(e.cache, copy)
+    meta = json.loads((e.run / "best.json").read_text())
+    meta["data"] = str(copy)
+    (e.run / "best.json").write_text(json.dumps(meta))
+    e.notes["cache"] = copy
+
+
+def with_cache(change: Callable[[Path], None]) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        own_cache(e)
+        change(e.notes["cache"])
+    return setup
+
+
+def other_model_weights(e: Env) -> None:
+    from safetensors.torch import save_file
+
+    from hegl_cli.config import load_config
+    from hegl_cli.models.model import build_model
+
+    cfg = load_config(None, TINY_OVERRIDES + ["model.decoder_dim=16", "model.decoder_ffn=32"])
+    model = build_model(["Nodule", "Mass", "Effusion", "Consolidation"], cfg.model, 32)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(e.run / "best.safetensors"))
+
+
+def dicom(path: Path, syntax: str | None = None, pixels: bool = True, truncate_at: int | None = None) -> Path:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 16, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels:
+        data = np.arange(256, dtype=np.uint16).tobytes()
+        if syntax is not None:
+            from pydicom.encaps import encapsulate
+
+            data = encapsulate([b"\xff\x4f\xff\x51" + data[:100]])  # not a real JPEG 2000 stream
+        ds.PixelData = data
+    ds.save_as(path, enforce_file_format=True)
+    if truncate_at:
+        path.write_bytes(path.read_bytes()[:truncate_at])
+    return path
+
+
+def bad_image(name: str, maker: Callable[[Path], object]) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        path = e.tmp / "inbox" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        maker(path)
+        e.notes["image"] = path
+    return setup
+
+
+def explain_image(e: Env) -> list[str]:
+    return ["explain", str(e.notes["image"]), "--run", str(e.run), "--out", str(e.tmp / "x")]
+
+
+def write_config(text: str) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        (e.tmp / "c.yaml").write_text(text)
+    return setup
+
+
+def no_run_created(name: str) -> Callable[[Env], None]:
+    return lambda e: None if not (e.runs / name).exists() else pytest.fail(f"run folder {name} was created")
+
+
+CASES = [
+    # -- data loss and code execution ---------------------------------------------------------------
+    Case("train-force-abs-name", train("--force", name="/tmp/hegl-victim"), "invalid run name"),
+    Case("train-force-abs-precious", lambda e: [*train("--force", name=str(e.precious))(e)], "invalid run name"),
+    Case("train-force-dotdot", train("--force", name="../precious"), "invalid run name"),
+    Case("train-name-nested", train(name="a/b"), "invalid run name"),
+    Case("train-name-dot", train(name="."), "invalid run name"),
+    Case("train-name-dotdot", train(name=".."), "invalid run name"),
+    Case("train-name-latest", train(name="latest"), "invalid run name"),
+    Case("train-name-empty", train(name=""), "invalid run name"),
+    Case("train-name-backslash", train(name="..\\x"), "invalid run name"),
+    Case("train-force-user-folder", train("--force", name="mine"), "not a hegl run folder", user_run_folder),
+    Case("train-force-symlink", train("--force", name="link"), "symbolic link", user_link),
+    Case("train-existing-no-force", train(name="tiny"), "already exists"),
+    Case("train-resume-and-force", resume("--force"), "contradict"),
+    Case("prepare-out-is-source", cmd("prepare", "--format", "chestxdet", "--source", "{e.src}", "--out", "{e.src}",
+                                      "--force"), "overlaps the input"),
+    Case("prepare-out-is-images", det("--force", out="{e.src}/train"), "overlaps the input"),
+    Case("prepare-out-holds-source", det("--force", out="{e.tmp}"), "overlaps the input"),
+    Case("prepare-out-user-folder", det("--force", out="{e.precious}"), "is not a hegl cache"),
+    Case("prepare-out-user-folder-no-force", det(out="{e.precious}"), "is not a hegl cache"),
+    Case("prepare-out-is-file", det("--force", out="{e.precious}/thesis.txt"), "is not a folder"),
+    Case("prepare-out-symlink", det("--force", out="{e.tmp}/cachelink"), "symbolic link",
+         lambda e: os.symlink(e.precious, e.tmp / "cachelink")),
+    Case("prepare-synthetic-out-user-folder", cmd("prepare", "--out", "{e.precious}", "--force"), "is not a hegl cache"),
+    Case("resume-crafted-pickle", resume(), "not a hegl training state", crafted_state,
+         after=lambda e: None if not (e.tmp / "PWNED").exists() else pytest.fail("the pickle ran code")),
+    Case("resume-truncated-state", resume(), "not a hegl training state", truncate(lambda e: e.run / "state.pt")),
+    Case("resume-while-running", resume(), "is in use by", hold_lock(lambda e: e.run / ".hegl-lock")),
+    Case("force-while-running", train("--force", name="tiny"), "is in use by", hold_lock(lambda e: e.run / ".hegl-lock")),
+    Case("prepare-while-running", cmd("prepare", "--out", "{e.tmp}/data/synthetic"), "is in use by",
+         hold_lock(lambda e: e.tmp / "data" / ".synthetic.lock")),
+    # -- silent wrong results: every range --------------------------------------------------------
+    Case("alpha-negative", train("--alpha", "-1"), "'loss.alpha' must be >= 0"),
+    Case("alpha-nan", train("--alpha", "nan"), "'loss.alpha' must be a finite number"),
+    Case("beta-inf", train("--beta", "inf"), "'loss.beta' must be a finite number"),
+    Case("epochs-zero", train("--epochs", "0"), "'train.epochs' must be >= 1", after=no_run_created("new")),
+    Case("epochs-negative", train("--epochs", "-3"), "'train.epochs' must be >= 1"),
+    Case("batch-zero", train("--set", "train.batch_size=0"), "'train.batch_size' must be >= 1"),
+    Case("lr-negative", train("--set", "train.lr=-1"), "'train.lr' must be > 0"),
+    Case("lr-nan", train("--set", "train.lr=.nan"), "'train.lr' must be a finite number"),
+    Case("heads-not-dividing", train("--set", "model.decoder_heads=3"), "must divide model.decoder_dim"),
+    Case("warmup-negative", train("--set", "train.warmup_epochs=-1"), "'train.warmup_epochs' must be >= 0"),
+    Case("patience-negative", train("--set", "train.patience=-1"), "'train.patience' must be >= 0"),
+    Case("dropout-one", train("--set", "model.dropout=1"), "'model.dropout' must be < 1"),
+    Case("dice-k-negative", train("--set", "loss.dice_k=-1"), "'loss.dice_k' must be >= 0"),
+    Case("rrr-negative", train("--set", "loss.rrr_weight=-0.1"), "'loss.rrr_weight' must be >= 0"),
+    Case("val-fraction-over-one", cmd("prepare", "--set", "data.val_fraction=1.5"), "'data.val_fraction' must be < 1"),
+    Case("image-size-huge", cmd("prepare", "--image-size", "100000"), "'data.image_size' must be <= 2048"),
+    Case("image-size-tiny", cmd("prepare", "--image-size", "4"), "'data.image_size' must be >= 8"),
+    Case("prepare-workers-negative", cmd("prepare", "--workers", "-1"), "--workers"),
+    Case("max-pixels-zero", cmd("prepare", "--set", "data.max_pixels=0"), "'data.max_pixels' must be >= 1"),
+    Case("sigma-nan", cmd("robustness", "{e.run}", "--sigma", "nan"), "--sigma"),
+    Case("sigma-negative", cmd("robustness", "{e.run}", "--sigma", "-0.1"), "--sigma"),
+    Case("sigma-over-one", cmd("robustness", "{e.run}", "--sigma", "2"), "--sigma"),
+    Case("draws-zero", cmd("robustness", "{e.run}", "--draws", "0"), "--draws"),
+    Case("eval-set-sigmas-negative", cmd("robustness", "{e.run}", "--set", "eval.sigmas=[-1]"), "'eval.sigmas' must be >= 0"),
+    Case("eval-top-share-zero", cmd("evaluate", "{e.run}", "--set", "eval.top_share=0"), "'eval.top_share' must be > 0"),
+    Case("eval-bootstrap-negative", cmd("evaluate", "{e.run}", "--set", "eval.bootstrap=-1"), "'eval.bootstrap' must be >= 0"),
+    Case("evaluate-sets-loss-key", cmd("evaluate", "{e.run}", "--set", "loss.alpha=0"), "only set eval.* keys"),
+    Case("ablation-seeds-zero", cmd("ablation", "--seeds", "0"), "--seeds must be at least 1"),
+    Case("ablation-sigma-nan", cmd("ablation", "--sigma", "nan"), "--sigma"),
+    Case("ablation-grid-garbage", cmd("ablation", "--grid", "a,b"), "expected ALPHA,BETA"),
+    Case("ablation-cell-negative-alpha", cmd("ablation", "--grid", "0,0 -1,1", "--out-root", "{e.tmp}/abl"),
+         "'loss.alpha' must be >= 0", after=lambda e: None if not (e.tmp / "abl").exists() else pytest.fail("trained")),
+    Case("ablation-late-bad-cell", cmd("ablation", "--grid", "0,0 1,1+loss.nosuch=1", "--out-root", "{e.tmp}/abl"),
+         "unknown config key 'loss.nosuch'",
+         after=lambda e: None if not (e.tmp / "abl").exists() else pytest.fail("the first cell trained")),
+    Case("ablation-name-escapes", cmd("ablation", "--name", "../x"), "invalid run name"),
+    # -- annotations --------------------------------------------------------------------------------
+    Case("record-without-syms", det("--strict", records=without("syms")), "no 'syms' list"),
+    Case("record-without-boxes", det("--strict", records=without("boxes")), "no 'boxes' list"),
+    Case("box-nan", det("--strict", records='[{"file_name": "a.png", "syms": ["Nodule"], "boxes": [[NaN, 1, 5, 5]]}, '
+                                            '{"file_name": "b.png", "syms": [], "boxes": []}]'), "non-finite"),
+    Case("box-infinity", det("--strict", records='[{"file_name": "a.png", "syms": ["Nodule"], "boxes": [[0, 0, Infinity, 5]]},'
+                                                 ' {"file_name": "b.png", "syms": [], "boxes": []}]'), "non-finite"),
+    Case("polygon-nan", det("--strict", records='[{"file_name": "a.png", "syms": ["Nodule"], "boxes": [[0, 0, 5, 5]], '
+                                                '"polygons": [[[0, 0], [NaN, 1], [5, 5]]]}, '
+                                                '{"file_name": "b.png", "syms": [], "boxes": [], "polygons": []}]'),
+         "non-finite point"),
+    Case("same-image-twice", det("--strict", records=[*RECORDS, {**RECORDS[1], "file_name": "./a.png"}]),
+         "duplicate file_name 'a.png'"),
+    Case("empty-list", det(records="[]"), "no usable record"),
+    Case("not-a-list", det(records="{}"), "expected a JSON list"),
+    Case("invalid-json", det(records="[{"), "not valid JSON"),
+    Case("binary-json", det(records=b"\xff\xfe\x00\x81"), "not valid JSON"),
+    Case("unknown-class", det("--strict", records=record(syms=["Tumour"])), "unknown class 'Tumour'"),
+    Case("name-escapes", det("--strict", records=record(file_name="../../etc/passwd")), "escapes the images folder"),
+    Case("name-absolute", det("--strict", records=record(file_name="/etc/passwd")), "escapes the images folder"),
+    Case("box-three-numbers", det("--strict", records=record(boxes=[[1, 2, 3]])), "is not [x1, y1, x2, y2]"),
+    Case("box-strings", det("--strict", records=record(boxes=[["1", "2", "3", "4"]])), "non-numeric"),
+    Case("box-no-area", det("--strict", records=record(boxes=[[5, 5, 5, 9]])), "has no area"),
+    Case("unequal-lists", det("--strict", records=record(boxes=[])), "'syms' has 1 entries but 'boxes' has 0"),
+    Case("polygon-count", det("--strict", records=record(polygons=[])), "'polygons' has 0"),
+    Case("polygon-two-points", det("--strict", records=record(polygons=[[[1, 1], [5, 5]]])), "fewer than 3 points"),
+    Case("record-not-object", det("--strict", records=[["a.png"], *RECORDS[1:]]), "record is not an object"),
+    Case("images-folder-wrong", lambda e: [*det()(e)[:6], f"train={e.precious}", *det()(e)[7:]], "none of the 4 images"),
+    Case("images-folder-missing", lambda e: [*det()(e)[:6], f"train={e.tmp}/nowhere", *det()(e)[7:]],
+         "images folder for split 'train' not found"),
+    Case("annotations-missing", lambda e: ["prepare", "--format", "chestxdet", "--annotations", f"train={e.tmp}/no.json",
+                                           "--images", f"train={e.src}/train", "--out", f"{e.tmp}/o"],
+         "annotation file not found"),
+    Case("annotations-without-images", cmd("prepare", "--format", "chestxdet", "--annotations", "train={e.src}/x.json"),
+         "must name the same splits"),
+    Case("annotations-no-equals", cmd("prepare", "--format", "chestxdet", "--annotations", "train.json"),
+         "expected SPLIT=PATH"),
+    Case("format-unknown", cmd("prepare", "--format", "nosuch", "--source", "{e.src}"), "unknown format 'nosuch'"),
+    Case("source-missing", cmd("prepare", "--format", "chestxdet", "--source", "{e.tmp}/nowhere"), "source folder not found"),
+    Case("source-without-json", cmd("prepare", "--format", "chestxdet", "--source", "{e.precious}"),
+         "no ChestX_Det_train.json"),
+    Case("source-without-images", cmd("prepare", "--format", "chestxdet", "--source", "{e.tmp}/s2"), "no images folder",
+         lambda e: (e.tmp / "s2").mkdir() or shutil.copy(e.src / "ChestX_Det_train.json", e.tmp / "s2")),
+    Case("synthetic-with-source", cmd("prepare", "--source", "{e.src}"), "need --format chestxdet"),
+    Case("strict-missing-image", det("--strict", records=[*RECORDS, {**RECORDS[1], "file_name": "zz.png"}]),
+         "image not found"),
+    # -- hostile or huge files ----------------------------------------------------------------------
+    Case("png-bomb-header", explain_image, "over the 64 Mpx limit", bad_image("bomb.png", lambda p: png_claiming(p, 30000, 30000))),
+    Case("png-12000", explain_image, "over the 64 Mpx limit", bad_image("big.png", lambda p: png_claiming(p, 12000, 12000))),
+    Case("png-over-user-limit", lambda e: [*explain_image(e), "--set", "data.max_pixels=100"], "over the 0.0001 Mpx limit",
+         bad_image("small.png", lambda p: write_png(p, (20, 20)))),
+    Case("prepare-strict-bomb", det("--strict"), "over the 64 Mpx limit",
+         lambda e: png_claiming(e.src / "train" / "c.png", 30000, 30000)),
+    Case("png-truncated", explain_image, "cannot read image",
+         bad_image("cut.png", lambda p: p.write_bytes(write_png(p).read_bytes()[:60]))),
+    Case("png-empty", explain_image, "cannot read image", bad_image("empty.png", lambda p: p.write_bytes(b""))),
+    Case("png-is-text", explain_image, "cannot read image", bad_image("notes.png", lambda p: p.write_text("hello"))),
+    Case("dicom-no-pixels", explain_image, "holds no image", bad_image("nopix.dcm", lambda p: dicom(p, pixels=False))),
+    Case("dicom-truncated", explain_image, "DICOM", bad_image("cut.dcm", lambda p: dicom(p, truncate_at=400))),
+    Case("dicom-jpeg2000-fake", explain_image, "transfer syntax",
+         bad_image("j2k.dcm", lambda p: dicom(p, syntax="1.2.840.10008.1.2.4.90"))),
+    Case("markup-closing-tag-in-path", explain_image, "[/b]bad.png",
+         bad_image("[/b]bad.png", lambda p: p.parent.mkdir(parents=True, exist_ok=True) or p.write_text("x"))),
+    Case("markup-tags-in-file-name", explain_image, "[bold]x[red].png",
+         bad_image("[bold]x[red].png", lambda p: p.write_text("x"))),
+    Case("folder-without-images", lambda e: ["explain", str(e.precious), "--run", str(e.run)], "no images"),
+    Case("explain-missing-file", cmd("explain", "{e.tmp}/missing.png", "--run", "{e.run}"), "image not found"),
+    # -- messages that name the file --------------------------------------------------------------------
+    Case("safetensors-garbage", cmd("evaluate", "{e.run}"), "best.safetensors: not a readable safetensors file",
+         lambda e: (e.run / "best.safetensors").write_bytes(b"\xff" * 64)),
+    Case("safetensors-truncated", cmd("evaluate", "{e.run}"), "best.safetensors: not a readable safetensors file",
+         truncate(lambda e: e.run / "best.safetensors")),
+    Case("safetensors-empty", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}"), "best.safetensors",
+         lambda e: (e.run / "best.safetensors").write_bytes(b"")),
+    Case("weights-of-another-model", cmd("evaluate", "{e.run}"), "are not the model", other_model_weights),
+    Case("meta-corrupt", cmd("evaluate", "{e.run}"), "corrupt checkpoint metadata",
+         lambda e: (e.run / "best.json").write_text("{not json")),
+    Case("meta-missing-keys", cmd("evaluate", "{e.run}"), "not a hegl checkpoint description",
+         lambda e: (e.run / "best.json").write_text("{}")),
+    Case("images-npy-truncated", cmd("evaluate", "{e.run}"), "images.npy: damaged or truncated",
+         with_cache(lambda c: truncate(lambda e: c / "test" / "images.npy")(None))),
+    Case("labels-npy-wrong-shape", cmd("evaluate", "{e.run}"), "labels.npy: shape",
+         with_cache(lambda c: np.save(c / "test" / "labels.npy", np.zeros((3, 4), np.float32)))),
+    Case("masks-npy-missing", cmd("evaluate", "{e.run}"), "masks.npy: missing",
+         with_cache(lambda c: (c / "test" / "masks.npy").unlink())),
+    Case("manifest-corrupt", cmd("evaluate", "{e.run}"), "corrupt manifest",
+         with_cache(lambda c: (c / "manifest.json").write_text("[1"))),
+    Case("files-json-missing", cmd("evaluate", "{e.run}"), "files.json: unreadable",
+         with_cache(lambda c: (c / "test" / "files.json").unlink())),
+    Case("cache-missing", train("--data", "{e.tmp}/nowhere"), "run `hegl prepare` first"),
+    Case("cache-other-size", train("--set", "data.image_size=64"), "prepared at 32 px"),
+    Case("resume-config-missing", resume(), "has no config.yaml", lambda e: (e.run / "config.yaml").unlink()),
+    Case("resume-config-corrupt", resume(), "not valid YAML", lambda e: (e.run / "config.yaml").write_text("a: [")),
+    Case("resume-changes-model", resume("--set", "model.decoder_layers=3"), "model.decoder_layers"),
+    Case("resume-no-name", cmd("train", "--resume"), "--resume needs --name"),
+    Case("resume-nothing", resume(name="ghost"), "nothing to resume"),
+    Case("config-missing", cmd("config", "show", "--config", "{e.tmp}/none.yaml"), "config file not found"),
+    Case("config-not-mapping", cmd("config", "show", "--config", "{e.tmp}/c.yaml"), "expected a mapping",
+         write_config("- 1\n- 2\n")),
+    Case("config-unknown-key", cmd("config", "show", "--config", "{e.tmp}/c.yaml"), "did you mean 'train.epochs'",
+         write_config("train:\n  epoch: 3\n")),
+    Case("config-bad-choice", cmd("config", "show", "--set", "loss.ha_type=cosine"), "must be one of"),
+    # -- smaller ------------------------------------------------------------------------------------------
+    Case("evaluate-no-latest", cmd("evaluate", "--runs-dir", "{e.tmp}/empty"), "no run given"),
+    Case("evaluate-no-checkpoint", cmd("evaluate", "{e.precious}"), "has no 'best' checkpoint"),
+    Case("evaluate-bad-checkpoint-name", cmd("evaluate", "{e.run}", "--checkpoint", "middle"), "unknown checkpoint 'middle'"),
+    Case("evaluate-unknown-split", cmd("evaluate", "{e.run}", "--split", "nosuch"), "split 'nosuch'"),
+    Case("evaluate-threshold-metric", cmd("evaluate", "{e.run}", "--threshold-metric", "auc"), "--threshold-metric"),
+    Case("evaluate-unknown-device", cmd("evaluate", "{e.run}", "--device", "tpu"), "unknown device 'tpu'"),
+    Case("robustness-missing-run", cmd("robustness", "{e.tmp}/nope"), "run folder not found"),
+    Case("explain-unknown-class", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--classes", "Tumour"),
+         "class 'Tumour' is not in the model"),
+    Case("train-unknown-encoder", train("--set", "model.encoder=vit_tiny_patch16_22"), "closest: vit_tiny_patch16_224"),
+    Case("train-encoder-kwargs-unfit", train("--set", "model.encoder=resnet18", "--set", "model.encoder_kwargs={depth: 6}"),
+         "do not fit 'resnet18'"),
+    Case("train-text-encoder-missing", train("--set", "model.text_encoder={e.tmp}/bert"), "cannot load text encoder"),
+    Case("train-patch-size", train("--set", "model.encoder_kwargs={patch_size: 7}"), "not divisible by the patch size 7"),
+    Case("train-no-val", train("--data", "{e.tmp}/noval"), "has no 'val' split",
+         lambda e: (shutil.copytree(e.cache, e.tmp / "noval"), shutil.rmtree(e.tmp / "noval" / "val"),
+                    (e.tmp / "noval" / "manifest.json").write_text(json.dumps(
+                        {**json.loads((e.cache / "manifest.json").read_text()),
+                         "splits": {"train": 41, "test": 16, "test_counterfactual": 16}})))),
+]
+
+
+def test_the_catalogue_has_at_least_95_cases():
+    assert len(CASES) >= 95 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case: Case, env: Env):
+    case.setup(env)
+    before, dirs_before = snapshot(env.tmp), folders(env.tmp)
+    precious_link_target = snapshot(env.precious)
+    try:
+        result = runner.invoke(app, ["-q", *case.argv(env)])
+    finally:
+        lock = env.notes.get("lock")
+        if lock is not None:
+            lock.release()
+    assert result.exit_code == case.code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert case.message in lines[0], result.output
+    assert "Traceback" not in result.output
+    after = snapshot(env.tmp)
+    lost = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not lost, f"changed or deleted: {lost[:5]}"
+    assert snapshot(env.precious) == precious_link_target
+    new_dirs = {d for d in folders(env.tmp) - dirs_before if not d.startswith(("data", "x"))}
+    assert not [d for d in new_dirs if d.startswith("runs/") or "cache" in d], new_dirs
+    assert not Path("/tmp/hegl-victim").exists() or Path("/tmp/hegl-victim").is_dir()
+    case.after(env)
