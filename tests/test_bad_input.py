@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fault_catalogue import RECORDS, make_source, write_png
@@ -102,6 +103,7 @@ def test_a_cnn_trains_with_the_default_config(tiny_cache, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_two_trainings_of_one_name_at_once(tiny_cache, tmp_path):
     """One wins, the other exits 2 naming the holder; the run's metrics come from one process only."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

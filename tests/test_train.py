@@ -85,10 +85,11 @@ def test_train_user_errors_exit_2_with_one_line(tiny_cache, tmp_path, extra, mes
 def _subprocess_train(cwd: Path, cache: Path, name: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "hegl_cli", "-q", "train", "--name", name, "--runs-dir", str(cwd / "runs"),
-           *tiny_args(cache, "train.epochs=6", "train.deterministic=true", "train.warmup_epochs=1"), *extra]
+           *tiny_args(cache, "train.epochs=4", "train.deterministic=true", "train.warmup_epochs=1"), *extra]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
     reference = _subprocess_train(tmp_path, tiny_cache, "ref")
     out, _ = reference.communicate(timeout=300)
@@ -103,8 +104,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    state = torch.load(tmp_path / "runs" / "killed" / "state.pt", weights_only=False)
-    assert state["epoch"] < 5, "the run finished before it could be killed"
+    state = torch.load(tmp_path / "runs" / "killed" / "state.pt", weights_only=True)
+    assert state["epoch"] < 3, "the run finished before it could be killed"
 
     resumed = _subprocess_train(tmp_path, tiny_cache, "killed", "--resume")
     out, _ = resumed.communicate(timeout=300)
@@ -115,7 +116,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     lines = (tmp_path / "runs" / "killed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
 def _free_port() -> int:
@@ -124,6 +125,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_with_gloo(tiny_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
