@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hegl_cli.data.images import (  # noqa: E402
     DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
+    collect_image_files,
     load_image,
     preprocess_array,
     square_and_resize,
@@ -47,23 +47,6 @@ class ExplainResult:
 
     explained: list[Explanation]
     failed: list[str]
-
-
-def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
-    """Files as given and folders expanded to their image files (sorted); missing paths are reported."""
-    files: list[Path] = []
-    failed: list[str] = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                failed.append(f"no images (.png, .jpg, .dcm, ...) in folder {path}")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            failed.append(f"image not found: {path}")
-    return list(dict.fromkeys(files)), failed
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -172,7 +155,7 @@ def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[st
     Output per image in ``out/<name>`` (or ``RUN/explain/<name>``), ``<name>`` distinct per file;
     a single file with ``out`` writes into ``out`` itself.
     """
-    files, failed = collect_images(inputs)
+    files, failed = collect_image_files(inputs, recursive=False)
     loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain")
     meta = {**loaded.meta, "which": which, "thresholds": loaded.thresholds.tolist(),
             "max_pixels": loaded.cfg.data.max_pixels}

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -24,6 +25,8 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax_val.plot(epochs, [h[key] if h[key] is not None else float("nan") for h in history], label=key[4:].upper())
     ax_val.set(xlabel="epoch", ylabel="score", title="validation (macro)", ylim=(min(0, ax_val.get_ylim()[0]), 1))
     ax_val.legend()
+    for ax in (ax_loss, ax_val):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

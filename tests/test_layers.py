@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hegl_cli"
 LAYERS = {
     "errors": 0, "config": 0, "locking": 0, "metrics": 0, "plots": 0, "__init__": 0, "__main__": 8,
-    "data": 1, "models": 2, "losses": 3, "engine": 4, "evaluation": 5, "explain": 6, "ablation": 6, "cli": 7,
+    "data": 1, "models": 2, "losses": 3, "engine": 4, "evaluation": 5, "explain": 6, "ablation": 6, "predict": 6, "report": 6, "cli": 7,
 }
 
 

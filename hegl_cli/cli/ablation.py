@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, State, cell, handles_errors, info, out, resolve_config
+from hegl_cli.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    State,
+    fitted_table,
+    handles_errors,
+    info,
+    out,
+    resolve_config,
+)
 
 
 @handles_errors
@@ -36,11 +44,8 @@ def ablation(
     cells = parse_grid(grid)
     target = out_root / validate_run_name(name)
     table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
-    view = Table(title=f"ablation {name} (mean ± std over {seeds} seed(s), test split)")
-    view.add_column("cell")
-    for _, label in METRICS:
-        view.add_column(label, justify="right")
-    for e in table:
-        view.add_row(cell(e["label"]), *[format_mean_std(e[k]) for k, _ in METRICS])
-    out.print(view)
+    header = ["cell", *[label for _, label in METRICS]]
+    rows = [[e["label"], *[format_mean_std(e[k]) for k, _ in METRICS]] for e in table]
+    out.print(fitted_table(f"ablation {name} (mean ± std over {seeds} seed(s), test split)", header, rows, out,
+                           str(target / "results.md")))
     info(f"wrote {target / 'results.csv'}, results.md and results.png")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from hegl_cli import __version__
-from hegl_cli.cli import ablation, config_cmd, evaluate, explain, prepare, robustness, train
+from hegl_cli.cli import ablation, config_cmd, evaluate, explain, predict, prepare, report, robustness, train
 from hegl_cli.cli.common import State
 
 app = typer.Typer(
@@ -40,6 +40,8 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("robustness")(robustness.robustness)
 app.command("explain")(explain.explain)
+app.command("predict")(predict.predict)
+app.command("report")(report.report)
 app.command("ablation")(ablation.ablation)
 app.add_typer(config_cmd.app, name="config")
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from hegl_cli.config import Config, config_layers, load_config
@@ -79,6 +80,24 @@ def info(message: str, style: str | None = None) -> None:
 def result_line(message: str) -> None:
     """A result on stdout (kept by --quiet), printed literally."""
     out.print(Text(message), soft_wrap=True)
+
+
+def fitted_table(title: str, header: list[str], rows: list[list[str]], console: Console, full: str) -> Table:
+    """A table that never cuts a label: text wraps, and metric columns that do not fit the console's
+    width (80 when printing to a log) are dropped with a note saying where the full table is."""
+    label_width = min(max([len(header[0]), *(len(r[0]) for r in rows)]), 36)
+    value_width = max([13, *(len(v) for r in rows for v in r[1:])])
+    fits = max(1, (console.width - label_width - 4) // (value_width + 3))
+    shown = header[1 : 1 + fits]
+    dropped = len(header) - 1 - len(shown)
+    caption = f"{dropped} more column(s) in {full}" if dropped else f"also in {full}"
+    view = Table(title=Text(title), caption=Text(caption))
+    view.add_column(header[0], overflow="fold", min_width=min(label_width, 24))
+    for name in shown:
+        view.add_column(name, justify="right", overflow="fold", min_width=value_width)
+    for row in rows:
+        view.add_row(*[Text(str(v)) for v in row[: 1 + len(shown)]])
+    return view
 
 
 def cell(value: object) -> Text:

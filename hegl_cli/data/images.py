@@ -6,6 +6,7 @@ Every path that feeds the model (prepare, explain) goes through :func:`load_imag
 
 from __future__ import annotations
 
+import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,45 @@ def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise UserError(f"image {path} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
                         f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels; raise it if the file is genuine)")
+
+
+def _paths_from_csv(path: Path) -> list[Path]:
+    """Image paths listed in a CSV (column ``path`` or ``file``, else the first), relative to the CSV's folder."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read the list of images {path}: {exc}") from exc
+    if not rows:
+        return []
+    header = [c.strip().lower() for c in rows[0]]
+    column = next((header.index(n) for n in ("path", "file", "filename", "image") if n in header), None)
+    body = rows[1:] if column is not None else rows
+    column = column or 0
+    return [(path.parent / row[column].strip()) for row in body if len(row) > column and row[column].strip()]
+
+
+def collect_image_files(inputs: list[Path], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files as given, folders expanded to their image files (sorted; ``recursive`` goes into
+    subfolders), ``.csv`` files read as lists of paths. Returns (files, one line per missing input)."""
+    files: list[Path] = []
+    failed: list[str] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            pattern = path.rglob("*") if recursive else path.iterdir()
+            found = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                failed.append(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+            files.extend(found)
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            listed = _paths_from_csv(path)
+            files.extend(p for p in listed if p.is_file())
+            failed.extend(f"image not found: {p} (listed in {path})" for p in listed if not p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            failed.append(f"image not found: {path}")
+    return list(dict.fromkeys(files)), failed
 
 
 def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

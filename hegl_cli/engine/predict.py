@@ -25,7 +25,7 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return torch.autocast(device.type, enabled=False)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_images(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """images (B, 1, S, S) in [0, 1] -> probs (B, C), attention (B, C, h, w), on the CPU, float32."""

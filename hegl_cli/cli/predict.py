@@ -1,0 +1,51 @@
+"""`hegl predict`: probabilities and decisions for new images (files, folders, CSV lists) as one CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hegl_cli.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    State,
+    error_line,
+    eval_layers,
+    handles_errors,
+    info,
+    result_line,
+)
+
+
+@handles_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV lists of paths.")],
+    run: Annotated[Path | None, typer.Option(help="Run folder (default: runs/latest).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
+    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
+    workers: Annotated[int, typer.Option(help="Loader processes that decode images.", min=0)] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing predictions CSV.")] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """One CSV row per readable image: file, p_<class>, positive_<class> at the run's thresholds.
+
+    Unreadable files are listed and skipped; the exit code is 2 when any was.
+    """
+    from hegl_cli.engine.runs import resolve_run
+    from hegl_cli.predict import predict as run_predict
+
+    folder = resolve_run(run, runs_dir)
+    result = run_predict(inputs, folder, out, checkpoint, device, batch_size, workers, force,
+                         progress=not State.quiet, eval_layers=eval_layers(config, overrides))
+    for line in result.failed:
+        error_line(line)
+    result_line(f"wrote {result.rows} row(s) for {len(result.classes)} classes to {result.out}")
+    if result.failed:
+        info(f"{len(result.failed)} input(s) skipped")
+        raise typer.Exit(2)

@@ -1,0 +1,312 @@
+"""`hegl report`: one self-contained HTML page for runs (and ablations) that a reviewer opens.
+
+Everything is inline (CSS, images as data URIs, no network). Per run: the run and its config; the
+data (images and annotated images per class and split); training curves; per-class AUC/F1/MCC
+with the macro 95% CI and thresholds; attention alignment and faithfulness next to chance levels;
+robustness; shortcut reliance; a gallery of test images with the expert mask outlined beside each
+class's map (best aligned, worst aligned, and the most shortcut-driven when the data has a twin).
+Several runs get a side-by-side table; an ablation folder its table and figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hegl_cli import __version__
+from hegl_cli.engine.io import atomic_write_text
+from hegl_cli.engine.predict import predict_split
+from hegl_cli.engine.runs import LoadedRun, load_run
+from hegl_cli.errors import UserError
+from hegl_cli.evaluation.evaluate import counterfactual_split
+from hegl_cli.plots import plt
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;color:#1b1f24}
+h1{font-size:1.6em;margin:.2em 0} h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:1.8em}
+h3{margin-top:1.3em} table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:right} th:first-child,td:first-child{text-align:left}
+th{background:#f6f8fa} img{max-width:100%;height:auto} .muted{color:#57606a} .note{background:#fff8c5;padding:.4em .7em}
+.gallery{display:grid;grid-template-columns:1fr;gap:1em} .facts td{text-align:left}
+figure{margin:0} figcaption{font-size:.85em;color:#57606a} pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.8em}
+@media print{body{max-width:none;padding:0;font-size:11pt} h2{break-before:auto} figure,table{break-inside:avoid}
+details{display:block} details>summary{display:none}}
+"""
+
+# Marks the page's own health on the <html> element: how many images decoded and any script error.
+CHECK_SCRIPT = """
+window.hegl_errors=[];window.addEventListener('error',function(e){window.hegl_errors.push(String(e.message))});
+window.addEventListener('load',function(){var im=Array.from(document.images);
+var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0}).length;
+document.documentElement.setAttribute('data-images',ok+'/'+im.length);
+document.documentElement.setAttribute('data-errors',window.hegl_errors.join(' | '));
+if(ok<im.length){var p=document.createElement('p');p.className='note';p.textContent=(im.length-ok)+' image(s) failed to decode';document.body.prepend(p);}});
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else esc(value)
+
+
+def png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def figure_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{esc(alt)}">'
+
+
+def table(header: list[str] | None, rows: list[list[Any]], css: str = "") -> str:
+    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{css}'>{head}<tbody>{body}</tbody></table>"
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: corrupt JSON ({exc})") from exc
+
+
+# --- sections of one run --------------------------------------------------------------------------
+def run_header(loaded: LoadedRun) -> str:
+    cfg, meta = loaded.cfg, loaded.meta
+    marker = read_json(loaded.folder / "hegl-run.json") or {}
+    facts = [["run folder", str(loaded.folder)], ["created", marker.get("created", "–")],
+             ["checkpoint", f"{loaded.which} (epoch {meta.get('epoch')}, val macro AUC {fmt(meta.get('val_auc'))})"],
+             ["encoder", f"{cfg.model.encoder} {cfg.model.encoder_kwargs or ''} at {cfg.data.image_size} px"],
+             ["text encoder", cfg.model.text_encoder], ["loss", f"alpha={cfg.loss.alpha:g} beta={cfg.loss.beta:g} "
+                                                              f"({cfg.loss.ha_type}, HA on {cfg.loss.ha_layers} layer(s))"],
+             ["training", f"AdamW lr {cfg.train.lr:g}, batch {cfg.train.batch_size}, up to {cfg.train.epochs} epochs, "
+                          f"augment {cfg.data.augment}"],
+             ["thresholds", f"chosen on {meta.get('thresholds_chosen_on', 'val')} by {meta.get('threshold_metric')}"],
+             ["versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())]]
+    config = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return (table(None, facts, "facts") + "<details><summary>config.yaml</summary>"
+            f"<pre>{esc(config)}</pre></details>")
+
+
+def data_section(loaded: LoadedRun) -> str:
+    from hegl_cli.data.cache import read_manifest
+
+    manifest = read_manifest(loaded.data)
+    splits = [s for s in manifest["splits"] if (loaded.data / s / "has_mask.npy").is_file()]
+    masks = {s: np.load(loaded.data / s / "has_mask.npy").sum(0) for s in splits}
+    rows = []
+    for c, name in enumerate(loaded.classes):
+        rows.append([name, *[f"{manifest['class_counts'].get(s, {}).get(name, 0)} / {int(masks[s][c])}" for s in splits]])
+    rows.append(["images", *[str(manifest["splits"][s]) for s in splits]])
+    return (f"<p class=muted>{esc(loaded.data)} · {esc(manifest.get('format'))} · {manifest.get('image_size')} px · "
+            "each cell: images with the finding / images with an expert mask for it</p>"
+            + table(["class", *splits], rows))
+
+
+def training_section(loaded: LoadedRun) -> str:
+    from hegl_cli.plots import plot_training_curves
+
+    metrics = loaded.folder / "metrics.jsonl"
+    if not metrics.is_file():
+        return "<p class=note>no metrics.jsonl: the run has no finished epoch</p>"
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    curves = loaded.folder / "curves.png"
+    if not curves.is_file() and history:
+        plot_training_curves(history, curves)
+    best = max(history, key=lambda h: h.get("val_auc") or -1) if history else {}
+    return (f"<p>{len(history)} epoch(s); best val macro AUC {fmt(best.get('val_auc'))} at epoch "
+            f"{best.get('epoch', '–')}.</p>" + (img(png_uri(curves), "training curves") if curves.is_file() else ""))
+
+
+def results_section(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "<p class=note>not evaluated yet: run <code>hegl evaluate RUN</code></p>"
+    m, ci = report["macro"], report.get("macro_ci95") or {}
+    att = report["attention"]["per_class"]
+    rows = [[name, r["auc"], r["f1"], r["mcc"], r["threshold"], r["positives"],
+             att.get(name, {}).get("energy_in_mask"), att.get(name, {}).get("energy_uniform"),
+             att.get(name, {}).get("pointing_game")] for name, r in report["per_class"].items()]
+    o = report["attention"]["overall"]
+    rows.append(["macro / overall", m["auc"], m["f1"], m["mcc"], "", "", o.get("energy_in_mask"),
+                 o.get("energy_uniform"), o.get("pointing_game")])
+
+    def interval(key: str) -> str:
+        return f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci.get(key) else "–"
+
+    out = (f"<p>{esc(report['split'])} split, {report['images']} images, {esc(report['checkpoint'])} checkpoint; "
+           f"thresholds: {esc(report['thresholds']['chosen_on'])}. Macro AUC {fmt(m['auc'])} {interval('auc')}, "
+           f"F1 {fmt(m['f1'])} {interval('f1')}, MCC {fmt(m['mcc'])} {interval('mcc')} (95% bootstrap CI).</p>"
+           + table(["class", "AUC", "F1", "MCC", "threshold", "positives", "energy in mask", "flat map (chance)",
+                    "pointing game"], rows)
+           + f"<p class=muted>{esc(report.get('macro_rule', ''))}</p>")
+    f = report.get("faithfulness") or {}
+    if f.get("pairs"):
+        out += "<h3>Faithfulness</h3>" + table(
+            ["curve", "attention order", "random order (chance)", "gain"],
+            [["deletion AUC (lower is more faithful)", f["deletion_attention"], f["deletion_random"], f["deletion_gain"]],
+             ["insertion AUC (higher is more faithful)", f["insertion_attention"], f["insertion_random"],
+              f["insertion_gain"]]]) + f"<p class=muted>{f['pairs']} positive (image, class) pairs</p>"
+    s = f.get("shortcut_reliance")
+    if s:
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.bar(list(s["per_class"]), list(s["per_class"].values()), color="C3")
+        ax.set(ylabel="mean |p(x) - p(x')|", title=f"shortcut reliance (mean {s['mean']:.3f})")
+        out += "<h3>Shortcut audit</h3>" + img(figure_uri(fig), "shortcut reliance per class")
+    return out
+
+
+def robustness_section(folder: Path) -> str:
+    data = read_json(folder / "robustness.json")
+    if data is None:
+        return "<p class=note>no robustness.json: run <code>hegl robustness RUN</code></p>"
+    rows = [[r["run"], r["sigma"], *(r[k]["mean"] if r.get(k) else None for k in ("auc", "f1", "mcc", "energy_in_mask"))]
+            for r in data["records"]]
+    picture = folder / "robustness.png"
+    return (table(["run", "sigma", "AUC", "F1", "MCC", "energy in mask"], rows)
+            + (img(png_uri(picture), "robustness curves") if picture.is_file() else ""))
+
+
+def _case_figure(image: np.ndarray, masks: np.ndarray, attention: np.ndarray, classes: list[str], probs: np.ndarray,
+                 thresholds: np.ndarray, focus: int, title: str) -> str:
+    from hegl_cli.explain import upsample
+
+    heat = upsample(attention.astype(np.float32), image.shape[0])
+    fig, axes = plt.subplots(1, len(classes) + 1, figsize=(2.3 * (len(classes) + 1), 2.6))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    if masks[focus].any():
+        axes[0].contour(masks[focus], levels=[0.5], colors="lime", linewidths=1)
+    axes[0].set_title(title, fontsize=9)
+    for ax, c in zip(axes[1:], range(len(classes))):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(heat[c] / max(float(heat[c].max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if masks[c].any():
+            ax.contour(masks[c], levels=[0.5], colors="lime", linewidths=0.8)
+        mark = "+" if probs[c] >= thresholds[c] else "-"
+        ax.set_title(f"{classes[c]} {probs[c]:.2f} ({mark})", fontsize=9, color="C3" if c == focus else "black")
+    for ax in axes:
+        ax.axis("off")
+    return figure_uri(fig)
+
+
+def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
+    """Test images with the expert mask outlined (green) beside every class map."""
+    from hegl_cli.evaluation.attention import energy_in_mask, patch_coverage
+
+    split = loaded.split
+    if split is None or len(split) == 0 or per_kind <= 0:
+        return "<p class=note>no test images to show</p>"
+    preds = predict_split(loaded.model, split, loaded.device, loaded.cfg.eval.batch_size)
+    pairs = np.argwhere((np.nan_to_num(split.labels) > 0.5) & split.has_mask)
+    energy = np.array([float(energy_in_mask(preds.attention[i, c][None], patch_coverage(split.masks(i)[c][None],
+                                                                                        preds.attention.shape[-2:]))[0])
+                       for i, c in pairs]) if len(pairs) else np.zeros(0)
+    order = np.argsort(-energy, kind="stable")
+    kinds: list[tuple[str, list[tuple[int, int, str]]]] = [
+        ("Best aligned (attention energy inside the expert mask)",
+         [(int(pairs[k][0]), int(pairs[k][1]), f"energy {energy[k]:.2f}") for k in order[:per_kind]]),
+        ("Worst aligned", [(int(pairs[k][0]), int(pairs[k][1]), f"energy {energy[k]:.2f}")
+                           for k in order[::-1][:per_kind]])]
+    twin_name = counterfactual_split(split.manifest, split.split)
+    if twin_name:
+        twin = load_run(loaded.folder, loaded.which, loaded.data, str(loaded.device), twin_name)
+        twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size)
+        diff = np.abs(preds.probs - twin_preds.probs)  # (N, C)
+        flat = np.argsort(-diff.reshape(-1), kind="stable")[:per_kind]
+        kinds.append(("Most shortcut-driven (probability moves when only the shortcut is toggled)",
+                      [(int(k // diff.shape[1]), int(k % diff.shape[1]), f"|Δp| {diff.flat[k]:.2f}") for k in flat]))
+    out = []
+    for title, cases in kinds:
+        figures = []
+        for i, c, note in cases:
+            caption = f"{split.files[i]} · {loaded.classes[c]} · {note}"
+            uri = _case_figure(split.image(i), split.masks(i), preds.attention[i], loaded.classes, preds.probs[i],
+                               loaded.thresholds, c, f"{split.files[i]}")
+            figures.append(f"<figure>{img(uri, caption)}<figcaption>{esc(caption)}</figcaption></figure>")
+        out.append(f"<h3>{esc(title)}</h3>" + (f"<div class=gallery>{''.join(figures)}</div>" if figures
+                                                   else "<p class=muted>none</p>"))
+    return "".join(out)
+
+
+def run_section(folder: Path, which: str, device: str, per_kind: int, report: dict[str, Any] | None) -> str:
+    split = (report or {}).get("split", "test")
+    try:
+        loaded = load_run(folder, which, device=device, split=split)
+    except UserError:
+        loaded = load_run(folder, which, device=device)
+    parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
+             "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
+             "<h3>Results</h3>", results_section(report), "<h3>Robustness under Gaussian noise</h3>",
+             robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
+    return "".join(parts)
+
+
+def ablation_section(folder: Path) -> str:
+    rows = read_json(folder / "runs.json") or []
+    table_md = (folder / "results.md").read_text() if (folder / "results.md").is_file() else ""
+    lines = [line for line in table_md.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    body = table(cells[0], cells[2:]) if len(cells) > 2 else "<p class=note>no results.md</p>"
+    picture = folder / "results.png"
+    return (f"<h2>Ablation {esc(folder.name)}</h2><p>{len(rows)} run(s) (mean ± std over seeds).</p>" + body
+            + (img(png_uri(picture), "ablation figure") if picture.is_file() else ""))
+
+
+def is_ablation(folder: Path) -> bool:
+    return (folder / "results.csv").is_file() and (folder / "runs").is_dir()
+
+
+def comparison(runs: list[tuple[Path, dict[str, Any] | None, dict[str, Any]]]) -> str:
+    rows = []
+    for folder, report, meta in runs:
+        m = (report or {}).get("macro", {})
+        att = ((report or {}).get("attention") or {}).get("overall", {})
+        reliance = (((report or {}).get("faithfulness") or {}).get("shortcut_reliance") or {}).get("mean")
+        rows.append([folder.name, meta.get("epoch"), meta.get("val_auc"), m.get("auc"), m.get("f1"), m.get("mcc"),
+                     att.get("energy_in_mask"), reliance])
+    return "<h2>Runs side by side</h2>" + table(
+        ["run", "epoch", "val AUC", "test AUC", "test F1", "test MCC", "energy in mask", "shortcut reliance"], rows)
+
+
+def build_report(targets: list[Path], out: Path, which: str = "best", device: str = "auto", per_kind: int = 3,
+                 log: Callable[[str], None] = lambda *_: None) -> Path:
+    """Write one self-contained HTML page for ``targets`` (run or ablation folders)."""
+    from hegl_cli.engine.checkpoint import load_meta
+
+    sections, runs = [], []
+    for target in targets:
+        if is_ablation(target):
+            log(f"ablation {target}")
+            sections.append(ablation_section(target))
+            continue
+        report = read_json(target / "eval" / "test.json")
+        runs.append((target, report, load_meta(target, which)))
+        log(f"run {target}")
+        sections.append(run_section(target, which, device, per_kind, report))
+    head = comparison(runs) if len(runs) > 1 else ""
+    title = "hegl report: " + ", ".join(t.name for t in targets)
+    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport "
+            f"content='width=device-width, initial-scale=1'><title>{esc(title)}</title><style>{CSS}</style>"
+            f"<script>{CHECK_SCRIPT}</script></head><body><h1>{esc(title)}</h1>"
+            f"<p class=muted>made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"
+            f"</p>{head}{''.join(sections)}</body></html>")
+    atomic_write_text(out, page)
+    return out
