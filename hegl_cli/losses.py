@@ -14,8 +14,6 @@ Shapes: B images, C classes, (h, w) patch grid, (S, S) image pixels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -246,11 +244,3 @@ class HybridCriterion(nn.Module):
             total = total + cfg.rrr_weight * terms["rrr"]
         terms["loss"] = total
         return terms
-
-
-def is_finite_terms(terms: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first non-finite term, or None."""
-    for name, value in terms.items():
-        if not math.isfinite(float(value.detach())):
-            return name
-    return None

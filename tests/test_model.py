@@ -189,3 +189,23 @@ def test_rrr_penalty_is_zero_when_gradients_stay_inside_the_mask():
     allowed_elsewhere = torch.zeros(1, 4, 4)
     allowed_elsewhere[:, 2:, 2:] = 1
     assert rrr_penalty(images, logits, allowed_elsewhere).item() > 0
+
+
+def test_stacked_memory_projections_equal_each_layers_own():
+    """The decoder projects the memory for all layers in two matmuls; the result is each layer's k/v."""
+    from hegl_cli.models.decoder import QueryDecoder
+
+    torch.manual_seed(0)
+    decoder = QueryDecoder(dim=32, layers=3, heads=4, ffn=64, dropout=0.0, num_tokens=10).eval()
+    memory = torch.randn(2, 10, 32)
+    keys, values = decoder.memory_keys_values(memory)
+    for layer, k, v in zip(decoder.layers, keys, values):
+        torch.testing.assert_close(k, layer.cross_attn.k(memory + decoder.memory_pos))
+        torch.testing.assert_close(v, layer.cross_attn.v(memory))
+    queries = torch.randn(2, 5, 32)
+    out, weights = decoder(queries, memory)
+    x = queries
+    for layer in decoder.layers:  # the plain per-layer path
+        x, w = layer(x, layer.cross_attn.k(memory + decoder.memory_pos), layer.cross_attn.v(memory), True)
+    torch.testing.assert_close(out, decoder.norm(x))
+    torch.testing.assert_close(weights[-1], w)

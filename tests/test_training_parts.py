@@ -3,6 +3,7 @@ background swap, deletion/insertion."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -119,3 +120,51 @@ def test_deletion_and_insertion_reward_a_map_that_points_at_the_evidence():
     masks = patch_masks(np.arange(16), 4, (4, 4), 32)
     assert masks.shape == (5, 1, 32, 32)
     assert [int(m.sum().item()) // 64 for m in masks] == [0, 4, 8, 12, 16]  # 64 pixels per 8x8 patch
+
+
+def test_gradient_accumulation_equals_the_full_batch(tiny_cache, tmp_path):
+    """Two half batches with train.accumulate=2 give the gradient of the whole batch; one optimizer
+    step per group, also for a short last group."""
+    from hegl_cli.config import load_config
+    from hegl_cli.engine.train import Trainer
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "model.dropout=0", "loss.alpha=0",
+                                              "loss.beta=0", "train.batch_size=8", "train.accumulate=2"])
+    trainer = Trainer(cfg, tmp_path, resume=False, progress=False, log=lambda *_: None)
+    batch = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=16)))
+    half = [{k: v[s] for k, v in batch.items()} for s in (slice(0, 8), slice(8, 16))]
+    trainer.net.train()
+    trainer.optimizer.zero_grad()
+    trainer._forward_backward(batch, 0, 0)
+    whole = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    trainer.optimizer.zero_grad()
+    for part in half:
+        trainer._forward_backward(part, 0, 0, scale=0.5)
+    parts = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    assert len(whole) == len(parts) > 10
+    for a, b in zip(whole, parts):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    trainer.optimizer.zero_grad()
+    assert len(trainer.loader) == 5  # 41 images in batches of 8
+    trainer._train_epoch(0)
+    assert trainer.scheduler.last_epoch == 3  # groups of 2, 2 and 1 batches
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_its_whole_flow_on_cpu(tmp_path):
+    """benchmarks/gpu.sh, in its tiny CPU form: cache, timed window, ratios, train, evaluate, explain, predict."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "bench"), "HEGL_GPU_TINY": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench" / "train.json").read_text())
+    assert result["images_per_s"] > 0 and result["gflop_per_image"] > 0
+    ratios = json.loads((tmp_path / "bench" / "run.json").read_text())["configs"]["demo"]
+    assert {"hegl_over_timm_step", "a1b1_over_a0b0_step", "mfu_hegl_over_timm", "loader_over_model_train",
+            "predict_over_forward"} <= set(ratios)
+    assert (tmp_path / "bench" / "predictions.csv").is_file() and (tmp_path / "bench" / "explain" / "grid.png").is_file()

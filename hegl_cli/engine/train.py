@@ -14,6 +14,7 @@ only ever sees the ``val`` split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ from hegl_cli.engine.runs import (
     write_marker,
 )
 from hegl_cli.errors import TrainingDiverged, UserError
-from hegl_cli.losses import HybridCriterion, is_finite_terms
+from hegl_cli.losses import HybridCriterion
 from hegl_cli.metrics import choose_thresholds, macro_auc, summarize
 from hegl_cli.models.model import HEGLModel, build_model
 from hegl_cli.plots import plot_training_curves
@@ -79,7 +80,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_loader(dataset: XrayDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                workers: int = 0) -> tuple[DataLoader, DistributedSampler]:
+                workers: int = 0, pin_memory: bool = False) -> tuple[DataLoader, DistributedSampler]:
     """A loader over this rank's share of a shuffled order drawn from ``(seed, epoch)``.
 
     The partition is torch's ``DistributedSampler`` (every rank gets ``ceil(n / world)`` indices,
@@ -88,8 +89,24 @@ def make_loader(dataset: XrayDataset, batch_size: int, seed: int, rank: int = 0,
     """
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        drop_last=len(sampler) >= batch_size, persistent_workers=False)
+                        drop_last=len(sampler) >= batch_size, persistent_workers=workers > 0,
+                        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None)
     return loader, sampler
+
+
+def configure_device(device: torch.device) -> None:
+    """TF32 matmuls and convolutions on CUDA (bf16 autocast covers the rest)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused CUDA kernel on GPUs (one launch for all parameters)."""
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.train.lr,
+                             weight_decay=cfg.train.weight_decay, **fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
@@ -192,6 +209,7 @@ class Trainer:
         self.dist = D.init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        configure_device(self.device)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
@@ -203,15 +221,18 @@ class Trainer:
             self.model.set_fused_attention(False)  # double backward has no fused CPU kernel
         self.dataset = XrayDataset(self.train_split, cfg.data.augment, seed=cfg.train.seed)
         self.loader, self.sampler = make_loader(self.dataset, cfg.train.batch_size, cfg.train.seed,
-                                                self.dist.rank, self.dist.world_size, cfg.train.workers)
+                                                self.dist.rank, self.dist.world_size, cfg.train.workers,
+                                                pin_memory=self.device.type == "cuda")
         params = list(self.model.parameters()) + list(self.criterion.parameters())
-        self.optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg, max(1, len(self.loader)))
+        self.optimizer = make_optimizer(params, cfg, self.device)
+        self.accumulate = cfg.train.accumulate
+        self.scheduler = make_scheduler(self.optimizer, cfg, max(1, math.ceil(len(self.loader) / self.accumulate)))
         self.net: torch.nn.Module = self.model
         if self.dist.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
         self.stopper = EarlyStopping(cfg.train.patience)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -251,49 +272,65 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this rank's share; an optimizer step every ``train.accumulate`` batches."""
         self.net.train()
         self.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
         self.criterion.set_epoch(epoch)
         sums: dict[str, float] = {}
-        n_batches = 0
+        n_batches = len(self.loader)
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
                    disable=not (self.progress and self.dist.is_main), unit="batch")
+        self.optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(bar):
-            terms = self._step(batch, epoch, step)
+            last_of_group = (step + 1) % self.accumulate == 0 or step + 1 == n_batches
+            group = min(self.accumulate, n_batches - (step // self.accumulate) * self.accumulate)
+            terms = self._forward_backward(batch, epoch, step, scale=1.0 / group, sync=last_of_group)
+            if last_of_group:
+                self._optimizer_step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
         bar.close()
         return {k: v / max(1, n_batches) for k, v in sums.items()}
 
-    def _step(self, batch: dict[str, torch.Tensor], epoch: int, step: int) -> dict[str, float]:
-        images = batch["image"].to(self.device)
+    def _forward_backward(self, batch: dict[str, torch.Tensor], epoch: int, step: int, scale: float = 1.0,
+                          sync: bool = True) -> dict[str, float]:
+        """Loss terms of one batch; gradients (times ``scale``) added to ``.grad``. With DDP, gradients
+        are all-reduced only when ``sync`` (the last batch of an accumulation group)."""
+        blocking = self.device.type != "cuda"
+        images = batch["image"].to(self.device, non_blocking=not blocking)
         if self.criterion.needs_input_grad:
             images.requires_grad_(True)
-        labels = batch["labels"].to(self.device)
-        masks, has_mask = batch["masks"].to(self.device), batch["has_mask"].to(self.device)
-        with autocast_for(self.device, self.cfg.train.amp):
-            outputs = self.net(images, all_layers=self.criterion.needs_all_layers)
-        outputs = {k: v.float() for k, v in outputs.items()}
-        terms = self.criterion(outputs, labels, masks, has_mask, images if self.criterion.needs_input_grad else None)
-        bad = is_finite_terms(terms)
-        if bad is not None:
-            kept = (f"the last good checkpoint (epoch {self.history[-1]['epoch']}) is kept in {self.run}"
-                    if self.history and (self.run / "last.safetensors").is_file()
-                    else "no checkpoint was written (it diverged in its first epoch)")
-            raise TrainingDiverged(
-                f"non-finite '{bad}' loss at epoch {epoch + 1}, step {step + 1}: training stopped; {kept} "
-                "(try a lower train.lr)")
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        labels = batch["labels"].to(self.device, non_blocking=not blocking)
+        masks = batch["masks"].to(self.device, non_blocking=not blocking)
+        has_mask = batch["has_mask"].to(self.device, non_blocking=not blocking)
+        no_sync = self.net.no_sync if (self.dist.enabled and not sync and hasattr(self.net, "no_sync")) else None
+        with no_sync() if no_sync else contextlib.nullcontext():
+            with autocast_for(self.device, self.cfg.train.amp):
+                outputs = self.net(images, all_layers=self.criterion.needs_all_layers)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            terms = self.criterion(outputs, labels, masks, has_mask,
+                                   images if self.criterion.needs_input_grad else None)
+            values = dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))  # one sync
+            bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
+            if bad is not None:
+                kept = (f"the last good checkpoint (epoch {self.history[-1]['epoch']}) is kept in {self.run}"
+                        if self.history and (self.run / "last.safetensors").is_file()
+                        else "no checkpoint was written (it diverged in its first epoch)")
+                raise TrainingDiverged(
+                    f"non-finite '{bad}' loss at epoch {epoch + 1}, step {step + 1}: training stopped; {kept} "
+                    "(try a lower train.lr)")
+            (terms["loss"] * scale).backward()
+        return values
+
+    def _optimizer_step(self) -> None:
         D.all_reduce_grads(list(self.criterion.parameters()), self.dist)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {k: float(v.detach()) for k, v in terms.items()}
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _validate(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation probabilities and labels, gathered from every rank, in split order."""

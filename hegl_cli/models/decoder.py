@@ -38,7 +38,13 @@ class MultiHeadAttention(nn.Module):
 
         The returned weights are the pre-dropout softmax averaged over heads; each row sums to 1.
         """
-        q, k, v = self._split(self.q(query)), self._split(self.k(key)), self._split(self.v(value))
+        return self.attend(query, self.k(key), self.v(value), need_weights)
+
+    def attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`forward` with keys/values already projected by ``self.k`` / ``self.v``: (B, Lk, D)."""
+        q, k, v = self._split(self.q(query)), self._split(keys), self._split(values)
         p = self.dropout if self.training else 0.0
         if need_weights or not self.fused_attn:
             attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, Lq, Lk)
@@ -64,13 +70,14 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, need_weights: bool
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """queries (B, C, D), memory (B, N, D), memory_pos (1, N, D) -> (B, C, D), weights (B, C, N)."""
+        """queries (B, C, D); the memory's keys and values for this layer's cross-attention, already
+        projected, (B, N, D) each -> (B, C, D), weights (B, C, N)."""
         x = self.norm1(queries)
         queries = queries + self.drop(self.self_attn(x, x, x)[0])
         x = self.norm2(queries)
-        attended, weights = self.cross_attn(x, memory + memory_pos, memory, need_weights=need_weights)
+        attended, weights = self.cross_attn.attend(x, keys, values, need_weights=need_weights)
         queries = queries + self.drop(attended)
         queries = queries + self.drop(self.ffn(self.norm3(queries)))
         return queries, weights
@@ -95,8 +102,21 @@ class QueryDecoder(nn.Module):
         """
         weights: list[torch.Tensor] = []
         last = len(self.layers) - 1
+        keys, values = self.memory_keys_values(memory)
         for i, layer in enumerate(self.layers):
-            queries, w = layer(queries, memory, self.memory_pos, need_weights=all_weights or i == last)
+            queries, w = layer(queries, keys[i], values[i], need_weights=all_weights or i == last)
             if w is not None:
                 weights.append(w)
         return self.norm(queries), weights
+
+    def memory_keys_values(self, memory: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's cross-attention keys (from memory + position) and values (from memory), (B, N, D)
+        each, in two matmuls instead of two per layer: the memory does not change between layers, so
+        the layers' projection weights are stacked. Same values as each layer's own ``k``/``v``."""
+        attn = [layer.cross_attn for layer in self.layers]
+        k_weight, k_bias = torch.cat([a.k.weight for a in attn]), torch.cat([a.k.bias for a in attn])
+        v_weight, v_bias = torch.cat([a.v.weight for a in attn]), torch.cat([a.v.bias for a in attn])
+        keys = F.linear(memory + self.memory_pos, k_weight, k_bias)  # (B, N, L*D)
+        values = F.linear(memory, v_weight, v_bias)
+        d = memory.shape[-1]
+        return list(keys.split(d, dim=-1)), list(values.split(d, dim=-1))
