@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from hegl_cli import __version__
 from hegl_cli.config import Config, apply_layer, parse_override
 from hegl_cli.engine.io import atomic_write, atomic_write_json, atomic_write_text
 from hegl_cli.errors import UserError
+from hegl_cli.locking import FolderLock
 
 METRICS: tuple[tuple[str, str], ...] = (
     ("auc", "test macro AUC"), ("f1", "test macro F1"), ("mcc", "test macro MCC"),
@@ -106,7 +108,30 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
                  log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (cell, seed) not yet finished, then write results.csv / results.md / results.png."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
+    prepare_ablation_folder(out)
+    with FolderLock(out / ".hegl-lock", f"ablation folder {out}"):
+        return _run_cells(cells, seeds, out, sigma, log, progress, configs)
+
+
+ABLATION_MARKER = "hegl-ablation.json"
+
+
+def prepare_ablation_folder(out: Path) -> None:
+    """Create ``out`` (or reuse it to resume) only when it is new, empty or an ablation hegl made."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"{out} is not a folder hegl can write an ablation into")
+    made_by_hegl = (out / ABLATION_MARKER).is_file() or ((out / "runs").is_dir() and (out / "results.csv").is_file())
+    if out.is_dir() and any(out.iterdir()) and not made_by_hegl:
+        raise UserError(f"{out} exists and is not a hegl ablation folder (no {ABLATION_MARKER}); it was left alone: "
+                        "choose another --name or --out-root")
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / ABLATION_MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"hegl": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+
+
+def _run_cells(cells: list[CellSpec], seeds: int, out: Path, sigma: float, log: Callable[[str], None],
+               progress: bool, configs: dict[tuple[str, int], Config]) -> list[dict[str, Any]]:
     runs_dir = out / "runs"
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -348,6 +348,11 @@ CASES = [
          "unknown config key 'loss.nosuch'",
          after=lambda e: None if not (e.tmp / "abl").exists() else pytest.fail("the first cell trained")),
     Case("ablation-name-escapes", cmd("ablation", "--name", "../x"), "invalid run name"),
+    Case("ablation-into-user-folder", cmd("ablation", "--name", "precious", "--out-root", "{e.tmp}", "--grid", "0,0"),
+         "is not a hegl ablation folder"),
+    Case("ablation-while-running", cmd("ablation", "--name", "abl", "--out-root", "{e.tmp}", "--grid", "0,0"),
+         "is in use by", lambda e: ((e.tmp / "abl").mkdir(), (e.tmp / "abl" / "hegl-ablation.json").write_text("{}"),
+                                    hold_lock(lambda e: e.tmp / "abl" / ".hegl-lock")(e))),
     # -- annotations --------------------------------------------------------------------------------
     Case("record-without-syms", det("--strict", records=without("syms")), "no 'syms' list"),
     Case("record-without-boxes", det("--strict", records=without("boxes")), "no 'boxes' list"),
@@ -501,3 +506,22 @@ def test_fault(case: Case, env: Env):
     assert not [d for d in new_dirs if d.startswith("runs/") or "cache" in d], new_dirs
     assert not Path("/tmp/hegl-victim").exists() or Path("/tmp/hegl-victim").is_dir()
     case.after(env)
+
+
+USAGE_CASES = [
+    (["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["train", "--alpah", "1"], "No such option: --alpah"),
+    (["evaluate", "a", "b"], "unexpected extra argument"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["robustness", "--seed", "-1"], "Invalid value for '--seed'"),
+    (["predict"], "Missing argument"),
+    (["explain", "x.png", "--checkpoint"], "requires an argument"),
+]
+
+
+@pytest.mark.parametrize("argv,message", USAGE_CASES, ids=[" ".join(a) for a, _ in USAGE_CASES])
+def test_usage_errors_are_one_line_too(argv, message):
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "--help" in lines[0], result.output
