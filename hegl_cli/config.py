@@ -46,6 +46,7 @@ class DataConfig:
     val_fraction: float = opt(0.15, ge=0.0, lt=1.0)
     seed: int = opt(0, ge=0)
     mask_source: Literal["polygon", "box"] = "polygon"  # polygons fall back to boxes when absent
+    classes: list[str] = field(default_factory=list)  # a subset of the dataset's classes ([] = all)
     # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
     max_pixels: int = opt(64_000_000, ge=1)
     # Built-in synthetic dataset (used by `hegl prepare` with no --source).

@@ -17,7 +17,8 @@ from hegl_cli.cli.app import app
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.chestxdet import CHESTXDET10_CLASSES, CHESTXDET_CLASSES
 from hegl_cli.data.images import load_image, preprocess_file, square_and_resize
-from hegl_cli.data.prepare import PrepareOptions, carve_validation, prepare_chestxdet
+from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
+from hegl_cli.data.splits import carve_validation
 from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
 
 runner = CliRunner()
@@ -220,7 +221,7 @@ def test_interrupted_prepare_leaves_no_cache(tmp_path, monkeypatch):
     def boom(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "write_split", boom)
+    monkeypatch.setattr(prep.SplitWriter, "close", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare_synthetic(tmp_path / "c", PrepareOptions(image_size=16, progress=False, workers=1),
                           SyntheticSpec(n_train=8, n_test=4, size=32))

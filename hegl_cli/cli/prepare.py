@@ -23,7 +23,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
 
 @handles_errors
 def prepare(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10")] = "synthetic",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih")] = "synthetic",
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
@@ -37,7 +37,7 @@ def prepare(
     overrides: SetOpt = None,
 ) -> None:
     """Validate annotations, decode images in parallel and write a memory-mappable cache."""
-    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
+    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet, prepare_nih
     from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
 
     if workers < 0:
@@ -53,9 +53,13 @@ def prepare(
         spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
                              size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
         result = prepare_synthetic(target, options, spec)
+    elif fmt == "nih":
+        if annotations or images:
+            raise UserError("--format nih reads the official layout: pass --source DIR")
+        result = prepare_nih(target, options, source, cfg.data.classes)
     else:
         result = prepare_chestxdet(fmt, target, options, source, _pairs(annotations, "--annotations"),
-                                   _pairs(images, "--images"))
+                                   _pairs(images, "--images"), classes=cfg.data.classes)
     report(result)
 
 
@@ -67,6 +71,13 @@ def report(result) -> None:
     splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
     info(f"prepared {m['format']} -> {result.out}  [{splits}]  {len(m['classes'])} classes, "
          f"{m['image_size']} px, {result.seconds:.1f}s")
+    counts, masks = m.get("class_counts", {}), m.get("mask_counts", {})
+    for split, per_class in counts.items():
+        with_mask = masks.get(split, {})
+        info(f"  {split}: " + ", ".join(f"{c} {n}" + (f" ({with_mask[c]} with mask)" if c in with_mask else "")
+                                       for c, n in per_class.items()))
+    for line in result.warnings:
+        info(f"warning: {line}", style="yellow")
     if result.clipped_boxes:
         info(f"clipped {result.clipped_boxes} box(es) that reached outside their image")
     if result.problems:
@@ -74,4 +85,4 @@ def report(result) -> None:
         for line in result.problems[:20]:
             info(f"  {line}")
         if len(result.problems) > 20:
-            info(f"  ... and {len(result.problems) - 20} more (see {result.out}/manifest.json 'skipped')")
+            info(f"  ... and {len(result.problems) - 20} more (all in {result.out}/skipped.txt)")

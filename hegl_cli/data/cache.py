@@ -1,12 +1,17 @@
 """The prepared cache: one folder per split of memory-mappable arrays plus ``manifest.json``.
 
 Layout of ``<cache>/<split>/``:
-    images.npy    uint8 (N, S, S)          intensities, 0 = black
-    labels.npy    float32 (N, C)           1 / 0, NaN = unknown
-    masks.npy     uint8 (N, C, ceil(S*S/8)) bit-packed expert masks (polygon or box)
-    has_mask.npy  bool (N, C)              whether (image, class) has a mask
-    files.json    list of N file names
-    cue.npy       int8 (N,)                synthetic data only: spurious cue present (1) or not
+    images.npy      uint8 (N, S, S)           intensities, 0 = black
+    labels.npy      float32 (N, C)            1 / 0, NaN = unknown
+    has_mask.npy    bool (N, C)               whether (image, class) has an expert mask
+    mask_index.npy  int32 (N,)                row of the image in masks.npy, -1 = no mask at all
+    masks.npy       uint8 (M, C, ceil(S*S/8)) bit-packed masks of the M images that have one
+    files.json      list of N file names (relative to the source's images folder)
+    cue.npy         int8 (N,)                 synthetic data only: spurious cue present (1) or not
+
+:class:`SplitWriter` streams images into preallocated memory-mapped arrays as they are decoded, so
+a split never sits in RAM whole. Caches of 0.1.0 (masks.npy with a row per image, no mask_index)
+still load.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +29,102 @@ from hegl_cli.errors import UserError
 MANIFEST = "manifest.json"
 
 
-@dataclass
-class SplitArrays:
-    """Everything one split stores, in memory."""
+class SplitWriter:
+    """Append decoded images to a split folder, row by row, into preallocated ``.npy`` files.
 
-    images: np.ndarray  # uint8 (N, S, S)
-    labels: np.ndarray  # float32 (N, C)
-    masks: np.ndarray  # uint8 (N, C, S*S/8) packed
-    has_mask: np.ndarray  # bool (N, C)
-    files: list[str]
-    cue: np.ndarray | None = None  # int8 (N,)
+    Images and masks go straight to disk with plain file writes (masks only for images that have
+    one), so resident memory does not grow with the split; labels, flags and names are small and
+    stay in memory. :meth:`close` trims the files to the rows written.
+    """
 
-    def subset(self, index: np.ndarray) -> SplitArrays:
-        return SplitArrays(
-            self.images[index], self.labels[index], self.masks[index], self.has_mask[index],
-            [self.files[i] for i in index], None if self.cue is None else self.cue[index],
-        )
+    def __init__(self, folder: Path, capacity: int, size: int, n_classes: int, with_cue: bool = False):
+        self.folder, self.capacity, self.size, self.n_classes = Path(folder), max(1, capacity), size, n_classes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n_bytes = (size * size + 7) // 8
+        self.images = _RowFile(self.folder / "images.npy", (self.capacity, size, size))
+        self.masks = _RowFile(self.folder / "masks.npy", (self.capacity, n_classes, n_bytes))
+        self.labels = np.zeros((self.capacity, n_classes), np.float32)
+        self.has_mask = np.zeros((self.capacity, n_classes), bool)
+        self.mask_index = np.full(self.capacity, -1, np.int32)
+        self.cue = np.zeros(self.capacity, np.int8) if with_cue else None
+        self.files: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def append(self, image: np.ndarray, labels: np.ndarray, packed_masks: np.ndarray, has_mask: np.ndarray,
+               file_name: str, cue: int = 0) -> None:
+        """image uint8 (S, S); labels (C,); packed_masks uint8 (C, ceil(S*S/8)); has_mask bool (C,)."""
+        i = len(self.files)
+        self.images.write(image)
+        self.labels[i], self.has_mask[i] = labels, has_mask
+        if has_mask.any():
+            self.mask_index[i] = self.masks.rows
+            self.masks.write(packed_masks)
+        if self.cue is not None:
+            self.cue[i] = cue
+        self.files.append(file_name)
+
+    def close(self) -> None:
+        """Trim the row files and write the small arrays and the file list."""
+        n = len(self.files)
+        self.images.close()
+        self.masks.close()
+        np.save(self.folder / "labels.npy", self.labels[:n])
+        np.save(self.folder / "has_mask.npy", self.has_mask[:n])
+        np.save(self.folder / "mask_index.npy", self.mask_index[:n])
+        (self.folder / "files.json").write_text(json.dumps(self.files))
+        if self.cue is not None:
+            np.save(self.folder / "cue.npy", self.cue[:n])
+
+    def counts(self, classes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """(images with each finding, images with an expert mask for it), per class name."""
+        n = len(self.files)
+        positives = np.nansum(self.labels[:n], axis=0)
+        masked = (self.has_mask[:n] & (np.nan_to_num(self.labels[:n]) > 0.5)).sum(0)
+        return ({c: int(positives[i]) for i, c in enumerate(classes)},
+                {c: int(masked[i]) for i, c in enumerate(classes)})
 
 
-def write_split(folder: Path, arrays: SplitArrays) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "images.npy", arrays.images)
-    np.save(folder / "labels.npy", arrays.labels.astype(np.float32))
-    np.save(folder / "masks.npy", arrays.masks)
-    np.save(folder / "has_mask.npy", arrays.has_mask.astype(bool))
-    (folder / "files.json").write_text(json.dumps(arrays.files))
-    if arrays.cue is not None:
-        np.save(folder / "cue.npy", arrays.cue.astype(np.int8))
+class _RowFile:
+    """A uint8 ``.npy`` of ``shape`` (capacity first) filled row by row with ordinary file writes."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape, self.rows = path, shape, 0
+        self.row_bytes = int(np.prod(shape[1:]))
+        self.offset = _write_header(path, shape)
+        self.handle = open(path, "r+b")
+        self.handle.seek(self.offset)
+
+    def write(self, row: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        self.rows += 1
+
+    def close(self, chunk: int = 64 << 20) -> None:
+        """Keep only the rows written: a new file with the right header, the data copied in chunks."""
+        self.handle.close()
+        if self.rows == self.shape[0]:
+            return
+        tmp = self.path.with_name(self.path.name + ".trim")
+        offset = _write_header(tmp, (self.rows, *self.shape[1:]))
+        with open(self.path, "rb") as src, open(tmp, "r+b") as dst:
+            src.seek(self.offset)
+            dst.seek(offset)
+            left = self.rows * self.row_bytes
+            while left:
+                block = src.read(min(chunk, left))
+                dst.write(block)
+                left -= len(block)
+        os.replace(tmp, self.path)
+
+
+def _write_header(path: Path, shape: tuple[int, ...]) -> int:
+    """Create ``path`` as a (sparse) uint8 ``.npy`` of ``shape``; returns where the data starts."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        offset = handle.tell()
+        handle.truncate(offset + int(np.prod(shape)))
+    return offset
 
 
 def read_manifest(cache: Path) -> dict[str, Any]:
@@ -88,6 +161,8 @@ class CachedSplit:
         self.labels = _load_array(folder / "labels.npy")
         self.packed_masks = _load_array(folder / "masks.npy", mmap=True)
         self.has_mask = _load_array(folder / "has_mask.npy")
+        index = folder / "mask_index.npy"  # absent in 0.1.0 caches: one mask row per image
+        self.mask_index = _load_array(index) if index.is_file() else None
         try:
             self.files: list[str] = json.loads((folder / "files.json").read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -98,9 +173,12 @@ class CachedSplit:
 
     def _check_shapes(self, folder: Path) -> None:
         n, size, c = len(self.files), self.image_size, len(self.classes)
+        m = n if self.mask_index is None else int(self.mask_index.max(initial=-1)) + 1
         expected = {"images.npy": (self.images, (n, size, size)), "labels.npy": (self.labels, (n, c)),
-                    "masks.npy": (self.packed_masks, (n, c, (size * size + 7) // 8)),
+                    "masks.npy": (self.packed_masks, (m, c, (size * size + 7) // 8)),
                     "has_mask.npy": (self.has_mask, (n, c))}
+        if self.mask_index is not None:
+            expected["mask_index.npy"] = (self.mask_index, (n,))
         for name, (array, shape) in expected.items():
             if tuple(array.shape) != shape:
                 raise UserError(f"{folder / name}: shape {tuple(array.shape)} does not match the manifest and "
@@ -114,9 +192,12 @@ class CachedSplit:
         return self.images[index].astype(np.float32) / 255.0
 
     def masks(self, index: int) -> np.ndarray:
-        """uint8 (C, S, S) of 0/1."""
+        """uint8 (C, S, S) of 0/1 (all zero for an image without any expert mask)."""
         size = self.image_size
-        flat = np.unpackbits(self.packed_masks[index], axis=-1, count=size * size)
+        row = index if self.mask_index is None else int(self.mask_index[index])
+        if row < 0:
+            return np.zeros((len(self.classes), size, size), np.uint8)
+        flat = np.unpackbits(self.packed_masks[row], axis=-1, count=size * size)
         return flat.reshape(len(self.classes), size, size)
 
 

@@ -34,6 +34,10 @@ FORMATS: dict[str, dict[str, Any]] = {
         "annotations": {"train": ["train.json"], "test": ["test.json"]},
     },
 }
+FORMATS["nih"] = {"classes": (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)}  # CSV formats: read by their own module (hegl_cli.data.nih), not from a JSON layout
 IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["test", "test_data"]}
 
 
@@ -48,14 +52,18 @@ class Finding:
 
 @dataclass
 class Record:
-    """One image and its findings."""
+    """One image, its findings (with a box, polygon or pixel mask) and, where the data names them, its
+    image-level labels and patient."""
 
     file_name: str
     findings: list[Finding] = field(default_factory=list)
+    image_labels: set[str] | None = None  # labels of the whole image; None: the findings' labels
+    patient: str | None = None  # images of one patient stay in one split
 
     @property
     def labels(self) -> set[str]:
-        return {f.label for f in self.findings}
+        found = {f.label for f in self.findings}
+        return found if self.image_labels is None else self.image_labels | found
 
 
 @dataclass

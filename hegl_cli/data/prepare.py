@@ -21,10 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from hegl_cli import __version__
-from hegl_cli.data.cache import MANIFEST, SplitArrays, commit_folder, pack_masks, write_split
+from hegl_cli.data.cache import MANIFEST, SplitWriter, commit_folder, pack_masks
 from hegl_cli.data.chestxdet import FORMATS, Finding, ParseReport, Record, parse_records
 from hegl_cli.data.images import DEFAULT_MAX_PIXELS, preprocess_file
 from hegl_cli.data.masks import rasterize_findings
+from hegl_cli.data.splits import split_by_group
 from hegl_cli.errors import UserError
 from hegl_cli.locking import FolderLock, pid_alive
 
@@ -37,6 +38,7 @@ class SplitSource:
     annotations: Path
     images: Path
     cue: dict[str, int] | None = None  # file name -> spurious cue present (synthetic data)
+    records: list[Record] | None = None  # already read (CSV formats); None: parse ``annotations`` as JSON
 
 
 @dataclass
@@ -62,6 +64,7 @@ class PrepareResult:
     problems: list[str] = field(default_factory=list)
     clipped_boxes: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def fingerprint(parts: Iterable[Any]) -> str:
@@ -134,55 +137,36 @@ def _parallel_map(func: Callable, items: list, workers: int, desc: str, progress
 
 def decode_split(
     source: SplitSource, records: list[Record], classes: list[str], options: PrepareOptions,
-    problems: list[str],
-) -> tuple[SplitArrays, int]:
-    """Decode and rasterize every record of a split. Missing/unreadable images are reported and skipped."""
+    problems: list[str], folder: Path, name: str | None = None,
+) -> tuple[SplitWriter, int]:
+    """Decode and rasterize ``records`` straight into the memory-mapped arrays of ``folder``.
+
+    Missing or unreadable images are reported and skipped; no split is ever held in RAM whole.
+    """
+    name = name or source.name
     size = options.image_size
     items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source, options.max_pixels)
              for r in records]
-    kept_images, kept_masks, kept_has, kept_labels, kept_files, kept_cue = [], [], [], [], [], []
+    writer = SplitWriter(folder, len(records), size, len(classes), with_cue=source.cue is not None)
     clipped_total = 0
-    results = _parallel_map(_decode_one, items, options.workers, f"decode {source.name}", options.progress)
+    index = {c: i for i, c in enumerate(classes)}
+    results = _parallel_map(_decode_one, items, options.workers, f"decode {name}", options.progress)
     for record, result in zip(records, results):
         if result[0] == "error":
             problems.append(f"{source.name}: {result[1]}")
             continue
         _, image, packed, has_mask, clipped = result
         clipped_total += clipped
-        kept_images.append(image)
-        kept_masks.append(packed)
-        kept_has.append(has_mask)
         labels = np.zeros(len(classes), dtype=np.float32)
         for label in record.labels:
-            labels[classes.index(label)] = 1.0
-        kept_labels.append(labels)
-        kept_files.append(record.file_name)
-        if source.cue is not None:
-            kept_cue.append(source.cue.get(record.file_name, 0))
-    if records and not kept_files:
-        raise UserError(f"none of the {len(records)} images of split '{source.name}' could be read from "
+            labels[index[label]] = 1.0
+        cue = source.cue.get(record.file_name, 0) if source.cue is not None else 0
+        writer.append(image, labels, packed, has_mask, record.file_name, cue)
+    if records and not len(writer):
+        raise UserError(f"none of the {len(records)} images of split '{name}' could be read from "
                         f"{source.images} ({problems[-1] if problems else 'no image'}); is --images/--source right?")
-    n_bytes = (size * size + 7) // 8
-    arrays = SplitArrays(
-        images=np.stack(kept_images) if kept_images else np.zeros((0, size, size), np.uint8),
-        labels=np.stack(kept_labels) if kept_labels else np.zeros((0, len(classes)), np.float32),
-        masks=np.stack(kept_masks) if kept_masks else np.zeros((0, len(classes), n_bytes), np.uint8),
-        has_mask=np.stack(kept_has) if kept_has else np.zeros((0, len(classes)), bool),
-        files=kept_files,
-        cue=np.asarray(kept_cue, dtype=np.int8) if source.cue is not None else None,
-    )
-    return arrays, clipped_total
-
-
-def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train_index, val_index), both sorted."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(fraction * n)) if n > 1 else 0
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def class_counts(arrays: SplitArrays, classes: list[str]) -> dict[str, int]:
-    return {name: int(np.nansum(arrays.labels[:, i])) for i, name in enumerate(classes)}
+    writer.close()
+    return writer, clipped_total
 
 
 def build_cache(
@@ -194,6 +178,7 @@ def build_cache(
     source_description: str | None = None,
     extra_manifest: dict[str, Any] | None = None,
     before_build: Callable[[Path], None] | None = None,
+    reader_problems: list[str] | None = None,
 ) -> PrepareResult:
     """Import ``sources`` into a cache at ``out`` (atomic; no-op when already up to date).
 
@@ -212,7 +197,8 @@ def build_cache(
         try:
             if before_build is not None:
                 before_build(partial)
-            result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest)
+            result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest,
+                                 reader_problems)
             commit_folder(partial, out, force=True)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -272,12 +258,26 @@ def remove_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
+def keep_classes(records: list[Record], classes: list[str]) -> list[Record]:
+    """The records with only the findings and labels of ``classes`` (``data.classes``, a subset)."""
+    wanted = set(classes)
+    for record in records:
+        record.findings = [f for f in record.findings if f.label in wanted]
+        if record.image_labels is not None:
+            record.image_labels &= wanted
+    return records
+
+
 def _build_into(
     fmt: str, sources: list[SplitSource], partial: Path, out: Path, options: PrepareOptions,
     classes: list[str], source_description: str | None, extra_manifest: dict[str, Any] | None,
+    reader_problems: list[str] | None = None,
 ) -> PrepareResult:
-    report = ParseReport()
-    parsed = {src.name: parse_records(src.annotations, tuple(classes), report) for src in sources}
+    report = ParseReport(list(reader_problems or []))
+    format_classes = tuple(FORMATS[fmt]["classes"]) if fmt in FORMATS else tuple(classes)
+    parsed = {src.name: keep_classes(src.records if src.records is not None
+                                     else parse_records(src.annotations, format_classes, report), classes)
+              for src in sources}
     for src in sources:
         if not src.images.is_dir():
             raise UserError(f"images folder for split '{src.name}' not found: {src.images}")
@@ -285,30 +285,36 @@ def _build_into(
         if not parsed[src.name]:
             why = f" ({report.problems[0]})" if report.problems else ""
             raise UserError(f"{src.annotations}: no usable record for split '{src.name}'{why}")
+    if options.strict and report.problems:
+        raise UserError(f"--strict: {report.problems[0]} ({len(report.problems)} problem(s) in all)")
     problems = list(report.problems)
     if options.strict and problems:
         raise UserError(f"--strict: {problems[0]} ({len(problems)} problem(s) in all)")
-    splits: dict[str, SplitArrays] = {}
-    clipped = 0
+    plan: list[tuple[str, SplitSource, list[Record]]] = []
     for src in sources:
-        arrays, n_clipped = decode_split(src, parsed[src.name], classes, options, problems)
+        records = parsed[src.name]
+        if src.name == "train" and "val" not in parsed and options.val_fraction > 0:
+            train_records, val_records = split_by_group(records, options.val_fraction, options.seed)
+            plan += [("train", src, train_records), ("val", src, val_records)]
+        else:
+            plan.append((src.name, src, records))
+    writers: dict[str, SplitWriter] = {}
+    clipped = 0
+    for name, src, records in plan:
+        writers[name], n_clipped = decode_split(src, records, classes, options, problems, partial / name, name)
         clipped += n_clipped
-        splits[src.name] = arrays
     if options.strict and len(problems) > len(report.problems):
         raise UserError(f"--strict: {problems[len(report.problems)]} ({len(problems)} problem(s) in all)")
-    if "train" in splits and "val" not in splits and options.val_fraction > 0:
-        train_idx, val_idx = carve_validation(len(splits["train"].files), options.val_fraction, options.seed)
-        full = splits["train"]
-        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx),
-                  **{k: v for k, v in splits.items() if k != "train"}}
-    for name, arrays in splits.items():
-        write_split(partial / name, arrays)
+    counts = {name: w.counts(classes) for name, w in writers.items()}
+    warnings = [f"class '{c}' has no positive image in train: its query learns nothing"
+                for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
     manifest = {
         "format": fmt,
         "classes": classes,
         "image_size": options.image_size,
-        "splits": {name: len(arrays.files) for name, arrays in splits.items()},
-        "class_counts": {name: class_counts(arrays, classes) for name, arrays in splits.items()},
+        "splits": {name: len(w) for name, w in writers.items()},
+        "class_counts": {name: c[0] for name, c in counts.items()},
+        "mask_counts": {name: c[1] for name, c in counts.items()},
         "source": source_description or {s.name: {"annotations": str(s.annotations.resolve()),
                                                    "images": str(s.images.resolve())} for s in sources},
         "mask_source": options.mask_source,
@@ -316,13 +322,16 @@ def _build_into(
         "val_fraction": options.val_fraction,
         "clipped_boxes": clipped,
         "skipped": len(problems),
+        "warnings": warnings,
         "hegl_version": __version__,
         "fingerprint": source_fingerprint(fmt, sources, options, classes) if extra_manifest is None
         or "fingerprint" not in extra_manifest else extra_manifest["fingerprint"],
         **{k: v for k, v in (extra_manifest or {}).items() if k != "fingerprint"},
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return PrepareResult(out=out, manifest=manifest, problems=problems, clipped_boxes=clipped)
+    if problems:
+        (partial / "skipped.txt").write_text("".join(line + "\n" for line in problems))
+    return PrepareResult(out=out, manifest=manifest, problems=problems, clipped_boxes=clipped, warnings=warnings)
 
 
 def up_to_date(out: Path, expected: str, force: bool) -> PrepareResult | None:
@@ -333,9 +342,43 @@ def up_to_date(out: Path, expected: str, force: bool) -> PrepareResult | None:
     return None
 
 
+def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
+    """``data.classes`` (a subset, in the format's order) or every class of the format."""
+    known = list(FORMATS[fmt]["classes"])
+    if not wanted:
+        return known
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise UserError(f"config key 'data.classes': {unknown[0]!r} is not a class of --format {fmt} "
+                        f"(classes: {', '.join(known)})")
+    return [c for c in known if c in wanted]
+
+
+def prepare_nih(out: Path, options: PrepareOptions, source: Path | None, classes: list[str] | None = None
+                ) -> PrepareResult:
+    """Import NIH ChestX-ray14 as downloaded (see :mod:`hegl_cli.data.nih`)."""
+    from hegl_cli.data.nih import read_nih
+
+    if source is None:
+        raise UserError("--format nih needs --source DIR (the folder with Data_Entry_2017*.csv and images)")
+    chosen = select_classes("nih", classes)
+    records, problems, files = read_nih(Path(source), tuple(chosen), options.seed)
+    sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
+    identity = fingerprint([source_fingerprint("nih", sources, options, chosen),
+                            *[_file_digest(f) for f in files.values()],
+                            {name: [r.file_name for r in recs] for name, recs in records.items()}])
+    done = up_to_date(out, identity, options.force)
+    if done is not None:
+        return done
+    description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
+    return build_cache("nih", sources, out, options, classes=chosen, source_description=description,
+                       extra_manifest={"fingerprint": identity}, reader_problems=problems)
+
+
 def prepare_chestxdet(
     fmt: str, out: Path, options: PrepareOptions, source: Path | None = None,
     annotations: dict[str, Path] | None = None, images: dict[str, Path] | None = None,
+    classes: list[str] | None = None,
 ) -> PrepareResult:
     """Import the official ChestX-Det / ChestX-Det10 download (folder layout or explicit files)."""
     from hegl_cli.data.chestxdet import find_source_layout
@@ -355,8 +398,8 @@ def prepare_chestxdet(
     for src in sources:
         if not src.annotations.is_file():
             raise UserError(f"annotation file not found: {src.annotations}")
-    classes = list(FORMATS[fmt]["classes"])
-    done = up_to_date(out, source_fingerprint(fmt, sources, options, classes), options.force)
+    chosen = select_classes(fmt, classes)
+    done = up_to_date(out, source_fingerprint(fmt, sources, options, chosen), options.force)
     if done is not None:
         return done
-    return build_cache(fmt, sources, out, options)
+    return build_cache(fmt, sources, out, options, classes=chosen)

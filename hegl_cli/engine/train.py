@@ -200,6 +200,15 @@ def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
     return train_split, val_split
 
 
+def describe_supervision(split: CachedSplit) -> str:
+    """One line: how many train images carry each finding and how many of those an expert mask (HA)."""
+    positives = np.nansum(split.labels, axis=0).astype(int)
+    masked = (split.has_mask & (np.nan_to_num(split.labels) > 0.5)).sum(0)
+    per_class = ", ".join(f"{c} {p}/{m}" for c, p, m in zip(split.classes, positives, masked))
+    return (f"train: {len(split)} images, {int(split.has_mask.any(1).sum())} with an expert mask; per class "
+            f"(images/with mask): {per_class}")
+
+
 class Trainer:
     """Holds everything one run needs; :meth:`fit` runs the epochs."""
 
@@ -508,6 +517,7 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
         if main and not resume:
             remove_if_unused(run)  # leave no empty run folder behind a run that never started
         raise
+    log(describe_supervision(trainer.train_split))
     try:
         if trainer.dist.is_main:
             write_marker(run)

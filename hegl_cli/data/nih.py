@@ -1,0 +1,124 @@
+"""NIH ChestX-ray14 as downloaded: every image labelled, under 1% with a box.
+
+Layout of ``--source``: ``Data_Entry_2017*.csv`` (image-level labels of every image, 14 findings,
+``|``-separated, ``No Finding``), ``BBox_List_2017.csv`` (boxes for 8 findings in the 1024 px
+coordinates of the PNGs; its ``Infiltrate`` is the label list's ``Infiltration``), the images in
+``images/`` or the twelve ``images_0XX/images/`` folders, and the official ``train_val_list.txt`` /
+``test_list.txt`` when present (otherwise test is a seeded split by ``Patient ID``). Validation is
+carved from train by patient as well, so no patient is in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import os
+from pathlib import Path
+
+from hegl_cli.data.chestxdet import FORMATS, Finding, Record
+from hegl_cli.data.splits import split_by_group
+from hegl_cli.errors import UserError
+
+NIH_CLASSES: tuple[str, ...] = FORMATS["nih"]["classes"]
+BOX_ALIASES = {"Infiltrate": "Infiltration"}
+NO_FINDING = "No Finding"
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+
+
+def find_file(source: Path, patterns: list[str], what: str, required: bool = True) -> Path | None:
+    for pattern in patterns:
+        found = sorted(source.glob(pattern))
+        if found:
+            return found[-1]  # Data_Entry_2017_v2020.csv sorts after Data_Entry_2017.csv
+    if required:
+        raise UserError(f"{source}: no {what} ({' or '.join(patterns)})")
+    return None
+
+
+def image_index(source: Path) -> dict[str, str]:
+    """File name -> path relative to ``source`` for ``images/`` and ``images_0XX/images/``."""
+    folders = [source / "images", *sorted(source.glob("images_*/images")), *sorted(source.glob("images_*"))]
+    index: dict[str, str] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file() and entry.name.lower().endswith(".png"):
+                    index.setdefault(entry.name, os.path.relpath(entry.path, source))
+    return index
+
+
+def read_boxes(path: Path | None, classes: tuple[str, ...], problems: list[str]) -> dict[str, list[Finding]]:
+    """Image name -> its boxes as findings (x, y, w, h -> x1, y1, x2, y2)."""
+    boxes: dict[str, list[Finding]] = {}
+    if path is None:
+        return boxes
+    with _open_text(path) as handle:
+        rows = csv.reader(handle)
+        next(rows, None)
+        for line, row in enumerate(rows, start=2):
+            try:
+                name, label = row[0].strip(), BOX_ALIASES.get(row[1].strip(), row[1].strip())
+                x, y, w, h = (float(v) for v in row[2:6])
+            except (IndexError, ValueError):
+                problems.append(f"{path.name}: line {line}: not 'Image Index, Finding Label, x, y, w, h'")
+                continue
+            if label not in classes:
+                continue  # a class left out by data.classes
+            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+                problems.append(f"{path.name}: line {line} ({name}): box {row[2:6]} is not finite with area")
+                continue
+            boxes.setdefault(name, []).append(Finding(label, (x, y, x + w, y + h)))
+    return boxes
+
+
+def read_list(path: Path | None) -> set[str] | None:
+    if path is None:
+        return None
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fraction: float = 0.2
+             ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
+    """({train, test}: records, problems, the annotation files read)."""
+    if not source.is_dir():
+        raise UserError(f"source folder not found: {source}")
+    entries = find_file(source, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], "label file Data_Entry_2017.csv")
+    bbox = find_file(source, ["BBox_List_2017.csv", "BBox_List_2017.csv.gz"], "box list", required=False)
+    test_list = read_list(find_file(source, ["test_list.txt"], "test list", required=False))
+    train_list = read_list(find_file(source, ["train_val_list.txt"], "train list", required=False))
+    problems: list[str] = []
+    boxes = read_boxes(bbox, classes, problems)
+    located = image_index(source)
+    records: list[Record] = []
+    wanted = set(classes)
+    with _open_text(entries) as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"Image Index", "Finding Labels", "Patient ID"} <= set(reader.fieldnames):
+            raise UserError(f"{entries}: expected the columns 'Image Index', 'Finding Labels', 'Patient ID'")
+        for line, row in enumerate(reader, start=2):
+            name = (row["Image Index"] or "").strip()
+            labels = {v.strip() for v in (row["Finding Labels"] or "").split("|") if v.strip()} - {NO_FINDING}
+            unknown = labels - set(NIH_CLASSES)
+            if not name or unknown:
+                problems.append(f"{entries.name}: line {line} ({name}): unknown finding {sorted(unknown)}")
+                continue
+            if name not in located:
+                problems.append(f"image not found: {name} (in images/ or images_0XX/images/)")
+                continue
+            records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
+                                  patient=(row["Patient ID"] or "").strip() or None))
+    by_name = {Path(r.file_name).name: r for r in records}
+    if test_list is not None:
+        test = [r for n, r in by_name.items() if n in test_list]
+        train = [r for n, r in by_name.items() if n not in test_list and (train_list is None or n in train_list)]
+    else:
+        train, test = split_by_group(records, test_fraction, seed + 7919)  # another draw than val's
+    files = {"labels": entries, **({"boxes": bbox} if bbox else {})}
+    return {"train": train, "test": test}, problems, files

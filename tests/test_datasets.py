@@ -1,0 +1,158 @@
+"""Real datasets at real scale (issue 12): the streaming cache and NIH ChestX-ray14 from its real files.
+
+The images are not public here: the tests write stand-in PNGs at the real 1024 px size for real rows
+and check the cache against an independent count of the real CSVs.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from hegl_cli.cli.app import app
+from hegl_cli.data.cache import CachedSplit
+
+runner = CliRunner()
+SIZE = 64  # cache size for the tests; boxes are in 1024 px coordinates
+
+
+def nih_rows() -> tuple[list[dict], list[list[str]]]:
+    with gzip.open(shared_data("annotations", "nih_data_entry_2017_v2020.csv.gz"), "rt", newline="") as handle:
+        entries = list(csv.DictReader(handle))
+    with gzip.open(shared_data("annotations", "nih_bbox_list_2017.csv.gz"), "rt", newline="") as handle:
+        boxes = list(csv.reader(handle))[1:]
+    return entries, boxes
+
+
+@pytest.fixture(scope="module")
+def nih_source(tmp_path_factory):
+    """The real label and box files, with stand-in 1024 px PNGs for 150 boxed and 150 other images."""
+    entries, boxes = nih_rows()
+    root = tmp_path_factory.mktemp("nih")
+    boxed = sorted({row[0] for row in boxes})[:150]
+    others = [e["Image Index"] for e in entries[::700] if e["Image Index"] not in set(boxed)][:150]
+    blank = Image.fromarray(np.full((1024, 1024), 90, np.uint8))
+    for i, name in enumerate(boxed + others):
+        folder = root / f"images_{1 + i % 3:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        blank.save(folder / name)
+    for name, member in (("Data_Entry_2017_v2020.csv.gz", "nih_data_entry_2017_v2020.csv.gz"),
+                         ("BBox_List_2017.csv", "nih_bbox_list_2017.csv.gz")):
+        data = shared_data("annotations", member).read_bytes()
+        (root / name).write_bytes(data if name.endswith(".gz") else gzip.decompress(data))
+    return root, set(boxed + others)
+
+
+def naive_expectations(present: set[str]) -> dict:
+    """Counts straight from the CSVs, for the images that exist."""
+    entries, boxes = nih_rows()
+    labels = {e["Image Index"]: {v for v in e["Finding Labels"].split("|") if v != "No Finding"}
+              for e in entries if e["Image Index"] in present}
+    patient = {e["Image Index"]: e["Patient ID"] for e in entries}
+    area: dict[tuple[str, str], np.ndarray] = {}
+    scale = SIZE / 1024
+    for name, label, *xywh in boxes:
+        if name not in present:
+            continue
+        label = "Infiltration" if label == "Infiltrate" else label
+        x, y, w, h = (float(v) for v in xywh[:4])
+        canvas = area.setdefault((name, label), np.zeros((SIZE, SIZE), bool))
+        x1, y1, x2, y2 = (min(max(v * scale, 0), SIZE) for v in (x, y, x + w, y + h))
+        canvas[math.floor(y1) : math.ceil(y2), math.floor(x1) : math.ceil(x2)] = True
+    return {"labels": labels, "patient": patient, "area": {k: int(v.sum()) for k, v in area.items()}}
+
+
+def test_nih_from_its_real_files(nih_source, tmp_path):
+    root, present = nih_source
+    out = tmp_path / "cache"
+    result = runner.invoke(app, ["-q", "prepare", "--format", "nih", "--source", str(root), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected = naive_expectations(present)
+    assert sum(manifest["splits"].values()) == len(present)
+    splits = {name: CachedSplit(out, name) for name in manifest["splits"]}
+    # No patient in two splits.
+    owners = defaultdict(set)
+    for name, split in splits.items():
+        for f in split.files:
+            owners[expected["patient"][Path(f).name]].add(name)
+    assert all(len(v) == 1 for v in owners.values())
+    assert {"train", "val", "test"} == set(splits)
+    # Per-class image counts and annotated-image counts equal the naive count, split by split.
+    for name, split in splits.items():
+        names = [Path(f).name for f in split.files]
+        naive = Counter(c for n in names for c in expected["labels"][n])
+        assert manifest["class_counts"][name] == {c: naive.get(c, 0) for c in manifest["classes"]}, name
+        boxed = Counter(c for (n, c) in expected["area"] if n in set(names) and c in expected["labels"][n])
+        assert manifest["mask_counts"][name] == {c: boxed.get(c, 0) for c in manifest["classes"]}, name
+        # Box pixel areas equal the naive rasterisation of the CSV's boxes.
+        for i, n in enumerate(names):
+            masks = split.masks(i)
+            for c, cls in enumerate(split.classes):
+                assert int(masks[c].sum()) == expected["area"].get((n, cls), 0), (n, cls)
+        # Masks are stored only for images that have one.
+        assert split.packed_masks.shape[0] == int(split.has_mask.any(1).sum())
+    assert manifest["source"]["labels"].endswith("Data_Entry_2017_v2020.csv.gz")
+    assert (out / "skipped.txt").read_text().count("image not found") == 112120 - len(present)
+
+
+def test_nih_official_lists_and_class_subset(nih_source, tmp_path):
+    root, present = nih_source
+    entries, _ = nih_rows()
+    listed = sorted(present)
+    source = tmp_path / "src"
+    source.mkdir()
+    for item in root.iterdir():
+        (source / item.name).symlink_to(item)
+    test = set(listed[::4])
+    (source / "test_list.txt").write_text("\n".join(sorted(test)))
+    (source / "train_val_list.txt").write_text("\n".join(n for n in listed if n not in test))
+    out = tmp_path / "cache"
+    result = runner.invoke(app, ["-q", "prepare", "--format", "nih", "--source", str(source), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "1", "--set", "data.classes=[Nodule, Mass, Hernia]"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["Mass", "Nodule", "Hernia"]  # the format's order
+    assert {Path(f).name for f in CachedSplit(out, "test").files} == test
+    labels = {e["Image Index"]: set(e["Finding Labels"].split("|")) for e in entries}
+    hernia = sum("Hernia" in labels[n] for n in present if n not in test)
+    if hernia == 0:
+        assert any("Hernia" in w for w in manifest["warnings"])
+    bad = runner.invoke(app, ["-q", "prepare", "--format", "nih", "--source", str(source), "--out", str(tmp_path / "x"),
+                              "--set", "data.classes=[Tumour]"])
+    assert bad.exit_code == 2 and "'Tumour' is not a class of --format nih" in bad.output
+
+
+def test_streaming_cache_matches_the_samples_and_trims(tmp_path):
+    """SplitWriter: capacity preallocated, rows trimmed to what was written, masks only where present."""
+    from hegl_cli.data.cache import SplitWriter, pack_masks
+
+    rng = np.random.default_rng(0)
+    writer = SplitWriter(tmp_path / "train", capacity=10, size=16, n_classes=3)
+    kept = []
+    for i in range(7):
+        image = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+        masks = (rng.random((3, 16, 16)) < 0.3).astype(np.uint8) * (i % 2)
+        has = masks.reshape(3, -1).any(1)
+        writer.append(image, np.array([1, 0, i % 2], np.float32), pack_masks(masks), has, f"f{i}.png")
+        kept.append((image, masks))
+    writer.close()
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["a", "b", "c"], "image_size": 16,
+                                                        "splits": {"train": 7}}))
+    split = CachedSplit(tmp_path, "train")
+    assert len(split) == 7 and split.images.shape == (7, 16, 16) and split.packed_masks.shape[0] == 3
+    for i, (image, masks) in enumerate(kept):
+        np.testing.assert_array_equal(split.images[i], image)
+        np.testing.assert_array_equal(split.masks(i), masks)
+    assert not list((tmp_path / "train").glob("*.trim"))
