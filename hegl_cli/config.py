@@ -47,6 +47,8 @@ class DataConfig:
     seed: int = opt(0, ge=0)
     mask_source: Literal["polygon", "box"] = "polygon"  # polygons fall back to boxes when absent
     classes: list[str] = field(default_factory=list)  # a subset of the dataset's classes ([] = all)
+    # VinDr-CXR's three radiologists per image: any (one marked it; union of boxes) | majority
+    label_fusion: Literal["any", "majority"] = "any"
     # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
     max_pixels: int = opt(64_000_000, ge=1)
     # Built-in synthetic dataset (used by `hegl prepare` with no --source).

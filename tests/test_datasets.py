@@ -156,3 +156,121 @@ def test_streaming_cache_matches_the_samples_and_trims(tmp_path):
         np.testing.assert_array_equal(split.images[i], image)
         np.testing.assert_array_equal(split.masks(i), masks)
     assert not list((tmp_path / "train").glob("*.trim"))
+
+
+def write_dicom(path: Path, width: int, height: int) -> None:
+    """An 8-bit uncompressed stand-in DICOM of the real size."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = height, width, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = (np.arange(width * height, dtype=np.uint32) % 251).astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def box_area(boxes: list[tuple[float, float, float, float]], width: int, height: int) -> int:
+    """Pixels covered in the SIZE-px cache by the union of boxes on a width x height image (centred padding)."""
+    side = max(width, height)
+    pad_x, pad_y, s = (side - width) // 2, (side - height) // 2, SIZE / side
+    canvas = np.zeros((SIZE, SIZE), bool)
+    for x1, y1, x2, y2 in boxes:
+        x1, x2 = (min(max(v, 0), width) for v in (x1, x2))
+        y1, y2 = (min(max(v, 0), height) for v in (y1, y2))
+        a, b = (x1 + pad_x) * s, (x2 + pad_x) * s
+        c, d = (y1 + pad_y) * s, (y2 + pad_y) * s
+        canvas[math.floor(c) : math.ceil(d), math.floor(a) : math.ceil(b)] = True
+    return int(canvas.sum())
+
+
+def test_rsna_from_its_real_rows(tmp_path):
+    import zipfile
+
+    archive = shared_data("annotations", "rsna_pneumonia_train_labels.csv.zip")
+    with zipfile.ZipFile(archive) as z:
+        rows = list(csv.DictReader(z.read(z.namelist()[0]).decode().splitlines()))
+    boxes: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r["Target"] == "1":
+            x, y, w, h = (float(r[k]) for k in ("x", "y", "width", "height"))
+            boxes[r["patientId"]].append((x, y, x + w, y + h))
+    positive = sorted(boxes)[:12]
+    negative = sorted({r["patientId"] for r in rows} - set(boxes))[:12]
+    source = tmp_path / "rsna"
+    for pid in positive + negative:
+        write_dicom(source / "stage_2_train_images" / f"{pid}.dcm", 1024, 1024)
+    (source / "stage_2_train_labels.csv.zip").write_bytes(archive.read_bytes())
+    out = tmp_path / "cache"
+    result = runner.invoke(app, ["-q", "prepare", "--format", "rsna", "--source", str(source), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["Pneumonia"] and sum(manifest["splits"].values()) == 24
+    total_positive = sum(c["Pneumonia"] for c in manifest["class_counts"].values())
+    total_masked = sum(c["Pneumonia"] for c in manifest["mask_counts"].values())
+    assert total_positive == total_masked == 12
+    for name in manifest["splits"]:
+        split = CachedSplit(out, name)
+        for i, f in enumerate(split.files):
+            pid = Path(f).stem
+            assert split.labels[i, 0] == (pid in boxes)
+            assert int(split.masks(i)[0].sum()) == box_area(boxes.get(pid, []), 1024, 1024), pid
+
+
+@pytest.mark.parametrize("fusion", ["any", "majority"])
+def test_vindr_from_its_real_rows_with_radiologist_fusion(tmp_path, fusion):
+    with gzip.open(shared_data("annotations", "vindr_cxr_train.csv.gz"), "rt", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_image: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_image[r["image_id"]].append(r)
+    with_findings = [i for i, rs in by_image.items() if any(r["class_name"] != "No finding" for r in rs)][:8]
+    without = [i for i, rs in by_image.items() if all(r["class_name"] == "No finding" for r in rs)][:4]
+    source = tmp_path / "vindr"
+    sizes = {}
+    for image in with_findings + without:
+        extents = [(float(r["x_max"]), float(r["y_max"])) for r in by_image[image] if r["x_max"]]
+        width = int(max([e[0] for e in extents], default=500)) + 7
+        height = int(max([e[1] for e in extents], default=600)) + 3
+        sizes[image] = (width, height)
+        write_dicom(source / "train" / f"{image}.dicom", width, height)
+    with gzip.open(shared_data("annotations", "vindr_cxr_train.csv.gz"), "rb") as handle:
+        (source / "train.csv").write_bytes(handle.read())
+    out = tmp_path / "cache"
+    result = runner.invoke(app, ["-q", "prepare", "--format", "vindr", "--source", str(source), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "1", "--set", f"data.label_fusion={fusion}"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    classes = manifest["classes"]
+    # The naive fusion: per image and class, which radiologists marked it and their boxes.
+    expected_pos, expected_area = Counter(), {}
+    for image in with_findings + without:
+        readers = {r["rad_id"] for r in by_image[image]}
+        marked: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for r in by_image[image]:
+            if r["class_name"] != "No finding":
+                marked[r["class_name"]][r["rad_id"]].append(
+                    tuple(float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
+        for cls, by_rad in marked.items():
+            if len(by_rad) >= (1 if fusion == "any" else len(readers) // 2 + 1):
+                expected_pos[cls] += 1
+                expected_area[(image, cls)] = box_area([b for bs in by_rad.values() for b in bs], *sizes[image])
+    counts = Counter()
+    for name in manifest["splits"]:
+        split = CachedSplit(out, name)
+        for i, f in enumerate(split.files):
+            image = Path(f).stem
+            masks = split.masks(i)
+            for c, cls in enumerate(classes):
+                counts[cls] += int(split.labels[i, c])
+                assert int(masks[c].sum()) == expected_area.get((image, cls), 0), (image, cls, fusion)
+    assert {k: v for k, v in counts.items() if v} == dict(expected_pos)
+    assert manifest["label_fusion"] == fusion

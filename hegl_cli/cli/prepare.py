@@ -23,7 +23,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
 
 @handles_errors
 def prepare(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih")] = "synthetic",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih | vindr | rsna")] = "synthetic",
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
@@ -37,7 +37,8 @@ def prepare(
     overrides: SetOpt = None,
 ) -> None:
     """Validate annotations, decode images in parallel and write a memory-mappable cache."""
-    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet, prepare_nih
+    from hegl_cli.data.chestxdet import TABLE_FORMATS
+    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet, prepare_table
     from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
 
     if workers < 0:
@@ -53,10 +54,10 @@ def prepare(
         spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
                              size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
         result = prepare_synthetic(target, options, spec)
-    elif fmt == "nih":
+    elif fmt in TABLE_FORMATS:
         if annotations or images:
-            raise UserError("--format nih reads the official layout: pass --source DIR")
-        result = prepare_nih(target, options, source, cfg.data.classes)
+            raise UserError(f"--format {fmt} reads the official layout: pass --source DIR")
+        result = prepare_table(fmt, target, options, source, cfg.data.classes, cfg.data.label_fusion)
     else:
         result = prepare_chestxdet(fmt, target, options, source, _pairs(annotations, "--annotations"),
                                    _pairs(images, "--images"), classes=cfg.data.classes)

@@ -37,7 +37,14 @@ FORMATS: dict[str, dict[str, Any]] = {
 FORMATS["nih"] = {"classes": (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
     "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)}  # CSV formats: read by their own module (hegl_cli.data.nih), not from a JSON layout
+)}  # CSV formats: read by their own modules (hegl_cli.data.nih, .boxcsv), not from a JSON layout
+FORMATS["rsna"] = {"classes": ("Pneumonia",)}
+FORMATS["vindr"] = {"classes": (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
+    "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+    "Pulmonary fibrosis",
+)}
+TABLE_FORMATS = ("nih", "rsna", "vindr")
 IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["test", "test_data"]}
 
 

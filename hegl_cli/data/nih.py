@@ -26,7 +26,7 @@ BOX_ALIASES = {"Infiltrate": "Infiltration"}
 NO_FINDING = "No Finding"
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
 
 
@@ -59,7 +59,7 @@ def read_boxes(path: Path | None, classes: tuple[str, ...], problems: list[str])
     boxes: dict[str, list[Finding]] = {}
     if path is None:
         return boxes
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         rows = csv.reader(handle)
         next(rows, None)
         for line, row in enumerate(rows, start=2):
@@ -98,7 +98,7 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
     located = image_index(source)
     records: list[Record] = []
     wanted = set(classes)
-    with _open_text(entries) as handle:
+    with open_text(entries) as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"Image Index", "Finding Labels", "Patient ID"} <= set(reader.fieldnames):
             raise UserError(f"{entries}: expected the columns 'Image Index', 'Finding Labels', 'Patient ID'")

@@ -354,25 +354,30 @@ def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
     return [c for c in known if c in wanted]
 
 
-def prepare_nih(out: Path, options: PrepareOptions, source: Path | None, classes: list[str] | None = None
-                ) -> PrepareResult:
-    """Import NIH ChestX-ray14 as downloaded (see :mod:`hegl_cli.data.nih`)."""
+def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | None,
+                  classes: list[str] | None = None, fusion: str = "any") -> PrepareResult:
+    """Import a CSV-described dataset as downloaded: ``nih`` (:mod:`hegl_cli.data.nih`), ``rsna`` or
+    ``vindr`` (:mod:`hegl_cli.data.boxcsv`)."""
+    from hegl_cli.data.boxcsv import read_rsna, read_vindr
     from hegl_cli.data.nih import read_nih
 
     if source is None:
-        raise UserError("--format nih needs --source DIR (the folder with Data_Entry_2017*.csv and images)")
-    chosen = select_classes("nih", classes)
-    records, problems, files = read_nih(Path(source), tuple(chosen), options.seed)
+        raise UserError(f"--format {fmt} needs --source DIR (the unpacked official download)")
+    chosen = select_classes(fmt, classes)
+    readers = {"nih": read_nih, "rsna": read_rsna,
+               "vindr": lambda src, cls, seed: read_vindr(src, cls, seed, fusion)}
+    records, problems, files = readers[fmt](Path(source), tuple(chosen), options.seed)
     sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
-    identity = fingerprint([source_fingerprint("nih", sources, options, chosen),
+    identity = fingerprint([source_fingerprint(fmt, sources, options, chosen), fusion,
                             *[_file_digest(f) for f in files.values()],
                             {name: [r.file_name for r in recs] for name, recs in records.items()}])
     done = up_to_date(out, identity, options.force)
     if done is not None:
         return done
     description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
-    return build_cache("nih", sources, out, options, classes=chosen, source_description=description,
-                       extra_manifest={"fingerprint": identity}, reader_problems=problems)
+    return build_cache(fmt, sources, out, options, classes=chosen, source_description=description,
+                       extra_manifest={"fingerprint": identity, **({"label_fusion": fusion} if fmt == "vindr" else {})},
+                       reader_problems=problems)
 
 
 def prepare_chestxdet(
