@@ -274,3 +274,59 @@ def test_vindr_from_its_real_rows_with_radiologist_fusion(tmp_path, fusion):
                 assert int(masks[c].sum()) == expected_area.get((image, cls), 0), (image, cls, fusion)
     assert {k: v for k, v in counts.items() if v} == dict(expected_pos)
     assert manifest["label_fusion"] == fusion
+
+
+def naive_rle(rle: str, side: int = 1024) -> np.ndarray:
+    """An independent decoder of SIIM's relative run-length form (column-major)."""
+    flat, position = np.zeros(side * side, bool), 0
+    numbers = [int(v) for v in rle.split()]
+    for offset, length in zip(numbers[::2], numbers[1::2]):
+        position += offset
+        flat[position : position + length] = True
+        position += length
+    return flat.reshape(side, side).T
+
+
+def test_siim_pixel_masks_from_its_real_rows(tmp_path):
+    with gzip.open(shared_data("annotations", "siim_pneumothorax_train_rle.csv.gz"), "rt", newline="") as handle:
+        rows = [(r[0].strip(), r[1].strip()) for r in list(csv.reader(handle))[1:]]
+    runs: dict[str, list[str]] = defaultdict(list)
+    for image, pixels in rows:
+        runs[image] += [] if pixels == "-1" else [pixels]
+    multi = [i for i, r in runs.items() if len(r) > 1][:3]
+    single = [i for i, r in runs.items() if len(r) == 1][:3]
+    negative = [i for i, r in runs.items() if not r][:4]
+    source = tmp_path / "siim"
+    for k, image in enumerate(multi + single + negative):
+        write_dicom(source / "dicom-images-train" / f"study{k}" / f"series{k}" / f"{image}.dcm", 1024, 1024)
+    with gzip.open(shared_data("annotations", "siim_pneumothorax_train_rle.csv.gz"), "rb") as handle:
+        (source / "train-rle.csv").write_bytes(handle.read())
+    out = tmp_path / "cache"
+    result = runner.invoke(app, ["-q", "prepare", "--format", "siim", "--source", str(source), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(c["Pneumothorax"] for c in manifest["mask_counts"].values()) == 6
+    block = 1024 // SIZE
+    for name in manifest["splits"]:
+        split = CachedSplit(out, name)
+        for i, f in enumerate(split.files):
+            image = Path(f).stem
+            union = np.zeros((1024, 1024), bool)
+            for r in runs[image]:
+                region = naive_rle(r)
+                assert region.sum() == sum(int(v) for v in r.split()[1::2])  # the row's own pixel count
+                union |= region  # several rows (regions, some overlapping) -> one mask
+            expected = union.reshape(SIZE, block, SIZE, block).mean((1, 3)) >= 0.5
+            assert split.labels[i, 0] == bool(runs[image])
+            np.testing.assert_array_equal(split.masks(i)[0].astype(bool), expected)
+
+
+def test_rle_decoding_hand_case():
+    from hegl_cli.data.masks import decode_rle
+
+    # 3 wide, 2 high, column-major order: (x0,y0) (x0,y1) (x1,y0) (x1,y1) (x2,y0) (x2,y1)
+    mask = decode_rle("1 2 2 1", width=3, height=2)  # pixels 1, 2 and 5
+    np.testing.assert_array_equal(mask, [[False, True, False], [True, False, True]])
+    with pytest.raises(ValueError, match="past"):
+        decode_rle("5 4", width=3, height=2)

@@ -23,7 +23,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
 
 @handles_errors
 def prepare(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih | vindr | rsna")] = "synthetic",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih | vindr | rsna | siim")] = "synthetic",
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,

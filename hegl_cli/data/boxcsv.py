@@ -1,4 +1,4 @@
-"""RSNA Pneumonia and VinDr-CXR: CSV box lists over DICOM folders, as downloaded.
+"""RSNA Pneumonia, VinDr-CXR and SIIM-ACR Pneumothorax: CSV annotations over DICOM folders, as downloaded.
 
 RSNA (``--format rsna``): ``stage_2_train_labels.csv`` (``patientId, x, y, width, height, Target``,
 several rows for an image with several boxes) and ``stage_2_train_images/<patientId>.dcm``; one
@@ -146,3 +146,39 @@ def read_vindr(source: Path, classes: tuple[str, ...], seed: int = 0, fusion: st
     if "test" not in splits:
         splits["train"], splits["test"] = split_by_group(splits["train"], 0.2, seed + 7919)
     return splits, problems, {"labels": files["train"], **({"test_labels": files["test"]} if "test" in files else {})}
+
+
+def read_siim(source: Path, classes: tuple[str, ...], seed: int = 0
+              ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
+    if not source.is_dir():
+        raise UserError(f"source folder not found: {source}")
+    table = find_file(source, ["train-rle.csv", "train-rle.csv.gz"], "mask file train-rle.csv")
+    folder = next((source / d for d in ("dicom-images-train", "train") if (source / d).is_dir()), None)
+    if folder is None:
+        raise UserError(f"{source}: no images folder (dicom-images-train)")
+    present = {p.stem: str(p.relative_to(source)) for p in folder.rglob("*.dcm")}
+    problems: list[str] = []
+    masks: dict[str, list[str]] = {}
+    with open_text(table) as handle:
+        rows = csv.reader(handle)
+        header = [h.strip() for h in next(rows, [])]
+        if header[:2] != ["ImageId", "EncodedPixels"]:
+            raise UserError(f"{table}: expected the columns ImageId, EncodedPixels")
+        for line, row in enumerate(rows, start=2):
+            if len(row) < 2 or not row[0].strip():
+                problems.append(f"{table.name}: line {line}: not 'ImageId, EncodedPixels'")
+                continue
+            image, pixels = row[0].strip(), row[1].strip()
+            runs = masks.setdefault(image, [])
+            if pixels != "-1":
+                runs.append(pixels)
+    records = []
+    wanted = "Pneumothorax" in classes
+    for image, runs in masks.items():
+        if image not in present:
+            problems.append(f"image not found: {image} (under {folder.name}/)")
+            continue
+        findings = [Finding("Pneumothorax", (0.0, 0.0, 1.0, 1.0), rle=r) for r in runs] if wanted else []
+        records.append(Record(present[image], findings, image_labels={"Pneumothorax"} if findings else set()))
+    train, test = split_by_group(records, 0.2, seed + 7919)
+    return {"train": train, "test": test}, problems, {"labels": table}

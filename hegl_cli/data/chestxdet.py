@@ -44,7 +44,8 @@ FORMATS["vindr"] = {"classes": (
     "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
     "Pulmonary fibrosis",
 )}
-TABLE_FORMATS = ("nih", "rsna", "vindr")
+FORMATS["siim"] = {"classes": ("Pneumothorax",)}
+TABLE_FORMATS = ("nih", "rsna", "vindr", "siim")
 IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["test", "test_data"]}
 
 
@@ -55,6 +56,7 @@ class Finding:
     label: str
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     polygon: list[tuple[float, float]] | None = None
+    rle: str | None = None  # a pixel mask, run-length encoded as in SIIM (see hegl_cli.data.masks.decode_rle)
 
 
 @dataclass

@@ -17,6 +17,37 @@ def clip_box(box: tuple[float, float, float, float], width: int, height: int) ->
     return clipped, clipped != tuple(box)
 
 
+def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
+    """SIIM's relative run-length encoding -> bool (height, width).
+
+    Pairs ``offset length``: each offset counts pixels since the end of the previous run, over the
+    column-major flattened image (the first run's offset counts from pixel 0).
+    """
+    values = np.array(rle.split(), dtype=np.int64)
+    if len(values) % 2 or (values < 0).any():
+        raise ValueError("run-length mask is not pairs of non-negative numbers")
+    flat = np.zeros(width * height, bool)
+    position = 0
+    for offset, length in values.reshape(-1, 2):
+        start = position + offset
+        if start + length > flat.size:
+            raise ValueError(f"run-length mask runs past the {width}x{height} image")
+        flat[start : start + length] = True
+        position = start + length
+    return flat.reshape(width, height).T  # column-major
+
+
+def resample_mask(mask: np.ndarray, geometry: Geometry, size: int) -> np.ndarray:
+    """A pixel mask in original coordinates -> (size, size) uint8 in cache coordinates: padded like
+    the image, then a cache pixel is in the mask when at least half of its area is (area average)."""
+    side = max(geometry.height, geometry.width)
+    square = np.zeros((side, side), np.float32)
+    square[geometry.pad_y : geometry.pad_y + geometry.height, geometry.pad_x : geometry.pad_x + geometry.width] = mask
+    if side != size:
+        square = np.asarray(Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BOX))
+    return (square >= 0.5).astype(np.uint8)
+
+
 def clip_polygon(points: list[tuple[float, float]], low: float, high: float) -> list[tuple[float, float]]:
     """Sutherland-Hodgman: the part of a polygon inside the square [low, high]^2 (exact, any finite input)."""
     edges = ((0, low, True), (0, high, False), (1, low, True), (1, high, False))
@@ -51,7 +82,8 @@ def rasterize_findings(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw each class's findings into a (size, size) mask.
 
-    Polygons are used where present and ``mask_source == "polygon"``, boxes otherwise.
+    Pixel masks (run-length encoded) are used as they are; polygons where present and
+    ``mask_source == "polygon"``; boxes otherwise.
 
     Returns:
         masks: uint8 (C, size, size) of 0/1.
@@ -64,6 +96,11 @@ def rasterize_findings(
     index = {name: i for i, name in enumerate(classes)}
     for finding in findings:
         c = index[finding.label]
+        if finding.rle is not None:  # a pixel mask (SIIM): no box to clip
+            pixels = resample_mask(decode_rle(finding.rle, geometry.width, geometry.height), geometry, size)
+            canvases[c] = Image.fromarray(np.maximum(np.asarray(canvases[c]), pixels))
+            has_mask[c] = True
+            continue
         box, clipped = clip_box(finding.box, geometry.width, geometry.height)
         clipped_count += int(clipped)
         draw = ImageDraw.Draw(canvases[c])

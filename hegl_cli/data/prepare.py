@@ -356,15 +356,15 @@ def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
 
 def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | None,
                   classes: list[str] | None = None, fusion: str = "any") -> PrepareResult:
-    """Import a CSV-described dataset as downloaded: ``nih`` (:mod:`hegl_cli.data.nih`), ``rsna`` or
-    ``vindr`` (:mod:`hegl_cli.data.boxcsv`)."""
-    from hegl_cli.data.boxcsv import read_rsna, read_vindr
+    """Import a CSV-described dataset as downloaded: ``nih`` (:mod:`hegl_cli.data.nih`), ``rsna``,
+    ``vindr`` or ``siim`` (:mod:`hegl_cli.data.boxcsv`)."""
+    from hegl_cli.data.boxcsv import read_rsna, read_siim, read_vindr
     from hegl_cli.data.nih import read_nih
 
     if source is None:
         raise UserError(f"--format {fmt} needs --source DIR (the unpacked official download)")
     chosen = select_classes(fmt, classes)
-    readers = {"nih": read_nih, "rsna": read_rsna,
+    readers = {"nih": read_nih, "rsna": read_rsna, "siim": read_siim,
                "vindr": lambda src, cls, seed: read_vindr(src, cls, seed, fusion)}
     records, problems, files = readers[fmt](Path(source), tuple(chosen), options.seed)
     sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
