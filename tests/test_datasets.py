@@ -26,6 +26,14 @@ runner = CliRunner()
 SIZE = 64  # cache size for the tests; boxes are in 1024 px coordinates
 
 
+def prepare(fmt: str, source: Path, out: Path, *extra: str) -> dict:
+    """`hegl prepare --format FMT` into ``out`` at the test size; returns the manifest."""
+    result = runner.invoke(app, ["-q", "prepare", "--format", fmt, "--source", str(source), "--out", str(out),
+                                 "--image-size", str(SIZE), "--workers", "1", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "manifest.json").read_text())
+
+
 def nih_rows() -> tuple[list[dict], list[list[str]]]:
     with gzip.open(shared_data("annotations", "nih_data_entry_2017_v2020.csv.gz"), "rt", newline="") as handle:
         entries = list(csv.DictReader(handle))
@@ -75,10 +83,7 @@ def naive_expectations(present: set[str]) -> dict:
 def test_nih_from_its_real_files(nih_source, tmp_path):
     root, present = nih_source
     out = tmp_path / "cache"
-    result = runner.invoke(app, ["-q", "prepare", "--format", "nih", "--source", str(root), "--out", str(out),
-                                 "--image-size", str(SIZE), "--workers", "2"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = prepare("nih", root, out)
     expected = naive_expectations(present)
     assert sum(manifest["splits"].values()) == len(present)
     splits = {name: CachedSplit(out, name) for name in manifest["splits"]}
@@ -119,10 +124,7 @@ def test_nih_official_lists_and_class_subset(nih_source, tmp_path):
     (source / "test_list.txt").write_text("\n".join(sorted(test)))
     (source / "train_val_list.txt").write_text("\n".join(n for n in listed if n not in test))
     out = tmp_path / "cache"
-    result = runner.invoke(app, ["-q", "prepare", "--format", "nih", "--source", str(source), "--out", str(out),
-                                 "--image-size", str(SIZE), "--workers", "1", "--set", "data.classes=[Nodule, Mass, Hernia]"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = prepare("nih", source, out, "--set", "data.classes=[Nodule, Mass, Hernia]")
     assert manifest["classes"] == ["Mass", "Nodule", "Hernia"]  # the format's order
     assert {Path(f).name for f in CachedSplit(out, "test").files} == test
     labels = {e["Image Index"]: set(e["Finding Labels"].split("|")) for e in entries}
@@ -209,10 +211,7 @@ def test_rsna_from_its_real_rows(tmp_path):
         write_dicom(source / "stage_2_train_images" / f"{pid}.dcm", 1024, 1024)
     (source / "stage_2_train_labels.csv.zip").write_bytes(archive.read_bytes())
     out = tmp_path / "cache"
-    result = runner.invoke(app, ["-q", "prepare", "--format", "rsna", "--source", str(source), "--out", str(out),
-                                 "--image-size", str(SIZE), "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = prepare("rsna", source, out)
     assert manifest["classes"] == ["Pneumonia"] and sum(manifest["splits"].values()) == 24
     total_positive = sum(c["Pneumonia"] for c in manifest["class_counts"].values())
     total_masked = sum(c["Pneumonia"] for c in manifest["mask_counts"].values())
@@ -245,10 +244,7 @@ def test_vindr_from_its_real_rows_with_radiologist_fusion(tmp_path, fusion):
     with gzip.open(shared_data("annotations", "vindr_cxr_train.csv.gz"), "rb") as handle:
         (source / "train.csv").write_bytes(handle.read())
     out = tmp_path / "cache"
-    result = runner.invoke(app, ["-q", "prepare", "--format", "vindr", "--source", str(source), "--out", str(out),
-                                 "--image-size", str(SIZE), "--workers", "1", "--set", f"data.label_fusion={fusion}"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = prepare("vindr", source, out, "--set", f"data.label_fusion={fusion}")
     classes = manifest["classes"]
     # The naive fusion: per image and class, which radiologists marked it and their boxes.
     expected_pos, expected_area = Counter(), {}
@@ -302,10 +298,7 @@ def test_siim_pixel_masks_from_its_real_rows(tmp_path):
     with gzip.open(shared_data("annotations", "siim_pneumothorax_train_rle.csv.gz"), "rb") as handle:
         (source / "train-rle.csv").write_bytes(handle.read())
     out = tmp_path / "cache"
-    result = runner.invoke(app, ["-q", "prepare", "--format", "siim", "--source", str(source), "--out", str(out),
-                                 "--image-size", str(SIZE), "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = prepare("siim", source, out)
     assert sum(c["Pneumothorax"] for c in manifest["mask_counts"].values()) == 6
     block = 1024 // SIZE
     for name in manifest["splits"]:

@@ -497,8 +497,8 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
         changes = check_resume_config(run, cfg)
     elif main:
         run = create_run_dir(name, Path(runs_dir), force=force)
-    else:
-        run = Path(runs_dir) / validate_run_name(name or "")
+    else:  # other DDP ranks only read the run folder that rank 0 makes
+        run = Path(runs_dir) / validate_run_name(name if name is not None else time.strftime("%Y%m%d-%H%M%S"))
     lock = run_lock(run) if main else None
     try:
         if lock is not None:
