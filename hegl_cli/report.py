@@ -165,6 +165,16 @@ def results_section(report: dict[str, Any] | None) -> str:
             [["deletion AUC (lower is more faithful)", f["deletion_attention"], f["deletion_random"], f["deletion_gain"]],
              ["insertion AUC (higher is more faithful)", f["insertion_attention"], f["insertion_random"],
               f["insertion_gain"]]]) + f"<p class=muted>{f['pairs']} positive (image, class) pairs</p>"
+    a = f.get("context_audit")
+    if a:
+        rows = [["context reliance: mean |p(x) - p(x')|, context from a finding-free image", a["context_reliance"],
+                 a["context_reliance_chance"]]]
+        if "lesion_necessity" in a:
+            rows.append(["lesion necessity: mean p(x) - p(x''), the finding's region replaced", a["lesion_necessity"],
+                         a["lesion_necessity_chance"]])
+        out += ("<h3>Context audit (from the expert masks, no twin needed)</h3>"
+                + table(["", "expert masks", "a random region of the same area (chance)"], rows)
+                + f"<p class=muted>{a['images']} images with a mask; {a.get('pairs', 0)} positive pairs</p>")
     s = f.get("shortcut_reliance")
     if s:
         fig, ax = plt.subplots(figsize=(6, 2.6))

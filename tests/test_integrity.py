@@ -212,3 +212,36 @@ def test_shortcut_reliance_measures_what_the_decision_reads(tiny_cache):
         reports[name] = faithfulness_section(model, test, preds, cfg, device, tiny_cache, "test")["shortcut_reliance"]
     assert reports["blind"]["mean"] == 0.0 and reports["blind"]["max"] == 0.0
     assert reports["marker"]["mean"] > 0.2 and min(reports["marker"]["per_class"].values()) > 0.2
+
+
+def test_context_audit_needs_no_twin_and_measures_what_the_decision_reads(tiny_cache):
+    """Context reliance and lesion necessity (issue 13's audit) from expert masks alone: a model that reads
+    nothing scores exactly 0, a corner reader relies on context but needs no lesion, and the chance
+    levels (a random region of the same area) are reported next to them."""
+    from hegl_cli.engine.runs import open_split
+    from hegl_cli.evaluation.faithfulness import context_audit
+
+    test = open_split(tiny_cache, "test", ["Nodule", "Mass", "Effusion", "Consolidation"], 32)
+    size = test.image_size
+    device = torch.device("cpu")
+    base = float(np.mean([test.image(i)[: size // 4, 3 * size // 4 :].mean() for i in range(len(test))]))
+    corner = RegionReader(slice(0, size // 4), slice(3 * size // 4, size), 4, base)
+    blind = RegionReader(slice(0, 0), slice(0, 0), 4, 0.0)
+    blind.forward = lambda images, all_layers=False: {"logits": torch.zeros(len(images), 4),
+                                                      "attention": torch.full((len(images), 4, 4, 4), 1 / 16)}
+    nothing = context_audit(blind, test, device)
+    assert nothing["context_reliance"] == 0.0 and nothing["lesion_necessity"] == 0.0
+    audit = context_audit(corner, test, device)
+    assert audit["images"] == int(test.has_mask.any(1).sum()) and audit["pairs"] > 0
+    assert audit["context_reliance"] > 0.05
+    assert abs(audit["lesion_necessity"]) < audit["context_reliance"] / 3
+    assert {"context_reliance_chance", "lesion_necessity_chance"} <= set(audit)
+
+
+def test_evaluate_reports_the_context_audit(trained_run):
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--set", "eval.faithfulness_images=2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((trained_run / "eval" / "test.json").read_text())
+    audit = report["faithfulness"]["context_audit"]
+    assert 0 <= audit["context_reliance"] <= 1 and -1 <= audit["lesion_necessity"] <= 1
+    assert "context reliance" in result.output and "lesion necessity" in result.output

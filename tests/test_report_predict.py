@@ -120,7 +120,7 @@ def test_report_is_one_self_contained_page_that_chromium_renders(evaluated_run, 
     result = runner.invoke(app, ["report", str(evaluated_run), str(second), str(ablation), "--out", str(out)])
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    for heading in ("Runs side by side", "Data", "Training", "Results", "Faithfulness", "Shortcut audit",
+    for heading in ("Runs side by side", "Data", "Training", "Results", "Faithfulness", "Context audit", "Shortcut audit",
                     "Robustness under Gaussian noise", "Best aligned", "Worst aligned", "Most shortcut-driven",
                     "Ablation mini"):
         assert heading in page, heading

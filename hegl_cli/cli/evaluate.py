@@ -74,6 +74,13 @@ def print_report(report: dict) -> None:
         result_line(f"faithfulness ({f['pairs']} positive pairs): deletion AUC {f['deletion_attention']:.3f} "
                     f"(random {f['deletion_random']:.3f}), insertion AUC {f['insertion_attention']:.3f} "
                     f"(random {f['insertion_random']:.3f})")
+    a = f.get("context_audit")
+    if a:
+        line = (f"context reliance {a['context_reliance']:.3f} (a random region: {a['context_reliance_chance']:.3f})")
+        if "lesion_necessity" in a:
+            line += (f", lesion necessity {a['lesion_necessity']:.3f} (a random region: "
+                     f"{a['lesion_necessity_chance']:.3f}) over {a['pairs']} positive pairs with a mask")
+        result_line(line)
     if f.get("shortcut_reliance"):
         s = f["shortcut_reliance"]
         per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_class"].items())

@@ -17,7 +17,7 @@ from hegl_cli.engine.predict import Predictions, predict_split
 from hegl_cli.engine.runs import LoadedRun, load_run, open_split
 from hegl_cli.errors import UserError
 from hegl_cli.evaluation.attention import alignment_report
-from hegl_cli.evaluation.faithfulness import faithfulness_report, shortcut_reliance
+from hegl_cli.evaluation.faithfulness import context_audit, faithfulness_report, shortcut_reliance
 from hegl_cli.metrics import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
 
 
@@ -72,6 +72,9 @@ def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Co
                               cached.labels, cached.classes, cfg.eval.faithfulness_steps,
                               cfg.eval.faithfulness_images, dev)
     }
+    audit = context_audit(model, cached, dev, cfg.eval.batch_size)
+    if audit is not None:
+        section["context_audit"] = audit
     twin_name = counterfactual_split(cached.manifest, split)
     if twin_name:
         twin = open_split(data, twin_name, cached.classes, cached.image_size)
