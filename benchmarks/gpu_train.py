@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from run import matmul_rate, sync  # benchmarks/run.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from hegl_cli.config import load_config
@@ -24,23 +25,6 @@ from hegl_cli.engine.train import Trainer
 
 # Nominal dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
 NOMINAL_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
-
-
-def matmul_rate(device: torch.device) -> float:
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    sync(device)
-    return 2 * n**3 * 20 / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

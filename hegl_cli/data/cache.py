@@ -80,10 +80,15 @@ class SplitWriter:
     def counts(self, classes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """(images with each finding, images with an expert mask for it), per class name."""
         n = len(self.files)
-        positives = np.nansum(self.labels[:n], axis=0)
-        masked = (self.has_mask[:n] & (np.nan_to_num(self.labels[:n]) > 0.5)).sum(0)
+        positives, masked = supervision_counts(self.labels[:n], self.has_mask[:n])
         return ({c: int(positives[i]) for i, c in enumerate(classes)},
                 {c: int(masked[i]) for i, c in enumerate(classes)})
+
+
+def supervision_counts(labels: np.ndarray, has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """labels (N, C) with NaN, has_mask (N, C) -> per class (images with the finding, those with a mask)."""
+    positive = np.nan_to_num(labels) > 0.5
+    return positive.sum(0), (positive & has_mask).sum(0)
 
 
 class _RowFile:

@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
-from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.cache import CachedSplit, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
@@ -202,8 +202,7 @@ def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
 
 def describe_supervision(split: CachedSplit) -> str:
     """One line: how many train images carry each finding and how many of those an expert mask (HA)."""
-    positives = np.nansum(split.labels, axis=0).astype(int)
-    masked = (split.has_mask & (np.nan_to_num(split.labels) > 0.5)).sum(0)
+    positives, masked = supervision_counts(split.labels, split.has_mask)
     per_class = ", ".join(f"{c} {p}/{m}" for c, p, m in zip(split.classes, positives, masked))
     return (f"train: {len(split)} images, {int(split.has_mask.any(1).sum())} with an expert mask; per class "
             f"(images/with mask): {per_class}")
@@ -467,13 +466,6 @@ def check_resume_config(run: Path, cfg: Config) -> dict[str, list[Any]]:
     return {k: [get_value(stored, k), get_value(cfg, k)] for k in changed}
 
 
-def _data_fingerprint(cfg: Config) -> str | None:
-    try:
-        return CachedSplit(cfg.data.path, "train").manifest.get("fingerprint")
-    except UserError:
-        return None
-
-
 def train(cfg: Config, name: str | None = None, resume: bool = False, force: bool = False,
           runs_dir: Path = Path("runs"), progress: bool = True, log=print) -> TrainResult:
     """Train one run into ``runs_dir/<name>`` and return its summary.
@@ -523,7 +515,7 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
             write_marker(run)
             cfg.dump(run / "config.yaml")
             append_history(run, "resume" if resume else "start", epoch=trainer.start_epoch + 1,
-                           changed=changes, data=str(cfg.data.path), data_fingerprint=_data_fingerprint(cfg))
+                           changed=changes, data=str(cfg.data.path), data_fingerprint=trainer.train_split.manifest.get("fingerprint"))
             mark_latest(run)
         return trainer.fit()
     finally:
