@@ -26,11 +26,12 @@ from hegl_cli.errors import UserError
 from hegl_cli.locking import FolderLock
 
 METRICS: tuple[tuple[str, str], ...] = (
-    ("auc", "test macro AUC"), ("f1", "test macro F1"), ("mcc", "test macro MCC"),
+    ("auc", "test macro AUC"), ("val_test_gap", "val-test gap"), ("f1", "test macro F1"),
+    ("mcc", "test macro MCC"), ("shortcut_reliance", "twin shortcut reliance"),
+    ("context_reliance", "context reliance"), ("lesion_necessity", "lesion necessity"),
     ("energy_in_mask", "attention energy in mask"), ("pointing_game", "pointing game"),
-    ("deletion_auc", "deletion AUC"), ("deletion_gain", "deletion gain over random order"),
-    ("shortcut_reliance", "shortcut reliance"),
-    ("auc_noise", "AUC at sigma 0.05"),
+    ("deletion_gain", "deletion gain over random order"), ("auc_noise", "AUC at sigma 0.05"),
+    ("val_auc_swapped", "val AUC, context-swapped (selection-safe)"),
 )
 
 
@@ -90,6 +91,8 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
                             device=cfg.train.device, progress=False)
     at_sigma = next(r for r in noise if r["sigma"] == sigma)
     faith = report.get("faithfulness", {})
+    audit = faith.get("context_audit") or {}
+    best_record = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
     return {
         "auc": report["macro"]["auc"], "f1": report["macro"]["f1"], "mcc": report["macro"]["mcc"],
         "energy_in_mask": report["attention"]["overall"]["energy_in_mask"],
@@ -97,8 +100,11 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
         "deletion_auc": faith.get("deletion_attention"),
         "deletion_gain": faith.get("deletion_gain"),
         "shortcut_reliance": (faith.get("shortcut_reliance") or {}).get("mean"),
+        "context_reliance": audit.get("context_reliance"), "lesion_necessity": audit.get("lesion_necessity"),
         "auc_noise": at_sigma["auc"]["mean"] if at_sigma.get("auc") else None,
+        "val_test_gap": result.best_val_auc - report["macro"]["auc"],
         "best_epoch": result.best_epoch, "val_auc": result.best_val_auc, "train_seconds": result.seconds,
+        "val_auc_plain": best_record.get("val_auc_plain"), "val_auc_swapped": best_record.get("val_auc_swapped"),
         "per_class_auc": {k: v["auc"] for k, v in report["per_class"].items()},
         "shortcut_reliance_per_class": (faith.get("shortcut_reliance") or {}).get("per_class"),
     }
@@ -194,18 +200,52 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n" + note)
     atomic_write_json(out / "runs.json", rows)
     plot_ablation(table, out / "results.png")
+    plot_context_vs_twin(rows, out / "context_vs_twin.png")
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path) -> None:
     from hegl_cli.plots import plt
 
-    fig, axes = plt.subplots(3, 3, figsize=(14, 10))
+    fig, axes = plt.subplots(3, 4, figsize=(18, 10))
+    for ax in axes.ravel()[len(METRICS):]:
+        ax.axis("off")
     for ax, (key, label) in zip(axes.ravel(), METRICS):
         means = [e[key][0] if e[key] else np.nan for e in table]
         stds = [e[key][1] if e[key] else 0 for e in table]
         ax.bar(range(len(table)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(table))])
         ax.set_xticks(range(len(table)), [e["cell"] for e in table], rotation=30, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (Pearson on ranks; ties broken by order)."""
+    rx, ry = (np.argsort(np.argsort(np.asarray(v))) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def plot_context_vs_twin(rows: list[dict[str, Any]], path: Path) -> None:
+    """Scatter of every run's twin-free context reliance against its twin shortcut reliance, with
+    Spearman's rank correlation in the title; nothing is drawn unless two runs have both."""
+    from hegl_cli.plots import plt
+
+    pairs = [(r["shortcut_reliance"], r["context_reliance"], r["cell"]) for r in rows
+             if r.get("shortcut_reliance") is not None and r.get("context_reliance") is not None]
+    if len(pairs) < 2:
+        return
+    cells = sorted({c for _, _, c in pairs})
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for k, cell in enumerate(cells):
+        xs = [x for x, _, c in pairs if c == cell]
+        ys = [y for _, y, c in pairs if c == cell]
+        ax.scatter(xs, ys, color=f"C{k % 10}", marker="os^Dv<>ph*"[k // 10 % 10], label=cell)
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    ax.set_xlabel("twin shortcut reliance: mean |p(x) - p(x with every cue toggled)|")
+    ax.set_ylabel("context reliance (no twin): mean |p(x) - p(masks on a finding-free image)|")
+    ax.set_title(f"{len(pairs)} runs, Spearman rho = {rho:.2f}", fontsize=10)
+    ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

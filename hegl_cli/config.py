@@ -92,7 +92,16 @@ class LossConfig:
     ha_type: Literal["penalized_dice", "dice", "l1", "bce"] = "penalized_dice"
     ha_norm: Literal["max", "minmax"] = "max"  # how a map is scaled to [0, 1] before alignment
     ha_layers: Literal["last", "all"] = "last"  # which decoder layers' cross-attention is aligned
-    dal_pairs: Literal["all", "positive"] = "all"  # positive: pairs with at least one positive class
+    # What the HA term aligns a map with: the mask's soft patch coverage (which a peak-scaled map
+    # cannot match where a lesion covers no patch fully), peak (coverage / its maximum: a perfect map
+    # reaches it) or binary (patches covered at least half as much as the most covered one).
+    ha_target: Literal["coverage", "peak", "binary"] = "coverage"
+    # DAL's pairs: all | positive (at least one of the two classes positive) | both_positive
+    dal_pairs: Literal["all", "positive", "both_positive"] = "all"
+    # What DAL compares: raw maps | above_uniform (only attention above 1/patches: a diffuse floor
+    # costs nothing) | sharpened (maps squared and renormalised)
+    dal_maps: Literal["raw", "above_uniform", "sharpened"] = "raw"
+    dal_warmup_epochs: int = opt(0, ge=0)  # beta ramps linearly from 0 over this many epochs
     dal_max_classes: int = opt(0, ge=0)  # sample this many classes per step for DAL (0 = all)
     rrr_weight: float = opt(0.0, ge=0.0)  # input-gradient penalty outside the mask (Ross et al. 2017)
     weighting: Literal["fixed", "warmup", "uncertainty"] = "fixed"
@@ -118,6 +127,10 @@ class TrainConfig:
     deterministic: bool = False
     amp: bool = True  # bf16 autocast on CUDA (TF32 for what stays in float32)
     compile: bool = False  # torch.compile the model (CUDA; see README for the measured effect)
+    # What chooses the checkpoint, early stopping and thresholds: the val images as they are, or
+    # val_swapped: each val image's expert-masked regions on a finding-free val image's context
+    # (fixed, seeded pairing), so that a shortcut outside the masks earns nothing. Never test.
+    select_on: Literal["val", "val_swapped"] = "val"
 
 
 @dataclass

@@ -72,6 +72,24 @@ def penalized_dice_loss(dice: torch.Tensor, k: float) -> torch.Tensor:
     return 1.0 - dice / (1.0 + k * (1.0 - dice))
 
 
+def alignment_target(coverage: torch.Tensor, how: str = "coverage") -> torch.Tensor:
+    """What a map is aligned with. coverage (..., h, w) in [0, 1] -> same shape in [0, 1].
+
+    ``coverage``: as is; ``peak``: divided by its maximum (the map proportional to the coverage,
+    scaled to peak 1 like every map, matches it exactly); ``binary``: 1 where the coverage is at
+    least half its maximum, else 0 (a map uniform on those patches matches it exactly).
+    """
+    if how == "coverage":
+        return coverage
+    flat = coverage.flatten(-2)
+    peak = flat.amax(-1, keepdim=True)
+    if how == "peak":
+        return (flat / peak.clamp_min(EPS)).view_as(coverage)
+    if how == "binary":
+        return ((flat >= 0.5 * peak) & (peak > 0)).to(coverage.dtype).view_as(coverage)
+    raise ValueError(f"unknown alignment target '{how}'")
+
+
 def alignment_pairs(labels: torch.Tensor, has_mask: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
     """(B, C) bool: positive (image, class) pairs with a non-empty mask."""
     positive = torch.nan_to_num(labels, nan=0.0) > 0.5
@@ -105,6 +123,23 @@ def alignment_loss(
     raise ValueError(f"unknown alignment loss '{kind}'")
 
 
+def dal_view(maps: torch.Tensor, how: str = "raw") -> torch.Tensor:
+    """What DAL compares. maps (B, C, h, w), each summing to 1 -> same shape, >= 0.
+
+    ``raw``: the maps; ``above_uniform``: ``relu(a - 1/(h w))``, so a diffuse floor, shared by all
+    classes, adds no similarity and only the peaks must differ; ``sharpened``: ``a^2`` renormalised.
+    """
+    if how == "raw":
+        return maps
+    if how == "above_uniform":
+        n = maps.shape[-1] * maps.shape[-2]
+        return F.relu(maps - 1.0 / n)
+    if how == "sharpened":
+        sq = maps.square()
+        return sq / sq.flatten(-2).sum(-1)[..., None, None].clamp_min(EPS)
+    raise ValueError(f"unknown DAL map form '{how}'")
+
+
 def pairwise_cosine(maps: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, C) cosine similarity between every two class maps of an image."""
     flat = F.normalize(maps.flatten(2), dim=-1, eps=EPS)  # (B, C, N)
@@ -119,7 +154,8 @@ def dal_loss(
 
     Args:
         maps: (B, C, h, w).
-        labels: (B, C), needed for ``pairs="positive"`` (pairs with at least one positive class).
+        labels: (B, C), needed for ``pairs="positive"`` (pairs with at least one positive class)
+            and ``pairs="both_positive"`` (both classes positive).
         max_classes: when > 0 and C is larger, a random subset of classes is used (one per step).
 
     Returns 0 (graph-connected) when no pair counts (C = 1, or no positives with ``positive``).
@@ -134,11 +170,11 @@ def dal_loss(
         return zero_like_graph(maps)
     i, j = torch.triu_indices(c, c, offset=1, device=maps.device)
     sims = pairwise_cosine(maps)[:, i, j]  # (B, P)
-    if pairs == "positive":
+    if pairs in ("positive", "both_positive"):
         if labels is None:
-            raise ValueError("dal pairs='positive' needs labels")
+            raise ValueError(f"dal pairs='{pairs}' needs labels")
         pos = torch.nan_to_num(labels, nan=0.0) > 0.5
-        weight = (pos[:, i] | pos[:, j]).to(sims.dtype)
+        weight = ((pos[:, i] | pos[:, j]) if pairs == "positive" else (pos[:, i] & pos[:, j])).to(sims.dtype)
         if weight.sum() == 0:
             return zero_like_graph(maps)
         return (sims * weight).sum() / weight.sum()
@@ -200,6 +236,8 @@ class HybridCriterion(nn.Module):
         if self.cfg.weighting == "warmup" and self.cfg.weighting_warmup_epochs > 0:
             ramp = min(1.0, self.epoch / self.cfg.weighting_warmup_epochs)
             alpha, beta = alpha * ramp, beta * ramp
+        if self.cfg.dal_warmup_epochs > 0:
+            beta = beta * min(1.0, self.epoch / self.cfg.dal_warmup_epochs)
         return alpha, beta
 
     def forward(
@@ -213,17 +251,16 @@ class HybridCriterion(nn.Module):
         alpha, beta = self.weights()
         coverage = mask_coverage(masks, maps.shape[-2:])
         valid = alignment_pairs(labels, has_mask, coverage)
+        target = alignment_target(coverage, cfg.ha_target)
         if cfg.alpha > 0:
             layer_maps = outputs["attention_layers"] if cfg.ha_layers == "all" else maps.unsqueeze(0)
             terms["ha"] = torch.stack([
-                alignment_loss(m, coverage, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm) for m in layer_maps
+                alignment_loss(m, target, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm) for m in layer_maps
             ]).mean()
         else:
-            terms["ha"] = alignment_loss(maps.detach(), coverage, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm)
-        if cfg.beta > 0:
-            terms["dal"] = dal_loss(maps, labels, cfg.dal_pairs, cfg.dal_max_classes)
-        else:
-            terms["dal"] = dal_loss(maps.detach(), labels, cfg.dal_pairs, cfg.dal_max_classes)
+            terms["ha"] = alignment_loss(maps.detach(), target, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm)
+        dal_maps = dal_view(maps if cfg.beta > 0 else maps.detach(), cfg.dal_maps)
+        terms["dal"] = dal_loss(dal_maps, labels, cfg.dal_pairs, cfg.dal_max_classes)
         total = terms["ce"]
         if self.log_vars is not None:
             s = self.log_vars

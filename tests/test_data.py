@@ -194,27 +194,6 @@ def test_synthetic_noop_force_and_bit_identical(tmp_path, monkeypatch):
         assert key in m
 
 
-def test_synthetic_cue_statistics_and_counterfactual_twin(tiny_cache):
-    spec = SyntheticSpec(n_train=400, n_test=200, size=64, cue_strength=0.9)
-    from hegl_cli.data.synthetic import generate_case
-
-    train = [generate_case((spec, "train", i)) for i in range(400)]
-    nodule = np.array(["Nodule" in c["record"]["syms"] for c in train])
-    cue = np.array([c["cue"] for c in train])
-    assert cue[nodule].mean() > 0.8 and cue[~nodule].mean() < 0.2
-    test = [generate_case((spec, "test", i)) for i in range(200)]
-    t_nodule = np.array(["Nodule" in c["record"]["syms"] for c in test])
-    t_cue = np.array([c["cue"] for c in test])
-    assert abs(t_cue[t_nodule].mean() - t_cue[~t_nodule].mean()) < 0.25
-    # The twin differs from the image only where the marker is drawn (top-right corner).
-    a, b = CachedSplit(tiny_cache, "test"), CachedSplit(tiny_cache, "test_counterfactual")
-    assert a.files == b.files and (a.cue != b.cue).all()
-    diff = np.abs(a.images[:].astype(int) - b.images[:].astype(int)).sum(0)
-    assert diff.sum() > 0
-    size = diff.shape[0]
-    assert diff[size // 3 :, :].sum() == 0 and diff[:, : size // 2].sum() == 0
-
-
 def test_interrupted_prepare_leaves_no_cache(tmp_path, monkeypatch):
     import hegl_cli.data.prepare as prep
 

@@ -208,3 +208,104 @@ def test_uncertainty_and_warmup_weighting():
     assert warm.weights() == (0.25, 0.25)
     warm.set_epoch(10)
     assert warm.weights() == (1.0, 1.0)
+
+
+def _pooled_coverage(size: int = 16, grid: int = 4) -> torch.Tensor:
+    """(1, 1, grid, grid) soft coverage of a disc that covers no patch fully at its edge."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = (((yy - 7.6) ** 2 + (xx - 8.3) ** 2) <= 2.5**2).float()  # a nodule across four patches
+    return mask_coverage(disc[None, None], (grid, grid))
+
+
+@pytest.mark.parametrize("how,kind", [("binary", "penalized_dice"), ("binary", "l1"), ("peak", "l1")])
+def test_alignment_target_is_reachable_by_a_perfect_map(how, kind):
+    from hegl_cli.losses import alignment_target
+
+    coverage = _pooled_coverage()
+    assert 0 < coverage.max() < 1  # the soft target a peak-scaled map can never equal
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    best_for_coverage = coverage / coverage.sum()  # attention proportional to the coverage
+    assert alignment_loss(best_for_coverage, coverage, valid, kind).item() > 0.01  # the floor
+    target = alignment_target(coverage, how)
+    perfect = target / target.sum()  # a map (summing to 1) shaped exactly like the target
+    assert alignment_loss(perfect, target, valid, kind).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_dice_cannot_reach_a_soft_target_even_scaled_to_peak_one():
+    """Soft Dice of a soft target with itself is sum(t^2) / sum(t) < 1: only a binary target is
+    reachable under (penalized) Dice; the peak target is reachable under l1."""
+    from hegl_cli.losses import alignment_target
+
+    peak = alignment_target(_pooled_coverage(), "peak")
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    dice_self = (peak**2).sum() / peak.sum()
+    assert alignment_loss(peak / peak.sum(), peak, valid, "dice").item() == pytest.approx(1 - dice_self.item(), rel=1e-5)
+    assert dice_self < 0.9
+
+
+def test_alignment_target_hand_values():
+    from hegl_cli.losses import alignment_target
+
+    coverage = torch.tensor([[[[0.0, 0.2], [0.1, 0.4]]]])
+    torch.testing.assert_close(alignment_target(coverage, "coverage"), coverage)
+    torch.testing.assert_close(alignment_target(coverage, "peak"), torch.tensor([[[[0.0, 0.5], [0.25, 1.0]]]]))
+    torch.testing.assert_close(alignment_target(coverage, "binary"), torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]]))
+    assert alignment_target(torch.zeros(1, 1, 2, 2), "binary").sum() == 0  # no mask, no target
+
+
+def test_dal_map_forms_hand_values():
+    from hegl_cli.losses import dal_view
+
+    uniform = torch.full((1, 2, 2, 2), 0.25)
+    assert dal_loss(uniform).item() == pytest.approx(1.0)  # raw: identical diffuse maps are "similar"
+    assert dal_loss(dal_view(uniform, "above_uniform")).item() == 0.0  # a shared floor costs nothing
+    a = torch.tensor([[[0.4, 0.3], [0.2, 0.1]]])
+    b = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
+    maps = torch.stack([a, b], 1)  # (1, 2, 2, 2)
+    above = dal_view(maps, "above_uniform")  # relu(x - 0.25): [0.15, 0.05, 0, 0] and [0, 0, 0.05, 0.15]
+    assert dal_loss(above).item() == pytest.approx(0.0, abs=1e-7)
+    sharp = dal_view(maps, "sharpened")
+    torch.testing.assert_close(sharp[0, 0], (a**2 / (a**2).sum())[0])
+    u, v = (a**2).flatten(), (b**2).flatten()
+    assert dal_loss(sharp).item() == pytest.approx(float(u @ v / (u.norm() * v.norm())), rel=1e-5)
+
+
+def test_dal_both_positive_pairs_match_the_loop():
+    torch.manual_seed(1)
+    maps = torch.rand(4, 5, 3, 3)
+    labels = torch.tensor([[1.0, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 1, 1, 0, float("nan")]])
+    total, count = 0.0, 0
+    for i in range(4):
+        for j, k in itertools.combinations(range(5), 2):
+            if labels[i, j] > 0.5 and labels[i, k] > 0.5:
+                u, v = maps[i, j].flatten(), maps[i, k].flatten()
+                total, count = total + float(u @ v / (u.norm() * v.norm())), count + 1
+    assert count == 4
+    assert dal_loss(maps, labels, "both_positive").item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_dal_warmup_ramps_beta_only():
+    crit = HybridCriterion(LossConfig(alpha=1.0, beta=2.0, dal_warmup_epochs=4))
+    crit.set_epoch(1)
+    assert crit.weights() == (1.0, 0.5)
+    crit.set_epoch(9)
+    assert crit.weights() == (1.0, 2.0)
+
+
+def test_criterion_uses_the_configured_target_and_dal_form():
+    torch.manual_seed(0)
+    out, _ = _fake_outputs()
+    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    masks = torch.zeros(3, 4, 8, 8)
+    masks[0, 0, :3, :3] = 1
+    masks[0, 3, 5:, 5:] = 1
+    masks[1, 1, 1:6, 2:5] = 1
+    has = masks.flatten(2).amax(-1) > 0
+    cfg = LossConfig(ha_target="peak", dal_maps="above_uniform", dal_pairs="positive")
+    terms = HybridCriterion(cfg)(out, labels, masks, has)
+    from hegl_cli.losses import alignment_target, dal_view
+
+    cov = mask_coverage(masks, (4, 4))
+    valid = alignment_pairs(labels, has, cov)
+    assert terms["ha"].item() == pytest.approx(alignment_loss(out["attention"], alignment_target(cov, "peak"), valid).item())
+    assert terms["dal"].item() == pytest.approx(dal_loss(dal_view(out["attention"], "above_uniform"), labels, "positive").item())

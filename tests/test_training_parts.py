@@ -168,3 +168,66 @@ def test_gpu_benchmark_script_runs_its_whole_flow_on_cpu(tmp_path):
     assert {"hegl_over_timm_step", "a1b1_over_a0b0_step", "mfu_hegl_over_timm", "loader_over_model_train",
             "predict_over_forward"} <= set(ratios)
     assert (tmp_path / "bench" / "predictions.csv").is_file() and (tmp_path / "bench" / "explain" / "grid.png").is_file()
+
+
+def test_context_swap_keeps_the_masks_on_a_fixed_finding_free_donor(tiny_cache):
+    from hegl_cli.data.cache import CachedSplit
+    from hegl_cli.data.swap import context_swap, finding_free_pairing, swappable
+
+    split = CachedSplit(tiny_cache, "train")
+    perturb = context_swap(split, seed=5)
+    donors = finding_free_pairing(split.labels, seed=5)
+    index = np.arange(len(split))
+    images = torch.from_numpy(np.stack([split.image(int(i)) for i in index]))[:, None]
+    out = perturb(images, index)
+    ok = swappable(split)
+    assert ok.any() and torch.equal(perturb(images, index), out)  # fixed pairing
+    for i in index:
+        keep = split.masks(int(i)).max(0).astype(bool)
+        got, before = out[i, 0].numpy(), images[i, 0].numpy()
+        if not ok[i]:
+            np.testing.assert_array_equal(got, before)
+            continue
+        donor = split.image(int(donors[i]))
+        np.testing.assert_allclose(got[keep], before[keep], atol=1e-6)
+        np.testing.assert_allclose(got[~keep], donor[~keep], atol=1e-6)
+
+
+def test_select_on_val_swapped_selects_and_thresholds_on_swapped_val(tiny_cache, tmp_path, monkeypatch):
+    from hegl_cli.config import load_config
+    from hegl_cli.engine import train as engine
+
+    seen = []
+    real = engine.predict_split
+
+    def spy(model, split, device, batch_size, indices=None, perturb=None, **kw):
+        seen.append(perturb is not None)
+        return real(model, split, device, batch_size, indices, perturb=perturb, **kw)
+
+    monkeypatch.setattr(engine, "predict_split", spy)
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=2",
+                                              "train.select_on=val_swapped"])
+    engine.train(cfg, name="sw", runs_dir=tmp_path, progress=False, log=lambda *_: None)
+    assert seen == [False, True, False, True]  # each epoch: plain val, then the swapped val
+    records = [json.loads(line) for line in (tmp_path / "sw" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_auc"] == r["val_auc_swapped"] and "val_auc_plain" in r for r in records)
+    best = json.loads((tmp_path / "sw" / "best.json").read_text())
+    assert best["selected_on"] == "val_swapped" == best["thresholds_chosen_on"]
+
+
+def test_select_on_val_swapped_needs_masks_and_finding_free_val_images(tiny_cache):
+    from types import SimpleNamespace
+
+    from hegl_cli.config import load_config
+    from hegl_cli.engine.train import _val_context_swap
+    from hegl_cli.errors import UserError
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.select_on=val_swapped"])
+    sick = SimpleNamespace(labels=np.ones((4, 2)), has_mask=np.ones((4, 2), bool))
+    with pytest.raises(UserError, match="0 finding-free"):
+        _val_context_swap(sick, cfg)
+    unmasked = SimpleNamespace(labels=np.zeros((4, 2)), has_mask=np.zeros((4, 2), bool))
+    with pytest.raises(UserError, match="0 masked"):
+        _val_context_swap(unmasked, cfg)
+    cfg.train.select_on = "val"
+    assert _val_context_swap(sick, cfg) is None  # plain selection does not need it

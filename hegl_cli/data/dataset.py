@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.swap import paste, swappable
 
 
 class XrayDataset(Dataset):
@@ -26,10 +27,8 @@ class XrayDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.swap_prob = swap_prob
-        labels = np.nan_to_num(split.labels, nan=1.0)
-        self.donors = np.flatnonzero(labels.sum(1) == 0)
-        # Only images whose every positive (or unknown) class has a mask can keep all their findings.
-        self.swappable = ((labels < 0.5) | split.has_mask).all(1)
+        self.donors = np.flatnonzero((np.nan_to_num(split.labels, nan=1.0) < 0.5).all(1))
+        self.swappable = swappable(split)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -56,4 +55,4 @@ class XrayDataset(Dataset):
             return image
         donor = int(self.donors[rng.integers(len(self.donors))])
         keep = masks.max(0).astype(np.float32) if masks.size else np.zeros_like(image)
-        return keep * image + (1.0 - keep) * self.split.image(donor)
+        return paste(keep, image, self.split.image(donor))

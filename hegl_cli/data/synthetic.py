@@ -1,13 +1,20 @@
-"""The built-in synthetic shortcut dataset: chest-like images, class lesions, and a planted cue.
+"""The built-in benchmark (v2): chest-like images where only position tells a finding, plus shortcuts.
 
 Each image is a grayscale chest-like radiograph (body, two dark lung fields, heart, spine, ribs,
-low-frequency and pixel noise). Each class draws its own lesion inside a lung; the lesion's polygon
-and box are the expert annotation. A laterality-tag-like "L" marker in the top-right corner is the
-spurious cue: in train/val it is present with probability ``cue_strength`` when the cue class is
-positive and ``1 - cue_strength`` when it is negative; in test it is independent of every label
-(probability 0.5). The test split has a counterfactual twin, ``test_counterfactual``: the same
-images with only the marker toggled, so evaluation can measure how far predictions move when
-nothing but the shortcut changes.
+low-frequency and pixel noise) with air around the body as dark as the lungs. Every class is drawn
+once in every image with the same look: inside a lung when the class is positive (the annotated
+finding: polygon and box), in the air outside the body when it is negative (a decoy, not
+annotated). Shapes never overlap and the lesion sits on pixels distributed like the decoy's, so a
+position-free classifier on global image statistics learns nothing (tests/test_benchmark.py keeps
+its test AUC at or below 0.60 for every class): the model has to look at where things are.
+
+Five spurious cues, one bit each in ``cue.npy`` (:data:`CUE_NAMES`): a burned-in marker per class
+(an "L", a "T", a bar, a ring, one per corner) and a global one, a scanner-like contrast curve
+that follows ``GLOBAL_CUE_CLASS``. In train/val each cue is present with probability
+``cue_strength`` when its class is positive and ``1 - cue_strength`` when negative; in test each is
+independent of every label (probability 0.5). The test split has a counterfactual twin,
+``test_counterfactual``: the same images with every cue toggled, so evaluation measures how far
+predictions move when nothing but the shortcuts change.
 
 The dataset is written in the ChestX-Det format and imported by the same importer as real data.
 Deterministic by seed: every image draws from its own ``default_rng([seed, split, index])``.
@@ -34,7 +41,6 @@ from hegl_cli.data.prepare import (
 )
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Effusion", "Consolidation")
-CUE_CLASS = "Nodule"
 SPLIT_IDS = {"train": 0, "test": 1}
 
 
@@ -64,24 +70,35 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-    """A chest-like background (H, W) in [0, 1] and the two lung ellipses (cy, cx, ry, rx)."""
+def _anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """A chest-like background (H, W) in [0, 1], the body's and lungs' soft masks (H, W), the lungs.
+
+    The air around the body is as dark as the lungs (with the same rib-free mean), so a lesion-like
+    blob changes the image's intensity histogram the same way in a lung as in the air: only where
+    it lies tells a finding from a decoy. Lungs are (cy, cx, ry, rx) in normalised units.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     j = lambda scale: float(rng.uniform(-scale, scale))  # noqa: E731 - small jitter helper
-    img = np.full((size, size), 0.06, dtype=np.float32)
-    img += 0.5 * _ellipse(yy, xx, 0.56 + j(0.02), 0.5 + j(0.02), 0.47, 0.42 + j(0.02), 0.05)
-    lungs = [(0.45 + j(0.02), 0.31 + j(0.02), 0.27 + j(0.02), 0.13 + j(0.01)),
-             (0.45 + j(0.02), 0.69 + j(0.02), 0.27 + j(0.02), 0.13 + j(0.01))]
+    body = _ellipse(yy, xx, 0.55 + j(0.02), 0.5 + j(0.02), 0.40, 0.34 + j(0.02), 0.05)
+    img = LUNG_LEVEL + (BODY_LEVEL - LUNG_LEVEL) * body
+    lungs = [(0.46 + j(0.02), 0.34 + j(0.02), 0.23 + j(0.02), 0.12 + j(0.01)),
+             (0.46 + j(0.02), 0.66 + j(0.02), 0.23 + j(0.02), 0.12 + j(0.01))]
     lung_mask = np.zeros_like(img)
     for cy, cx, ry, rx in lungs:
-        lung_mask = np.maximum(lung_mask, _ellipse(yy, xx, cy, cx, ry, rx, 0.15))
-    img -= 0.32 * lung_mask
+        lung_mask = np.maximum(lung_mask, _ellipse(yy, xx, cy, cx, ry, rx, LUNG_EDGE))
+    img -= (BODY_LEVEL - LUNG_LEVEL) * lung_mask * body
     ribs = np.clip(np.cos(2 * np.pi * (yy * (8.5 + j(0.5)) + 1.5 * (xx - 0.5) ** 2)), 0, 1) ** 3
-    img += 0.07 * ribs * lung_mask
-    img += 0.16 * _ellipse(yy, xx, 0.63 + j(0.02), 0.56 + j(0.02), 0.12 + j(0.01), 0.13 + j(0.015), 0.3)
-    img += 0.12 * np.clip(1.0 - np.abs(xx - 0.5) / 0.03, 0, 1) * (yy > 0.1)
+    img += 0.07 * (ribs - RIB_MEAN)  # everywhere: lung and air pixels share one distribution
+    heart = _ellipse(yy, xx, 0.60 + j(0.02), 0.54 + j(0.02), 0.10 + j(0.01), 0.11 + j(0.015), 0.3)
+    img += 0.16 * heart * (1.0 - lung_mask)  # behind the lungs: a lesion sees the same lung level anywhere
+    img += 0.12 * np.clip(1.0 - np.abs(xx - 0.5) / 0.03, 0, 1) * (yy > 0.1) * body
     img += 0.04 * _smooth_noise(rng, size, 6)
-    return img, lungs
+    return img, body, lung_mask, lungs
+
+
+LUNG_LEVEL, BODY_LEVEL = 0.24, 0.56
+LUNG_EDGE = 0.06  # width of the lung field's soft rim, as a share of its radius
+RIB_MEAN = 2.0 / (3.0 * np.pi)  # mean of max(cos, 0)^3 over a period: ribs leave the lung mean unchanged
 
 
 def _point_in_lung(rng: np.random.Generator, lung: tuple[float, float, float, float], margin: float) -> tuple[float, float]:
@@ -108,81 +125,218 @@ def _blob_polygon(cy: float, cx: float, radius: float, rng: np.random.Generator,
     return np.stack([cx + r * np.cos(theta), cy + r * np.sin(theta)], axis=1)
 
 
-def _draw_lesion(
-    label: str, img: np.ndarray, lungs: list, rng: np.random.Generator, contrast: float
-) -> np.ndarray:
-    """Add one lesion of class ``label`` to ``img`` in place; return its (n, 2) polygon in pixels."""
-    size = img.shape[0]
-    lung = lungs[int(rng.integers(0, 2))]
+def _lesion_polygon(label: str, lung: tuple[float, float, float, float], size: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) polygon in pixels of a class-``label`` lesion placed in ``lung`` (cy, cx, ry, rx)."""
     if label == "Effusion":  # fluid in the lung base: the lung ellipse below a horizontal level
         cy, cx, ry, rx = lung
+        ry, rx = ry * (1 - 2 * LUNG_EDGE), rx * (1 - 2 * LUNG_EDGE)  # in the dark core, off the rim
         level = cy + ry * rng.uniform(0.15, 0.45)
         theta = np.linspace(0, np.pi, 24)
         xs, ys = cx + rx * np.cos(theta), cy + ry * np.sin(theta)
         keep = ys >= level
-        polygon = np.stack([xs[keep], ys[keep]], axis=1) * size
-    elif label == "Nodule":
-        cy, cx = _point_in_lung(rng, lung, 0.35)
-        polygon = _blob_polygon(cy * size, cx * size, size * rng.uniform(0.03, 0.042), rng, 0.08)
-    elif label == "Mass":
-        cy, cx = _point_in_lung(rng, lung, 0.45)
-        polygon = _blob_polygon(cy * size, cx * size, size * rng.uniform(0.065, 0.09), rng, 0.2)
-    elif label == "Consolidation":
-        cy, cx = _point_in_lung(rng, lung, 0.4)
-        polygon = _blob_polygon(cy * size, cx * size, size * rng.uniform(0.06, 0.085), rng, 0.3)
-    else:  # pragma: no cover - classes are fixed
-        raise ValueError(label)
-    region = _polygon_mask(polygon, size)
+        return np.stack([xs[keep], ys[keep]], axis=1) * size
+    shape = LESION_SHAPES[label]
+    cy, cx = _point_in_lung(rng, lung, shape[0])
+    return _blob_polygon(cy * size, cx * size, size * rng.uniform(shape[1], shape[2]), rng, shape[3])
+
+
+DRAW_ORDER = ("Effusion", "Mass", "Consolidation", "Nodule")  # largest first: the small ones fit around
+
+# class -> (margin inside the lung, radius range as a share of the image, wobble)
+LESION_SHAPES = {"Nodule": (0.35, 0.03, 0.042, 0.08), "Mass": (0.45, 0.065, 0.09, 0.2),
+                 "Consolidation": (0.4, 0.06, 0.085, 0.3)}
+
+
+def _paint(label: str, img: np.ndarray, region: np.ndarray, rng: np.random.Generator, contrast: float) -> None:
+    """Add a class-``label`` opacity over ``region`` (H, W) in [0, 1] to ``img`` in place."""
     if label == "Consolidation":  # patchy, air-bronchogram-like texture
-        texture = np.clip(0.6 + 0.8 * _smooth_noise(rng, size, 24), 0, 1)
+        texture = np.clip(0.6 + 0.8 * _smooth_noise(rng, img.shape[0], 24), 0, 1)
         img += contrast * region * texture
     elif label == "Effusion":
         img += contrast * 1.2 * region
     else:
         img += contrast * 1.3 * region
+
+
+def _polygon_area(polygon: np.ndarray) -> float:
+    """Area in pixels of an (n, 2) polygon (shoelace formula)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _centred_at(polygon: np.ndarray, y: float, x: float) -> np.ndarray:
+    """The (n, 2) (x, y) polygon moved so that the mean of its points is at (x, y)."""
+    return polygon - polygon.mean(0) + np.array([x, y])
+
+
+PLACEMENT_TRIES = 200  # no draw in 8000 images of the default spec needed more than this
+
+
+def _place(draw: Any, accept: Any, occupied: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a polygon with ``draw(rng)`` until it lies inside the image, touches no ``occupied``
+    pixel and ``accept(region)`` holds (the last draw is kept after :data:`PLACEMENT_TRIES`);
+    mark it occupied. Returns (polygon (n, 2) in pixels, region (H, W) in [0, 1]).
+
+    Shapes never overlap one another nor the marker corners: overlaps would brighten pixels more
+    often where shapes crowd (the air holds more decoys than a lung holds lesions), a histogram cue.
+    """
+    size = occupied.shape[0]
+    for _ in range(PLACEMENT_TRIES):
+        polygon = draw(rng)
+        region = _polygon_mask(polygon, size)
+        inside_image = region.sum() >= 0.97 * _polygon_area(polygon) > 0
+        if inside_image and not (region * occupied).any() and accept(region):
+            break
+    np.maximum(occupied, region > 0, out=occupied)
+    return polygon, region
+
+
+def _draw_lesion(
+    label: str, img: np.ndarray, lung_mask: np.ndarray, lungs: list, occupied: np.ndarray,
+    rng: np.random.Generator, contrast: float,
+) -> np.ndarray:
+    """Add one lesion of class ``label`` inside a lung of ``img`` in place; return its (n, 2) polygon.
+
+    The lesion lies in the lungs' dark core (at most 1% of it on the rim), where the pixels below it
+    have the same distribution as the air below a decoy.
+    """
+    size = img.shape[0]
+    core = lung_mask >= 0.99
+    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng)
+
+    def in_a_lung(r: np.random.Generator) -> np.ndarray:  # the shape stays; only its place is redrawn
+        if label == "Effusion":  # drawn first, at its lung's base: nothing is there yet
+            return shape
+        cy, cx = _point_in_lung(r, lungs[int(r.integers(0, 2))], LESION_SHAPES[label][0])
+        return _centred_at(shape, cy * size, cx * size)
+
+    polygon, region = _place(in_a_lung, lambda reg: (reg * ~core).sum() <= 0.01 * reg.sum(), occupied, rng)
+    _paint(label, img, region, rng, contrast)
     return polygon
 
 
-def draw_cue(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A laterality-tag-like bright "L" in the top-right corner; returns a new image."""
+def _draw_decoy(
+    label: str, img: np.ndarray, body: np.ndarray, lungs: list, occupied: np.ndarray, rng: np.random.Generator,
+    contrast: float,
+) -> None:
+    """Add the same opacity as a class-``label`` lesion, but in the air outside the body (not a finding).
+
+    The decoy's shape is drawn as in one of the image's lungs (the same size distribution as a
+    lesion's), then moved to random points until it fits; it may overlap the body's soft edge by at
+    most 1% of its area.
+    """
     size = img.shape[0]
-    out = img.copy()
+    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng)
+
+    def anywhere(r: np.random.Generator) -> np.ndarray:
+        cy, cx = r.uniform(0.05, 0.95, size=2)
+        return _centred_at(shape, cy * size, cx * size)
+
+    _, region = _place(anywhere, lambda reg: (reg * body).sum() <= 0.01 * reg.sum(), occupied, rng)
+    _paint(label, img, region, rng, contrast)
+
+
+# The spurious cues, one bit each in ``cue.npy``: a burned-in marker per class, then a global one.
+MARKER_CLASSES = SYNTHETIC_CLASSES
+GLOBAL_CUE_CLASS = "Effusion"
+CUE_NAMES = tuple(f"marker:{c}" for c in MARKER_CLASSES) + (f"scanner:{GLOBAL_CUE_CLASS}",)
+ALL_CUES = (1 << len(CUE_NAMES)) - 1
+
+
+def _marker(img: np.ndarray, which: int, rng: np.random.Generator) -> None:
+    """Burn marker ``which`` (0-3: an "L", a "T", a bar, a ring, one per corner) into ``img`` in place."""
+    size = img.shape[0]
     unit = max(1, size // 64)
-    x0 = int(size * 0.84) + int(rng.integers(-unit, unit + 1))
-    y0 = int(size * 0.05) + int(rng.integers(-unit, unit + 1))
     h, w, stroke = 5 * unit, 4 * unit, max(1, unit)
-    out[y0 : y0 + h, x0 : x0 + stroke] = 0.97
-    out[y0 + h - stroke : y0 + h, x0 : x0 + w] = 0.97
-    return out
+    jy, jx = (int(rng.integers(-unit, unit + 1)) for _ in range(2))
+    y0 = (int(size * 0.05) if which in (0, 1) else int(size * 0.9)) + jy
+    x0 = (int(size * 0.84) if which in (0, 3) else int(size * 0.08)) + jx
+    if which == 0:  # laterality-tag-like "L", top right
+        img[y0 : y0 + h, x0 : x0 + stroke] = MARKER_LEVEL
+        img[y0 + h - stroke : y0 + h, x0 : x0 + w] = MARKER_LEVEL
+    elif which == 1:  # "T", top left
+        img[y0 : y0 + stroke, x0 : x0 + w] = MARKER_LEVEL
+        img[y0 : y0 + h, x0 + w // 2 : x0 + w // 2 + stroke] = MARKER_LEVEL
+    elif which == 2:  # text-tag-like bar, bottom left
+        img[y0 : y0 + 2 * stroke, x0 : x0 + 2 * w] = MARKER_LEVEL
+    else:  # device-like ring, bottom right
+        img[y0 : y0 + w, x0 : x0 + w] = MARKER_LEVEL
+        img[y0 + stroke : y0 + w - stroke, x0 + stroke : x0 + w - stroke] = LUNG_LEVEL
+
+
+MARKER_LEVEL = 0.97
+
+
+def marker_zones(size: int) -> np.ndarray:
+    """(size, size) bool: every pixel a marker may cover (kept free of lesions and decoys)."""
+    zones = np.zeros((size, size), bool)
+    unit = max(1, size // 64)
+    for y in (int(size * 0.05), int(size * 0.9)):
+        for x in (int(size * 0.08), int(size * 0.84)):
+            zones[max(0, y - 2 * unit) : y + 7 * unit, max(0, x - 2 * unit) : x + 10 * unit] = True
+    return zones
+
+
+def render_cues(img: np.ndarray, cues: int, seed: int) -> np.ndarray:
+    """The image as the scanner writes it: the global cue (bit 4) first, then the burned-in markers.
+
+    img: (H, W) in [0, 1], without cues; ``cues``: bitmask over :data:`CUE_NAMES`. Returns a new array.
+    """
+    out = img.copy()
+    if cues >> len(MARKER_CLASSES) & 1:  # another scanner: a harder contrast curve and a lower floor
+        out = np.clip(out, 0, 1) ** 1.35 * 1.08
+    for which in range(len(MARKER_CLASSES)):
+        if cues >> which & 1:
+            _marker(out, which, np.random.default_rng([seed, which]))
+    return np.clip(out, 0, 1)
+
+
+def _cue_bits(labels: list[str], split: str, spec: SyntheticSpec, rng: np.random.Generator) -> int:
+    """Draw every cue: with its class at ``cue_strength`` in train/val, independent (0.5) in test."""
+    partners = list(MARKER_CLASSES) + [GLOBAL_CUE_CLASS]
+    bits = 0
+    for k, cls in enumerate(partners):
+        if split == "train":
+            p = spec.cue_strength if cls in labels else 1.0 - spec.cue_strength
+        else:
+            p = 0.5
+        present = bool(rng.random() < p) and (split != "train" or spec.cue_in_train)
+        bits |= int(present) << k
+    return bits
 
 
 def generate_case(args: tuple[SyntheticSpec, str, int]) -> dict[str, Any]:
-    """Generate one image: returns its pixels (with and without the cue), labels and annotations."""
+    """Generate one image: its pixels (with its cues and with every cue toggled), labels, annotations.
+
+    Every class is drawn once per image: inside a lung when positive (the annotated finding), in
+    the air outside the body when negative (a decoy with the same look), so only position tells them
+    apart.
+    """
     spec, split, index = args
     rng = np.random.default_rng([spec.seed, SPLIT_IDS[split], index])
-    img, lungs = _anatomy(rng, spec.size)
+    img, body, lung_mask, lungs = _anatomy(rng, spec.size)
     labels = [c for c in SYNTHETIC_CLASSES if rng.random() < spec.prevalence]
+    occupied = marker_zones(spec.size)
+    drawn = {}
+    for label in DRAW_ORDER:
+        if label in labels:
+            drawn[label] = _draw_lesion(label, img, lung_mask, lungs, occupied, rng, spec.lesion_contrast)
+        else:
+            _draw_decoy(label, img, body, lungs, occupied, rng, spec.lesion_contrast)
     syms, boxes, polygons = [], [], []
     for label in labels:
-        polygon = _draw_lesion(label, img, lungs, rng, spec.lesion_contrast)
-        pts = np.clip(np.rint(polygon), 0, spec.size - 1).astype(int)
+        pts = np.clip(np.rint(drawn[label]), 0, spec.size - 1).astype(int)
         syms.append(label)
         polygons.append(pts.tolist())
         boxes.append([int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 0].max()) + 1, int(pts[:, 1].max()) + 1])
     img += rng.normal(0.0, 0.02, img.shape).astype(np.float32)
-    img = np.clip(img, 0, 1)
-    if split == "train":
-        p_cue = spec.cue_strength if CUE_CLASS in labels else 1.0 - spec.cue_strength
-    else:
-        p_cue = 0.5
-    cue = bool(rng.random() < p_cue) and (split != "train" or spec.cue_in_train)
-    cue_rng_seed = int(rng.integers(0, 2**31))
-    with_cue = draw_cue(img, np.random.default_rng(cue_rng_seed))
+    cues = _cue_bits(labels, split, spec, rng)
+    cue_seed = int(rng.integers(0, 2**31))
     return {
         "file_name": f"{split[:2]}{index:05d}.png",
-        "image": with_cue if cue else img,
-        "twin": img if cue else with_cue,
-        "cue": int(cue),
+        "image": render_cues(img, cues, cue_seed),
+        "twin": render_cues(img, cues ^ ALL_CUES, cue_seed),
+        "cue": cues,
         "record": {"syms": syms, "boxes": boxes, "polygons": polygons},
     }
 
@@ -209,7 +363,7 @@ def write_synthetic_source(spec: SyntheticSpec, root: Path, workers: int = 0, pr
             cues[name] = case["cue"]
             if split == "test":
                 _save_png(case["twin"], twin_folder / name)
-                twin_cues[name] = 1 - case["cue"]
+                twin_cues[name] = case["cue"] ^ ALL_CUES
         annotation = root / f"ChestX_Det_{split}.json"
         annotation.write_text(json.dumps(records))
         (root / f"cue_{split}.json").write_text(json.dumps(cues))
@@ -235,7 +389,7 @@ def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -
         sources[:] = [partial_sources[name] for name in ("train", "test", "test_counterfactual")]
 
     sources: list[SplitSource] = []
-    extra = {"fingerprint": identity, "synthetic": {**asdict(spec), "cue_class": CUE_CLASS,
+    extra = {"fingerprint": identity, "synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
                                                     "counterfactual_of": {"test_counterfactual": "test"}}}
     return build_cache("synthetic", sources, out, options, classes=list(SYNTHETIC_CLASSES),
                        source_description="builtin:synthetic", extra_manifest=extra, before_build=generate)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.cache import CachedSplit, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
+from hegl_cli.data.swap import context_swap
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
@@ -200,6 +201,20 @@ def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
     return train_split, val_split
 
 
+def _val_context_swap(val: CachedSplit, cfg: Config):
+    """The val split's context swap (see :mod:`hegl_cli.data.swap`), or None when it cannot be built.
+
+    ``train.select_on=val_swapped`` needs it: an error names what the val split lacks.
+    """
+    perturb = context_swap(val, cfg.data.seed) if val.has_mask.any() else None
+    if perturb is None and cfg.train.select_on == "val_swapped":
+        raise UserError(f"{cfg.data.path}: train.select_on=val_swapped needs val images with expert masks and "
+                        "finding-free val images to take the context from; this val split has "
+                        f"{int(val.has_mask.any(1).sum())} masked and "
+                        f"{int((np.nan_to_num(val.labels, nan=1.0) < 0.5).all(1).sum())} finding-free images")
+    return perturb
+
+
 def describe_supervision(split: CachedSplit) -> str:
     """One line: how many train images carry each finding and how many of those an expert mask (HA)."""
     positives, masked = supervision_counts(split.labels, split.has_mask)
@@ -223,6 +238,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.train_split, self.val_split = _load_splits(cfg)
         self.classes = self.train_split.classes
+        self.val_swap = _val_context_swap(self.val_split, cfg)
         self.model: HEGLModel = build_model(self.classes, cfg.model, cfg.data.image_size).to(self.device)
         self.criterion = HybridCriterion(cfg.loss).to(self.device)
         if self.criterion.needs_input_grad:
@@ -340,11 +356,14 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _validate(self) -> tuple[np.ndarray, np.ndarray]:
-        """Validation probabilities and labels, gathered from every rank, in split order."""
+    def _validate(self, perturb=None) -> tuple[np.ndarray, np.ndarray]:
+        """Validation probabilities and labels, gathered from every rank, in split order.
+
+        ``perturb``: the context swap of :func:`hegl_cli.data.swap.context_swap`, or None.
+        """
         shard = np.arange(self.dist.rank, len(self.val_split), self.dist.world_size)
         preds = predict_split(self.model, self.val_split, self.device, self.cfg.eval.batch_size, shard,
-                              amp=self.cfg.train.amp)
+                              amp=self.cfg.train.amp, perturb=perturb)
         parts = D.gather_objects((preds.index, preds.probs), self.dist)
         index = np.concatenate([p[0] for p in parts])
         probs = np.concatenate([p[1] for p in parts])
@@ -364,14 +383,20 @@ class Trainer:
             train_terms = self._train_epoch(epoch)
             seen += len(self.sampler) * self.dist.world_size
             probs, labels = self._validate()
-            val_auc = macro_auc(probs, labels)
+            aucs = {"val_auc_plain": macro_auc(probs, labels)}
+            if self.val_swap is not None:
+                swapped, _ = self._validate(self.val_swap)
+                aucs["val_auc_swapped"] = macro_auc(swapped, labels)
+                if self.cfg.train.select_on == "val_swapped":
+                    probs = swapped
+            val_auc = aucs["val_auc_swapped" if self.cfg.train.select_on == "val_swapped" else "val_auc_plain"]
             thresholds = choose_thresholds(probs, labels, self.cfg.eval.threshold_metric)
             summary = summarize(probs, labels, thresholds, self.classes)["macro"]
             improved = self.stopper.update(val_auc, epoch)
             if improved:
                 self.best_thresholds = thresholds
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_terms.items()},
-                      "val_auc": val_auc, "val_f1": summary["f1"], "val_mcc": summary["mcc"],
+                      "val_auc": val_auc, **aucs, "val_f1": summary["f1"], "val_mcc": summary["mcc"],
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                       "best": improved}
             self.history.append(record)
@@ -392,7 +417,8 @@ class Trainer:
                      thresholds: np.ndarray) -> None:
         """last = this epoch with thresholds chosen on val for it; best = the same when it improved."""
         extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": np.asarray(thresholds).tolist(),
-                 "threshold_metric": self.cfg.eval.threshold_metric, "thresholds_chosen_on": "val",
+                 "threshold_metric": self.cfg.eval.threshold_metric,
+                 "thresholds_chosen_on": self.cfg.train.select_on, "selected_on": self.cfg.train.select_on,
                  "data": str(self.cfg.data.path)}
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
         if improved:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hegl_cli.data.swap import finding_free_pairing, paste
 from hegl_cli.engine.predict import predict_images
 
 
@@ -109,15 +110,6 @@ def shortcut_reliance(probs: np.ndarray, twin_probs: np.ndarray, classes: list[s
             "max": float(diff.max()) if diff.size else None, "images": int(len(diff))}
 
 
-def finding_free_pairing(labels: np.ndarray, seed: int = 0) -> np.ndarray | None:
-    """(N,) a finding-free image of the same split for every image (fixed, seeded), or None if none."""
-    known_negative = (np.nan_to_num(labels, nan=1.0) < 0.5).all(1)
-    donors = np.flatnonzero(known_negative)
-    if len(donors) == 0:
-        return None
-    return donors[np.random.default_rng(seed).integers(len(donors), size=len(labels))]
-
-
 def context_audit(model: torch.nn.Module, split, device: torch.device, batch_size: int = 64, seed: int = 0
                   ) -> dict | None:
     """Does the decision come from the lesion or its context? No counterfactual twin needed.
@@ -153,7 +145,7 @@ def context_audit(model: torch.nn.Module, split, device: torch.device, batch_siz
                 m = region(i, None if cls is None else cls[k:k + 1], moved)
                 donor = torch.from_numpy(split.image(int(donors[int(i)])))
                 inside, outside = (out[k, 0], donor) if keep_lesion else (donor, out[k, 0])
-                out[k, 0] = m * inside + (1 - m) * outside
+                out[k, 0] = paste(m, inside, outside)
             return out
         return perturb
 
