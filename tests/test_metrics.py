@@ -107,6 +107,19 @@ def test_alignment_report_uses_only_positive_masked_pairs():
     assert report["overall"]["pairs"] == 1
     assert report["overall"]["energy_in_mask"] == pytest.approx(1.0)
     assert report["per_class"]["y"]["pairs"] == 0
+    assert report["overall"]["effective_patches"] == pytest.approx(1.0)  # all mass on one patch
+    assert report["overall"]["mask_patches"] == 1
+
+
+def test_effective_patches_counts_the_patches_a_map_spreads_over():
+    from hegl_cli.evaluation.attention import effective_patches
+
+    maps = np.zeros((3, 4, 4))
+    maps[0, :2, :2] = 0.25  # uniform on 4 patches
+    maps[1] = 1 / 16  # uniform on all 16
+    maps[2, 0, 0], maps[2, 0, 1] = 0.75, 0.25  # 1 / (0.5625 + 0.0625) = 1.6
+    assert effective_patches(maps).tolist() == pytest.approx([4.0, 16.0, 1.6])
+    assert effective_patches(maps * 3).tolist() == pytest.approx([4.0, 16.0, 1.6])  # scale-free
 
 
 def test_curve_area_and_shortcut_reliance():

@@ -67,6 +67,11 @@ def print_report(report: dict) -> None:
     if o.get("energy_uniform") is not None:
         result_line(f"attention energy in mask {_fmt(o['energy_in_mask'])} (a flat map: {_fmt(o['energy_uniform'])}), "
                     f"pointing game {_fmt(o['pointing_game'])} over {o['pairs']} positive pairs with a mask")
+    if o.get("effective_patches") is not None:
+        result_line(f"map spread: {o['effective_patches']:.1f} effective patches per map, its mask touches "
+                    f"{o['mask_patches']:.1f} (" + ", ".join(
+                        f"{k} {v['effective_patches']:.1f}/{v['mask_patches']:.1f}" for k, v in att.items()
+                        if v.get("effective_patches") is not None) + ")")
     result_line(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   (95% bootstrap CI; "
                 f"over {len(m.get('classes', []))} classes with positives and negatives in the split)")
     f = report.get("faithfulness") or {}
@@ -84,4 +89,4 @@ def print_report(report: dict) -> None:
     if f.get("shortcut_reliance"):
         s = f["shortcut_reliance"]
         per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_class"].items())
-        result_line(f"shortcut reliance: mean |p(x) - p(x without/with cue)| = {s['mean']:.3f}  ({per})")
+        result_line(f"shortcut reliance: mean |p(x) - p(twin: every cue toggled)| = {s['mean']:.3f}  ({per})")

@@ -7,7 +7,10 @@ All functions take maps (N, h, w) that sum to 1 and the masks' patch coverage (N
 - energy in mask: the share of attention mass inside the mask, ``sum(a * coverage)`` (attention
   spread uniformly within a patch); ``energy_uniform`` is the same for a flat map (chance level);
 - Dice / IoU of the map thresholded at its top ``share`` of patches against the patches the mask
-  overlaps.
+  overlaps;
+- spread: ``effective_patches`` = 1 / sum(a^2) (a map uniform on k patches gives k) next to
+  ``mask_patches``, the number of patches the mask touches: a map squeezed into fewer patches than
+  its lesion covers shows ``effective_patches`` well below ``mask_patches``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ def top_share_overlap(maps: np.ndarray, coverage: np.ndarray, share: float) -> t
     return 2 * inter / np.where(size > 0, size, 1), inter / np.where(union > 0, union, 1)
 
 
+def effective_patches(maps: np.ndarray) -> np.ndarray:
+    """(N,) participation ratio 1 / sum(a^2) of each map (N, h, w), after normalising it to sum 1."""
+    flat = maps.reshape(len(maps), -1)
+    flat = flat / np.where(flat.sum(1, keepdims=True) > 0, flat.sum(1, keepdims=True), 1)
+    return 1.0 / np.maximum((flat**2).sum(1), 1e-12)
+
+
 def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """(N, S, S) 0/1 masks -> (N, h, w) coverage."""
     return mask_coverage(torch.from_numpy(masks).unsqueeze(1), grid).squeeze(1).numpy()
@@ -67,7 +77,8 @@ def alignment_report(
     grid = attention.shape[-2:]
     rows: list[tuple[int, int]] = [(i, c) for i, c in zip(*np.nonzero((np.nan_to_num(labels) > 0.5) & has_mask))]
     per_class: dict[str, dict[str, list[float]]] = {name: {"pointing_game": [], "energy_in_mask": [], "dice": [],
-                                                           "iou": [], "energy_uniform": []} for name in classes}
+                                                           "iou": [], "energy_uniform": [], "effective_patches": [],
+                                                           "mask_patches": []} for name in classes}
     by_image: dict[int, list[int]] = {}
     for i, c in rows:
         by_image.setdefault(int(i), []).append(int(c))
@@ -81,6 +92,7 @@ def alignment_report(
         hits, energy = pointing_game(maps, cov), energy_in_mask(maps, cov)
         dice, iou = top_share_overlap(maps, cov, share)
         chance = uniform_energy_baseline(cov)
+        spread, touched = effective_patches(maps), (cov.reshape(len(cov), -1) > 0).sum(1)
         for j, c in enumerate(np.asarray(cs)[keep]):
             d = per_class[classes[c]]
             d["pointing_game"].append(float(hits[j]))
@@ -88,10 +100,13 @@ def alignment_report(
             d["dice"].append(float(dice[j]))
             d["iou"].append(float(iou[j]))
             d["energy_uniform"].append(float(chance[j]))
+            d["effective_patches"].append(float(spread[j]))
+            d["mask_patches"].append(float(touched[j]))
     summary_per_class = {name: {k: (float(np.mean(v)) if v else None) for k, v in d.items()} | {"pairs": len(d["dice"])}
                          for name, d in per_class.items()}
     pooled = {k: [x for d in per_class.values() for x in d[k]]
-              for k in ("pointing_game", "energy_in_mask", "dice", "iou", "energy_uniform")}
+              for k in ("pointing_game", "energy_in_mask", "dice", "iou", "energy_uniform", "effective_patches",
+                        "mask_patches")}
     overall = {k: (float(np.mean(v)) if v else None) for k, v in pooled.items()}
     overall["pairs"] = len(pooled["dice"])
     overall["top_share"] = share
