@@ -87,6 +87,8 @@ def test_packaged_paper_config():
     assert cfg.model.encoder == "vit_base_patch16_224" and cfg.model.text_encoder == "xmcmic/Med-KEBERT"
     assert cfg.train.lr == 1e-5 and cfg.train.batch_size == 32 and cfg.train.epochs == 1000
     assert cfg.loss.alpha == cfg.loss.beta == 1.0
+    assert (cfg.loss.dal_pairs, cfg.loss.dal_maps) == ("all", "raw")  # the published DAL, whatever the default
+    assert load_config(None).loss.dal_maps != "raw" or load_config(None).loss.dal_pairs != "all"
 
 
 def test_set_keeps_string_values_and_parses_lists():
