@@ -172,3 +172,45 @@ def test_latest_run_is_found_without_argument(trained_run, monkeypatch):
     monkeypatch.chdir(trained_run.parent.parent)
     result = runner.invoke(app, ["evaluate", "--runs-dir", str(trained_run.parent), "--no-faithfulness"])
     assert result.exit_code == 0, result.output
+
+
+def test_evaluate_on_a_chestxdet_cache_without_twin_reports_the_context_audit(tmp_path):
+    """Real-format data has no counterfactual twin: the audit comes from its expert boxes alone."""
+    from PIL import Image
+
+    from conftest import TINY_OVERRIDES
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "src"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        rows = []
+        for i in range(40 if split == "train" else 16):
+            name = f"{split}{i:03d}.png"
+            pixels = rng.integers(60, 120, (64, 64)).astype(np.uint8)
+            if i % 2:  # a bright "nodule" in a box
+                x, y = (int(v) for v in rng.integers(8, 40, 2))
+                pixels[y:y + 12, x:x + 12] = 220
+                rows.append({"file_name": name, "syms": ["Nodule"], "boxes": [[x, y, x + 12, y + 12]],
+                             "polygons": [[[x, y], [x + 12, y], [x + 12, y + 12], [x, y + 12]]]})
+            else:
+                rows.append({"file_name": name, "syms": [], "boxes": [], "polygons": []})
+            Image.fromarray(pixels).save(root / split / name)
+        (root / f"ChestX_Det_{split}.json").write_text(json.dumps(rows))
+    cache = tmp_path / "cache"
+    result = runner.invoke(app, ["prepare", "--format", "chestxdet", "--source", str(root), "--out", str(cache),
+                                 "--image-size", "32", "--set", "data.val_fraction=0.25"])
+    assert result.exit_code == 0, result.output
+    sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    result = runner.invoke(app, ["train", "--data", str(cache), "--name", "cxd", "--runs-dir", str(tmp_path / "runs"),
+                                 *sets, "--set", "data.classes=[Nodule]"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "cxd"), "--set", "eval.faithfulness_images=2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "cxd" / "eval" / "test.json").read_text())
+    audit = report["faithfulness"]["context_audit"]
+    assert audit["images"] == 8 and audit["pairs"] == 8
+    assert {"context_reliance", "context_reliance_chance", "lesion_necessity", "lesion_necessity_chance",
+            "context_reliance_per_class", "lesion_necessity_per_class"} <= set(audit)
+    assert "shortcut_reliance" not in report["faithfulness"]  # no twin, no twin-based number
+    assert "context reliance" in result.output and "lesion necessity" in result.output
