@@ -91,6 +91,14 @@ def test_packaged_paper_config():
     assert load_config(None).loss.dal_maps != "raw" or load_config(None).loss.dal_pairs != "all"
 
 
+def test_packaged_robust_config_is_the_default_plus_the_recipe():
+    robust, default = load_config("robust.yaml"), load_config(None)
+    assert robust.loss.ha_layers == "all" and robust.data.augment == "background_swap"
+    assert robust.train.select_on == "val_swapped"
+    assert robust.model == default.model and robust.loss.dal_maps == default.loss.dal_maps
+    assert robust.train.epochs == default.train.epochs
+
+
 def test_set_keeps_string_values_and_parses_lists():
     cfg = load_config(None, ["data.path=2024", "eval.sigmas=[0.05, 0.1]", "model.pretrained=weights.safetensors"])
     assert cfg.data.path == "2024" and cfg.eval.sigmas == [0.05, 0.1]
