@@ -164,15 +164,21 @@ def _fake_outputs(b=3, c=4, h=4, w=4, layers=2):
     return {"logits": logits, "attention": att[-1], "attention_layers": att}, raw
 
 
+def _three_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """labels (3, 4) and masks (3, 4, 8, 8) of three images: two findings, one, none."""
+    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    masks = torch.zeros(3, 4, 8, 8)
+    masks[0, 0, :3, :3] = 1
+    masks[0, 3, 4:, 4:] = 1
+    masks[1, 1, 1:6, 2:5] = 1
+    return labels, masks
+
+
 @pytest.mark.parametrize("alpha,beta", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_criterion_terms_and_weights(alpha, beta):
     torch.manual_seed(0)
     out, _ = _fake_outputs()
-    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
-    masks = torch.zeros(3, 4, 8, 8)
-    masks[0, 0, :4, :4] = 1
-    masks[0, 3, 4:, 4:] = 1
-    masks[1, 1, 2:6, 2:6] = 1
+    labels, masks = _three_images()
     crit = HybridCriterion(LossConfig(alpha=alpha, beta=beta))
     terms = crit(out, labels, masks, masks.flatten(2).amax(-1) > 0)
     assert set(terms) == {"loss", "ce", "ha", "dal"}
@@ -295,11 +301,7 @@ def test_dal_warmup_ramps_beta_only():
 def test_criterion_uses_the_configured_target_and_dal_form():
     torch.manual_seed(0)
     out, _ = _fake_outputs()
-    labels = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
-    masks = torch.zeros(3, 4, 8, 8)
-    masks[0, 0, :3, :3] = 1
-    masks[0, 3, 5:, 5:] = 1
-    masks[1, 1, 1:6, 2:5] = 1
+    labels, masks = _three_images()
     has = masks.flatten(2).amax(-1) > 0
     cfg = LossConfig(ha_target="peak", dal_maps="above_uniform", dal_pairs="positive")
     terms = HybridCriterion(cfg)(out, labels, masks, has)
