@@ -275,9 +275,10 @@ def ablation_section(folder: Path) -> str:
     lines = [line for line in table_md.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     body = table(cells[0], cells[2:]) if len(cells) > 2 else "<p class=note>no results.md</p>"
-    picture = folder / "results.png"
+    pictures = [(folder / "results.png", "ablation figure"),
+                (folder / "context_vs_twin.png", "context reliance against twin shortcut reliance, every run")]
     return (f"<h2>Ablation {esc(folder.name)}</h2><p>{len(rows)} run(s) (mean ± std over seeds).</p>" + body
-            + (img(png_uri(picture), "ablation figure") if picture.is_file() else ""))
+            + "".join(img(png_uri(path), alt) for path, alt in pictures if path.is_file()))
 
 
 def is_ablation(folder: Path) -> bool:

@@ -41,6 +41,9 @@ def test_ablation_runs_writes_results_and_resumes(tiny_cache, tmp_path, monkeypa
     assert [r["cell"] for r in rows] == ["a0_b0", "a1_b1"]
     assert all(r["shortcut_reliance"] is not None and r["auc_noise"] is not None for r in rows)
     assert "alpha=1, beta=1" in (out / "results.md").read_text()
+    assert all(r["val_test_gap"] == pytest.approx(r["val_auc"] - r["auc"]) for r in rows)
+    assert all(r["context_reliance"] is not None and r["lesion_necessity"] is not None for r in rows)
+    assert (out / "context_vs_twin.png").is_file()  # one point per run: context audit against the twin
 
     # Interrupt the next call inside its second (new) cell: the finished cells must not be redone.
     trained = []
@@ -63,3 +66,11 @@ def test_ablation_runs_writes_results_and_resumes(tiny_cache, tmp_path, monkeypa
     assert resumed.exit_code == 0, resumed.output
     assert trained[1:] == ["a1_b0_s0", "a0_b1_s0"]
     assert len(json.loads((out / "runs.json").read_text())) == 4
+
+
+def test_spearman_is_pearson_on_ranks():
+    from hegl_cli.ablation import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 100]) == pytest.approx(1.0)  # monotone, not linear
