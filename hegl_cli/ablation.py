@@ -243,8 +243,8 @@ def plot_context_vs_twin(rows: list[dict[str, Any]], path: Path) -> None:
         ys = [y for _, y, c in pairs if c == cell]
         ax.scatter(xs, ys, color=f"C{k % 10}", marker="os^Dv<>ph*"[k // 10 % 10], label=cell)
     rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-    ax.set_xlabel("twin shortcut reliance: mean |p(x) - p(x with every cue toggled)|")
-    ax.set_ylabel("context reliance (no twin): mean |p(x) - p(masks on a finding-free image)|")
+    ax.set_xlabel("twin shortcut reliance: mean |p(x) - p(twin)|")
+    ax.set_ylabel("context reliance (no twin needed)")
     ax.set_title(f"{len(pairs)} runs, Spearman rho = {rho:.2f}", fontsize=10)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
