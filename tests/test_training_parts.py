@@ -53,6 +53,7 @@ def test_training_stops_early_on_validation_auc(tiny_cache, tmp_path, monkeypatc
 
     scores = iter([0.7, 0.6, 0.65, 0.9, 0.9])
     monkeypatch.setattr(engine, "macro_auc", lambda probs, labels: next(scores))
+    monkeypatch.setattr(engine, "_val_context_swap", lambda val, cfg: None)  # one val AUC per epoch
     cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=5", "train.patience=2"])
     result = engine.train(cfg, name="es", runs_dir=tmp_path, progress=False, log=lambda *_: None)
     assert result.epochs_run == 3 and result.stopped_early and result.best_epoch == 1
