@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,7 @@ def load_generator(root: Path | None) -> ModuleType:
         return this_generator
     spec = importlib.util.spec_from_file_location("other_synthetic", root / "hegl_cli" / "data" / "synthetic.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
