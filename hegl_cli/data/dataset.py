@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.data.swap import paste, swappable
+from hegl_cli.data.swap import finding_free, paste, swappable
 
 
 class XrayDataset(Dataset):
@@ -27,7 +27,7 @@ class XrayDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.swap_prob = swap_prob
-        self.donors = np.flatnonzero((np.nan_to_num(split.labels, nan=1.0) < 0.5).all(1))
+        self.donors = np.flatnonzero(finding_free(split.labels))
         self.swappable = swappable(split)
 
     def set_epoch(self, epoch: int) -> None:

@@ -15,13 +15,17 @@ import torch
 from hegl_cli.data.cache import CachedSplit
 
 
+def finding_free(labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: images known negative for every class. labels (N, C) with NaN = unknown."""
+    return (np.nan_to_num(labels, nan=1.0) < 0.5).all(1)
+
+
 def finding_free_pairing(labels: np.ndarray, seed: int = 0) -> np.ndarray | None:
     """(N,) a finding-free image of the same split for every image (fixed, seeded), or None if none.
 
-    labels: (N, C) with NaN = unknown; only images known negative for every class are donors.
+    labels: (N, C) with NaN = unknown; only :func:`finding_free` images are donors.
     """
-    known_negative = (np.nan_to_num(labels, nan=1.0) < 0.5).all(1)
-    donors = np.flatnonzero(known_negative)
+    donors = np.flatnonzero(finding_free(labels))
     if len(donors) == 0:
         return None
     return donors[np.random.default_rng(seed).integers(len(donors), size=len(labels))]

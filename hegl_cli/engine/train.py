@@ -35,7 +35,7 @@ from tqdm import tqdm
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.cache import CachedSplit, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.swap import context_swap
+from hegl_cli.data.swap import context_swap, finding_free
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
@@ -211,7 +211,7 @@ def _val_context_swap(val: CachedSplit, cfg: Config):
         raise UserError(f"{cfg.data.path}: train.select_on=val_swapped needs val images with expert masks and "
                         "finding-free val images to take the context from; this val split has "
                         f"{int(val.has_mask.any(1).sum())} masked and "
-                        f"{int((np.nan_to_num(val.labels, nan=1.0) < 0.5).all(1).sum())} finding-free images")
+                        f"{int(finding_free(val.labels).sum())} finding-free images")
     return perturb
 
 
