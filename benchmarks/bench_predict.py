@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hegl_cli.apps.predict import predict
 from hegl_cli.config import load_config
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.models.model import build_model
-from hegl_cli.predict import predict
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from hegl_cli.data.build import PrepareOptions, build_cache
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.prepare import PrepareOptions, build_cache
-from hegl_cli.data.synthetic import SYNTHETIC_CLASSES, SyntheticSpec, write_synthetic_source
+from hegl_cli.data.formats.synthetic import SYNTHETIC_CLASSES, SyntheticSpec, write_synthetic_source
 
 
 def main() -> None:
@@ -72,7 +72,8 @@ def main() -> None:
 PEAK_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
+from hegl_cli.apps.prepare import prepare_chestxdet
+from hegl_cli.data.build import PrepareOptions
 root, size = Path(sys.argv[1]), int(sys.argv[2])
 result = prepare_chestxdet("chestxdet", root / "cache", PrepareOptions(image_size=size, progress=False),
                            annotations={"train": root / "train.json"}, images={"train": root / "images"})

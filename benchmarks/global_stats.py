@@ -1,5 +1,5 @@
 """Position-free audit of the built-in benchmark: test AUC per class of a logistic regression on
-global image statistics (hegl_cli.data.audit), trained on the train split. v2 keeps every class at
+global image statistics (hegl_cli.evaluation.image_statistics), trained on the train split. v2 keeps every class at
 or below 0.60 (tests/test_benchmark.py asserts it); 0.1.0's dataset gave 0.98 for Effusion.
 
     python benchmarks/global_stats.py [--n-train 900] [--n-test 600] [--size 128] [--generator-from DIR]
@@ -19,19 +19,37 @@ from types import ModuleType
 
 import numpy as np
 
-import hegl_cli.data.synthetic as this_generator
-from hegl_cli.data.audit import global_statistics, position_free_auc
+import hegl_cli.data.formats.synthetic as this_generator
+from hegl_cli.evaluation.image_statistics import global_statistics, position_free_auc
 
 
 def load_generator(root: Path | None) -> ModuleType:
-    """This checkout's synthetic module, or the one in ``root/hegl_cli/data/synthetic.py``."""
+    """This checkout's synthetic module, or another checkout's (``hegl_cli/data/formats/synthetic.py``, or
+    ``hegl_cli/data/synthetic.py`` before 0.2)."""
     if root is None:
         return this_generator
-    spec = importlib.util.spec_from_file_location("other_synthetic", root / "hegl_cli" / "data" / "synthetic.py")
+    path = next(p for p in (root / "hegl_cli" / "data" / "formats" / "synthetic.py", root / "hegl_cli" / "data" / "synthetic.py")
+                if p.is_file())
+    spec = importlib.util.spec_from_file_location("other_synthetic", path)
+    _shim_old_prepare_module()
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _shim_old_prepare_module() -> None:
+    """Before 0.2 the generator imported its cache helpers from ``hegl_cli.data.prepare``; give it
+    this checkout's (generate_case, the only part used here, needs none of them)."""
+    import hegl_cli.apps.prepare as apps_prepare
+    import hegl_cli.data.build as build
+    import hegl_cli.data.parallel as parallel
+    import hegl_cli.data.records as records
+
+    shim = ModuleType("hegl_cli.data.prepare")
+    shim.__dict__.update({**vars(build), **vars(apps_prepare), "SplitSource": records.SplitSource,
+                          "_parallel_map": parallel.parallel_map})
+    sys.modules.setdefault("hegl_cli.data.prepare", shim)
 
 
 def features_and_labels(gen: ModuleType, size: int, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:

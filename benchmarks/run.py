@@ -32,9 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hegl_cli.config import load_config
 from hegl_cli.engine.device import select_device
-from hegl_cli.engine.predict import autocast_for, predict_split
 from hegl_cli.engine.train import configure_device, make_optimizer
 from hegl_cli.losses import HybridCriterion, dal_loss
+from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import build_model
 
 CONFIGS = {
@@ -132,10 +132,11 @@ def loader_and_inference(cfg, batch: int, device: torch.device, model_images_per
     """Cached loader and predict-style inference throughput, next to the model's."""
     from torch.utils.data import DataLoader
 
+    from hegl_cli.apps.prepare import prepare_synthetic
+    from hegl_cli.data.build import PrepareOptions
     from hegl_cli.data.cache import CachedSplit
     from hegl_cli.data.dataset import XrayDataset
-    from hegl_cli.data.prepare import PrepareOptions
-    from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
+    from hegl_cli.data.formats.synthetic import SyntheticSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"

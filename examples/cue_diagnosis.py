@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import hegl_cli.data.synthetic as synthetic
+import hegl_cli.data.formats.synthetic as synthetic
 from hegl_cli.data.images import preprocess_array
-from hegl_cli.engine.predict import predict_images
-from hegl_cli.engine.runs import load_run
+from hegl_cli.engine.checkpoint import load_run
+from hegl_cli.models.inference import predict_images
 
 
 def clean_test_images(n: int, seed: int) -> list[tuple[np.ndarray, int, int]]:
@@ -50,7 +50,7 @@ def as_cached(img: np.ndarray, size: int) -> torch.Tensor:
 
 def reliance_by_cue(run: Path, cases: list, batch: int = 50) -> dict[str, dict]:
     loaded = load_run(run, "best", None, "cpu")
-    size = int(loaded.meta["image_size"])
+    size = loaded.image_size
     toggles = {name: 1 << k for k, name in enumerate(synthetic.CUE_NAMES)} | {"all": synthetic.ALL_CUES}
 
     def probs(flip: int) -> np.ndarray:

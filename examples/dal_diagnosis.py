@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hegl_cli.engine.predict import predict_split
-from hegl_cli.engine.runs import load_run
-from hegl_cli.evaluation.attention import effective_patches, patch_coverage
+from hegl_cli.engine.checkpoint import load_run
+from hegl_cli.evaluation.alignment import effective_patches, patch_coverage
+from hegl_cli.models.inference import predict_split
 
 
 def diagnose(run: str, data: str | None) -> dict:

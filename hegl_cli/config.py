@@ -1,8 +1,12 @@
 """Typed configuration: the public schema users write in YAML.
 
-Precedence (lowest to highest): the packaged ``default.yaml`` (or, for a run being resumed or
-evaluated, the run's own ``config.yaml``) < ``--config FILE`` < ``--set section.key=value``
-(repeatable) < dedicated CLI flags (``--alpha``, ``--epochs``, ...).
+The defaults are the field defaults below, in this file only: the CPU demo (a ViT-Tiny with 6 of
+its 12 blocks, trained from scratch at 128 px on the built-in benchmark with an offline text
+encoder); ``hegl config show`` prints them resolved. Precedence (lowest to highest): these defaults
+(or, for a run being resumed or evaluated, the run's own resolved config) < ``--config FILE`` <
+``--set section.key=value`` (repeatable) < dedicated CLI flags (``--alpha``, ``--epochs``, ...).
+:meth:`Config.was_set` tells whether the user set a key (the cache's own facts, such as its image
+size, win over a default but not over a key the user set).
 
 Every key is validated from its declared type: an unknown key names itself and the closest valid
 key; a value of the wrong type names the key, the expected type and the value; ``Literal`` fields
@@ -23,9 +27,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, first_line
 
 MAX_IMAGE_SIZE = 2048
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+ThresholdMetric = Literal["mcc", "f1"]
+THRESHOLD_METRICS: tuple[str, ...] = typing.get_args(ThresholdMetric)
 
 
 def opt(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
@@ -70,7 +78,8 @@ class ModelConfig:
     in_chans: int = opt(1, ge=1, le=4)
     # Passed to timm.create_model. They belong to `encoder`: a config layer that changes the
     # encoder without giving encoder_kwargs of its own starts from {} (see load_config).
-    encoder_kwargs: dict = field(default_factory=dict)
+    # 6 of ViT-Tiny's 12 blocks: learns the demo in half the time on 2 CPU cores.
+    encoder_kwargs: dict = field(default_factory=lambda: {"depth": 6})
     text_encoder: str = "builtin:minilm"  # builtin:minilm | hub id | local folder | none
     text_pooling: Literal["mean", "cls"] = "mean"
     prompts: dict = field(default_factory=dict)  # class name -> description used as the prompt
@@ -114,8 +123,8 @@ class LossConfig:
 class TrainConfig:
     """Optimisation and run control."""
 
-    epochs: int = opt(30, ge=1)
-    batch_size: int = opt(32, ge=1)  # images per forward pass (per rank)
+    epochs: int = opt(40, ge=1)
+    batch_size: int = opt(16, ge=1)  # images per forward pass (per rank)
     accumulate: int = opt(1, ge=1)  # batches summed into one optimizer step: batch_size x accumulate x ranks
     lr: float = opt(3e-4, gt=0.0)
     weight_decay: float = opt(0.05, ge=0.0)
@@ -124,7 +133,7 @@ class TrainConfig:
     grad_clip: float = opt(1.0, ge=0.0)  # 0 = no clipping
     patience: int = opt(8, ge=0)  # 0 = no early stopping
     seed: int = opt(0, ge=0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     workers: int = opt(0, ge=0)
     deterministic: bool = False
     amp: bool = True  # bf16 autocast on CUDA (TF32 for what stays in float32)
@@ -139,7 +148,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation, faithfulness and robustness (``hegl evaluate/robustness/explain --set eval.KEY=V``)."""
 
-    threshold_metric: Literal["mcc", "f1"] = "mcc"  # how thresholds are chosen on validation
+    threshold_metric: ThresholdMetric = "mcc"  # how thresholds are chosen on validation
     bootstrap: int = opt(200, ge=0)
     top_share: float = opt(0.2, gt=0.0, le=1.0)  # share of patches kept when a map is thresholded
     faithfulness_images: int = opt(48, ge=0)
@@ -161,6 +170,13 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    def was_set(self, key: str) -> bool:
+        """Whether ``section.key`` was set by the user (``--config``, ``--set`` or a flag), not a default."""
+        return key in getattr(self, "_set_by_user", set())
+
+    def mark_set(self, keys: set[str]) -> None:
+        self._set_by_user = getattr(self, "_set_by_user", set()) | set(keys)
 
     def dump(self, path: Path) -> None:
         """Write the resolved config as YAML."""
@@ -338,7 +354,7 @@ def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise UserError(f"{path}: not valid YAML ({first_line(exc, 10_000)})") from exc
 
 
 def config_layers(
@@ -389,7 +405,7 @@ def apply_eval_layers(cfg: Config, layers: list[tuple[str, dict[str, Any]]], com
         other = [k for k in values if not str(k).startswith("eval.") and k not in RUN_TIME_KEYS]
         if other:
             raise UserError(f"{source}: {command} can only set eval.* keys (and {', '.join(RUN_TIME_KEYS)}) of a "
-                            f"trained run, not {other[0]} (the rest is the run's config.yaml)")
+                            f"trained run, not {other[0]} (the rest is the config the run was trained with)")
         apply_layer(cfg, source, values)
 
 
@@ -405,15 +421,14 @@ def load_config(
         config_file: a YAML file, or a packaged name such as ``paper.yaml``.
         overrides: ``section.key=value`` strings.
         flags: ``{"section.key": value}`` from dedicated CLI flags; ``None`` values are skipped.
-        base: a complete config YAML (a run's ``config.yaml``) used instead of the packaged default.
+        base: a complete config YAML (a run's resolved config) used instead of the defaults.
     """
     cfg = Config()
-    if base is None:
-        apply_mapping(cfg, read_yaml(packaged_config("default.yaml")), "default.yaml")
-    else:
+    if base is not None:
         apply_mapping(cfg, read_yaml(Path(base)), str(base))
     for source, values in config_layers(config_file, overrides, flags):
         apply_layer(cfg, source, values)
+        cfg.mark_set(set(values))
     cfg.check()
     return cfg
 

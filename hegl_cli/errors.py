@@ -16,3 +16,9 @@ class TrainingDiverged(Exception):
     """Training produced a non-finite loss term; the last good checkpoint is kept. Exit code 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most ``limit`` chars."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

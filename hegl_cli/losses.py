@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hegl_cli.config import LossConfig
+from hegl_cli.data.labels import annotated_positives, positive
 
 EPS = 1e-6
 
@@ -92,8 +93,7 @@ def alignment_target(coverage: torch.Tensor, how: str = "coverage") -> torch.Ten
 
 def alignment_pairs(labels: torch.Tensor, has_mask: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
     """(B, C) bool: positive (image, class) pairs with a non-empty mask."""
-    positive = torch.nan_to_num(labels, nan=0.0) > 0.5
-    return positive & has_mask.bool() & (coverage.flatten(2).sum(-1) > 0)
+    return annotated_positives(labels, has_mask.bool()) & (coverage.flatten(2).sum(-1) > 0)
 
 
 def alignment_loss(
@@ -173,7 +173,7 @@ def dal_loss(
     if pairs in ("positive", "both_positive"):
         if labels is None:
             raise ValueError(f"dal pairs='{pairs}' needs labels")
-        pos = torch.nan_to_num(labels, nan=0.0) > 0.5
+        pos = positive(labels)
         weight = ((pos[:, i] | pos[:, j]) if pairs == "positive" else (pos[:, i] & pos[:, j])).to(sims.dtype)
         if weight.sum() == 0:
             return zero_like_graph(maps)
@@ -201,13 +201,33 @@ def rrr_penalty(images: torch.Tensor, logits: torch.Tensor, allowed: torch.Tenso
     return per_image[has_any].mean()
 
 
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float | torch.Tensor]) -> torch.Tensor:
+    """``sum(weights[k] * terms[k])`` over the terms that have a weight (the engine's one sum, as in DETR).
+
+    A weight of exactly 0 leaves its term out (a term that is off cannot make the sum NaN)."""
+    total = None
+    for key, weight in weights.items():
+        if key in terms and not (isinstance(weight, (int, float)) and weight == 0):
+            part = weight * terms[key]
+            total = part if total is None else total + part
+    if total is None:
+        raise ValueError(f"no weighted term among {sorted(terms)}")
+    return total
+
+
 class HybridCriterion(nn.Module):
-    """Returns ``{"loss", "ce", "ha", "dal"}`` (+ ``"rrr"``); the weights are kept apart.
+    """The loss terms of L = CE + alpha * HA + beta * DAL (+ rrr_weight * RRR), unweighted, and the
+    weights in effect, kept apart (DETR's loss dict and ``weight_dict``).
+
+    :meth:`terms` returns ``{"ce", "ha", "dal"}`` (+ ``"rrr"``; + ``"uncertainty"`` under uncertainty
+    weighting), each unweighted; :meth:`loss_weights` the weight of each for the current epoch;
+    :func:`weighted_total` sums them. Calling the criterion does all three and adds ``"loss"``.
 
     ``weighting``: ``fixed`` uses alpha/beta as given; ``warmup`` ramps them linearly from 0 over
     ``weighting_warmup_epochs`` (call :meth:`set_epoch`); ``uncertainty`` learns one log-variance
-    per explanation term (Kendall et al. 2018): ``exp(-s) * w * L + s``, its parameters trained with
-    the model.
+    ``s`` per explanation term (Kendall et al. 2018): the term's weight is ``exp(-s) * w`` and the
+    ``"uncertainty"`` term adds ``s``, its parameters trained with the model. A term whose configured
+    weight is 0 is still computed (for the log) but on detached maps: it costs no backward pass.
     """
 
     def __init__(self, cfg: LossConfig):
@@ -231,7 +251,7 @@ class HybridCriterion(nn.Module):
         self.epoch = epoch
 
     def weights(self) -> tuple[float, float]:
-        """Current (alpha, beta) before any uncertainty weighting."""
+        """Current (alpha, beta) after the warm-up ramps, before any uncertainty weighting."""
         alpha, beta = self.cfg.alpha, self.cfg.beta
         if self.cfg.weighting == "warmup" and self.cfg.weighting_warmup_epochs > 0:
             ramp = min(1.0, self.epoch / self.cfg.weighting_warmup_epochs)
@@ -240,15 +260,28 @@ class HybridCriterion(nn.Module):
             beta = beta * min(1.0, self.epoch / self.cfg.dal_warmup_epochs)
         return alpha, beta
 
-    def forward(
+    def loss_weights(self) -> dict[str, float | torch.Tensor]:
+        """The weight of every term in effect now; tensors (with a gradient) under uncertainty weighting."""
+        alpha, beta = self.weights()
+        weights: dict[str, float | torch.Tensor] = {"ce": 1.0, "ha": alpha, "dal": beta}
+        if self.log_vars is not None:
+            s = self.log_vars
+            weights["ha"] = torch.exp(-s[0]) * alpha if self.cfg.alpha > 0 else 0.0
+            weights["dal"] = torch.exp(-s[1]) * beta if self.cfg.beta > 0 else 0.0
+            weights["uncertainty"] = 1.0
+        if self.cfg.rrr_weight > 0:
+            weights["rrr"] = self.cfg.rrr_weight
+        return weights
+
+    def terms(
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,
         has_mask: torch.Tensor, images: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """outputs: model outputs; labels (B, C) with NaN; masks (B, C, S, S); has_mask (B, C)."""
+        """Every unweighted term. outputs: model outputs; labels (B, C) with NaN; masks (B, C, S, S);
+        has_mask (B, C); images (B, 1, S, S) with ``requires_grad``, needed for RRR only."""
         cfg = self.cfg
         logits, maps = outputs["logits"], outputs["attention"]
         terms = {"ce": masked_bce(logits, labels)}
-        alpha, beta = self.weights()
         coverage = mask_coverage(masks, maps.shape[-2:])
         valid = alignment_pairs(labels, has_mask, coverage)
         target = alignment_target(coverage, cfg.ha_target)
@@ -261,23 +294,18 @@ class HybridCriterion(nn.Module):
             terms["ha"] = alignment_loss(maps.detach(), target, valid, cfg.ha_type, cfg.dice_k, cfg.ha_norm)
         dal_maps = dal_view(maps if cfg.beta > 0 else maps.detach(), cfg.dal_maps)
         terms["dal"] = dal_loss(dal_maps, labels, cfg.dal_pairs, cfg.dal_max_classes)
-        total = terms["ce"]
         if self.log_vars is not None:
-            s = self.log_vars
-            if cfg.alpha > 0:
-                total = total + torch.exp(-s[0]) * alpha * terms["ha"] + s[0]
-            if cfg.beta > 0:
-                total = total + torch.exp(-s[1]) * beta * terms["dal"] + s[1]
-        else:
-            if cfg.alpha > 0:
-                total = total + alpha * terms["ha"]
-            if cfg.beta > 0:
-                total = total + beta * terms["dal"]
+            terms["uncertainty"] = (self.log_vars[0] * float(cfg.alpha > 0) + self.log_vars[1] * float(cfg.beta > 0))
         if cfg.rrr_weight > 0:
             if images is None:
                 raise ValueError("rrr_weight > 0 needs the input images (with requires_grad)")
-            allowed = masks.amax(1)  # (B, S, S)
-            terms["rrr"] = rrr_penalty(images, logits, allowed)
-            total = total + cfg.rrr_weight * terms["rrr"]
-        terms["loss"] = total
+            terms["rrr"] = rrr_penalty(images, logits, masks.amax(1))  # allowed: (B, S, S)
         return terms
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,
+        has_mask: torch.Tensor, images: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`terms` plus ``"loss"``, their :func:`weighted_total` under :meth:`loss_weights`."""
+        terms = self.terms(outputs, labels, masks, has_mask, images)
+        return {**terms, "loss": weighted_total(terms, self.loss_weights())}

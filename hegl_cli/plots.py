@@ -1,4 +1,4 @@
-"""Pictures next to the machine-readable files: training curves, robustness curves, ablation bars."""
+"""Pictures next to the machine-readable files: training curves, robustness curves, heat-map overlays."""
 
 from __future__ import annotations
 
@@ -9,7 +9,29 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    """(C, h, w) -> (C, size, size), bilinear; each map keeps its total mass."""
+    t = torch.from_numpy(maps).unsqueeze(0).float()
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
+    up = up.clamp_min(0)
+    up = up / up.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1) * torch.from_numpy(maps).flatten(1).sum(1).view(-1, 1, 1)
+    return up.numpy()
+
+
+def draw_heatmap(ax, image: np.ndarray, heat: np.ndarray, title: str | None = None, alpha: float = 0.4,
+                 title_color: str = "black") -> None:
+    """A grey (S, S) image in [0, 1] under a jet heat map (S, S) scaled to its own maximum, no axes."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(heat / max(float(heat.max()), 1e-12), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    if title is not None:
+        ax.set_title(title, fontsize=9, color=title_color)
+    ax.axis("off")
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:

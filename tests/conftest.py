@@ -45,8 +45,9 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A 48/16 image synthetic cache at 32 px (made once per session)."""
-    from hegl_cli.data.prepare import PrepareOptions
-    from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
+    from hegl_cli.apps.prepare import prepare_synthetic
+    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.formats.synthetic import SyntheticSpec
 
     out = tmp_path_factory.mktemp("cache") / "synthetic"
     prepare_synthetic(out, PrepareOptions(image_size=32, progress=False, workers=1),
@@ -75,7 +76,7 @@ def _trained_master(tiny_cache, tmp_path_factory) -> Path:
 @pytest.fixture()
 def trained_run(_trained_master, tmp_path) -> Path:
     """A private copy of the tiny trained run (tests write eval/, explain/ into it)."""
-    from hegl_cli.engine.runs import mark_latest
+    from hegl_cli.engine.run_folder import mark_latest
 
     copy = tmp_path / "runs" / "tiny"
     shutil.copytree(_trained_master, copy)

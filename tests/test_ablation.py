@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_OVERRIDES
-from hegl_cli import ablation as ablation_module
-from hegl_cli.ablation import parse_grid
+from hegl_cli.apps import ablation as ablation_module
+from hegl_cli.apps.ablation import parse_grid
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_ablation_runs_writes_results_and_resumes(tiny_cache, tmp_path, monkeypa
 
 
 def test_spearman_is_pearson_on_ranks():
-    from hegl_cli.ablation import spearman
+    from hegl_cli.apps.ablation import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

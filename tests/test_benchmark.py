@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hegl_cli.data.audit import global_statistics, position_free_auc
-from hegl_cli.data.synthetic import (
+from hegl_cli.data.formats.synthetic import (
     ALL_CUES,
     CUE_NAMES,
     GLOBAL_CUE_CLASS,
@@ -18,6 +17,7 @@ from hegl_cli.data.synthetic import (
     marker_zones,
     render_cues,
 )
+from hegl_cli.evaluation.image_statistics import global_statistics, position_free_auc
 
 
 def _cases(spec: SyntheticSpec, split: str, n: int) -> list[dict]:
@@ -72,7 +72,7 @@ def test_every_cue_follows_its_class_in_train_and_nothing_in_test():
 
 def test_twin_toggles_every_cue_and_nothing_else(monkeypatch):
     """The image and its twin render the same clean pixels, with the cue bits and their complement."""
-    import hegl_cli.data.synthetic as synthetic
+    import hegl_cli.data.formats.synthetic as synthetic
 
     calls = []
     real = synthetic.render_cues

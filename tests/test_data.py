@@ -13,13 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import shared_data
+from hegl_cli.apps.prepare import prepare_chestxdet, prepare_synthetic
 from hegl_cli.cli.app import app
+from hegl_cli.data.build import PrepareOptions
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.data.chestxdet import CHESTXDET10_CLASSES, CHESTXDET_CLASSES
+from hegl_cli.data.formats.chestxdet import CHESTXDET10_CLASSES, CHESTXDET_CLASSES
+from hegl_cli.data.formats.synthetic import SyntheticSpec
 from hegl_cli.data.images import load_image, preprocess_file, square_and_resize
-from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet
 from hegl_cli.data.splits import carve_validation
-from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
 
 runner = CliRunner()
 
@@ -195,7 +196,7 @@ def test_synthetic_noop_force_and_bit_identical(tmp_path, monkeypatch):
 
 
 def test_interrupted_prepare_leaves_no_cache(tmp_path, monkeypatch):
-    import hegl_cli.data.prepare as prep
+    import hegl_cli.data.build as prep
 
     def boom(*_a, **_k):
         raise KeyboardInterrupt
@@ -234,8 +235,8 @@ def test_image_formats(tmp_path):
 
 
 def test_non_square_annotations_follow_the_padding(tmp_path):
-    from hegl_cli.data.chestxdet import Finding
     from hegl_cli.data.masks import rasterize_findings
+    from hegl_cli.data.records import Finding
 
     _, geometry = square_and_resize(np.zeros((50, 100), np.float32), 20)  # pad 25 rows top
     masks, has, clipped = rasterize_findings([Finding("Nodule", (0, 0, 10, 10))], ["Nodule"], geometry, 20, "box")

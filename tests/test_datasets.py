@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import shared_data
 from hegl_cli.cli.app import app
 from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.formats.chestxdet import CHESTXDET_CLASSES, parse_record
 
 runner = CliRunner()
 SIZE = 64  # cache size for the tests; boxes are in 1024 px coordinates
@@ -323,3 +326,41 @@ def test_rle_decoding_hand_case():
     np.testing.assert_array_equal(mask, [[False, True, False], [True, False, True]])
     with pytest.raises(ValueError, match="past"):
         decode_rle("5 4", width=3, height=2)
+
+
+# --- property-based: annotation readers and geometry ---------------------------------------------
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+coordinate = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=anything)
+def test_any_json_value_is_a_record_or_a_reason(raw):
+    try:
+        record = parse_record(raw, CHESTXDET_CLASSES)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    for finding in record.findings:  # whatever got through is finite and well formed
+        assert finding.label in CHESTXDET_CLASSES
+        assert all(math.isfinite(v) for v in finding.box) and finding.box[2] > finding.box[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(box=st.lists(coordinate, min_size=4, max_size=4),
+       polygon=st.lists(st.lists(coordinate, min_size=2, max_size=2), max_size=6))
+def test_records_with_any_numbers_are_finite_or_refused(box, polygon):
+    raw = {"file_name": "x.png", "syms": ["Nodule"], "boxes": [box], "polygons": [polygon]}
+    try:
+        record = parse_record(raw, CHESTXDET_CLASSES)
+    except ValueError:
+        return
+    finding = record.findings[0]
+    assert all(math.isfinite(v) for v in finding.box)
+    assert finding.polygon is None or all(math.isfinite(v) for p in finding.polygon for v in p)

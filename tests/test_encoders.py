@@ -7,7 +7,9 @@ import inspect
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from hegl_cli.cli.app import app
 from hegl_cli.config import load_config
 from hegl_cli.errors import UserError
 from hegl_cli.models.encoder import ImageEncoder
@@ -74,3 +76,16 @@ def test_unfit_encoder_options_and_features_get_one_line():
         ImageEncoder("resnet18", 64, extra={"depth": 6})
     with pytest.raises(UserError, match="cannot run on 30 px|not divisible"):
         ImageEncoder("vit_tiny_patch16_224", 30, extra={"depth": 1})
+
+
+runner = CliRunner()
+
+
+def test_a_cnn_trains_with_the_default_config(tiny_cache, tmp_path):
+    """default.yaml's ViT depth must not break `--set model.encoder=resnet18` (0.1.0 crashed)."""
+    args = ["train", "--name", "cnn", "--runs-dir", str(tmp_path)]
+    for item in [f"data.path={tiny_cache}", "data.image_size=32", "model.text_encoder=none", "model.encoder=resnet18",
+                 "train.epochs=1", "train.device=cpu", "model.decoder_dim=32", "model.decoder_ffn=64"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
-from conftest import shared_data
+from conftest import TINY_OVERRIDES, shared_data
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
@@ -29,7 +30,7 @@ def test_evaluate_writes_json_and_csv(trained_run):
 def test_thresholds_do_not_depend_on_test_labels(trained_run, tmp_path):
     import shutil
 
-    from hegl_cli.evaluation.evaluate import evaluate_run
+    from hegl_cli.apps.evaluate import evaluate_run
 
     meta = json.loads((trained_run / "best.json").read_text())
     cache = tmp_path / "cache"
@@ -52,15 +53,13 @@ def test_robustness_one_and_two_runs(trained_run, tmp_path):
     assert (tmp_path / "one" / "robustness.png").is_file()
 
 
-
 def test_robustness_feeds_every_run_the_same_noisy_images(trained_run, tmp_path, monkeypatch):
     """Two different runs (other weights) see exactly the same noisy inputs at each sigma and draw."""
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
-    from hegl_cli.engine import predict
+    from hegl_cli.models import inference as predict
 
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
@@ -178,7 +177,6 @@ def test_evaluate_on_a_chestxdet_cache_without_twin_reports_the_context_audit(tm
     """Real-format data has no counterfactual twin: the audit comes from its expert boxes alone."""
     from PIL import Image
 
-    from conftest import TINY_OVERRIDES
 
     rng = np.random.default_rng(0)
     root = tmp_path / "src"
@@ -213,4 +211,13 @@ def test_evaluate_on_a_chestxdet_cache_without_twin_reports_the_context_audit(tm
     assert {"context_reliance", "context_reliance_chance", "lesion_necessity", "lesion_necessity_chance",
             "context_reliance_per_class", "lesion_necessity_per_class"} <= set(audit)
     assert "shortcut_reliance" not in report["faithfulness"]  # no twin, no twin-based number
+    assert "context reliance" in result.output and "lesion necessity" in result.output
+
+
+def test_evaluate_reports_the_context_audit(trained_run):
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--set", "eval.faithfulness_images=2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((trained_run / "eval" / "test.json").read_text())
+    audit = report["faithfulness"]["context_audit"]
+    assert 0 <= audit["context_reliance"] <= 1 and -1 <= audit["lesion_necessity"] <= 1
     assert "context reliance" in result.output and "lesion necessity" in result.output

@@ -82,7 +82,7 @@ def make_source(root: Path) -> Path:
 
 @pytest.fixture()
 def env(tmp_path, tiny_cache, _trained_master, monkeypatch) -> Env:
-    from hegl_cli.engine.runs import mark_latest
+    from hegl_cli.engine.run_folder import mark_latest
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "tiny"
@@ -189,7 +189,7 @@ def crafted_state(e: Env) -> None:
 
 def hold_lock(path_of: Callable[[Env], Path]) -> Callable[[Env], None]:
     def setup(e: Env) -> None:
-        from hegl_cli.locking import FolderLock
+        from hegl_cli.fs.locks import FolderLock
 
         e.notes["lock"] = FolderLock(path_of(e), "test").acquire()  # released when the fixture ends
     return setup

@@ -1,4 +1,5 @@
-"""Layers import only downward: base < data < models < losses < engine < evaluation < apps < cli."""
+"""Layers import only downward: errors < fs < config, plots < data < models < losses < evaluation <
+engine < apps < cli (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hegl_cli"
 LAYERS = {
-    "errors": 0, "config": 0, "locking": 0, "metrics": 0, "plots": 0, "__init__": 0, "__main__": 8,
-    "data": 1, "models": 2, "losses": 3, "engine": 4, "evaluation": 5, "explain": 6, "ablation": 6, "predict": 6, "report": 6, "cli": 7,
+    "errors": 0, "__init__": 0, "fs": 1, "config": 2, "plots": 2, "data": 3, "models": 4, "losses": 5,
+    "evaluation": 6, "engine": 7, "apps": 8, "cli": 9, "__main__": 10,
 }
 
 
@@ -45,3 +46,13 @@ def test_every_module_has_a_layer():
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
         assert parts[0] in LAYERS, path
+
+
+def test_each_command_has_one_implementation_named_after_it():
+    """`hegl X` is cli/X.py (thin) and one module named X that does the work: apps/X.py, or
+    engine/train.py for train; no other module is named after a command."""
+    commands = {p.stem for p in (PACKAGE / "cli").glob("*.py")} - {"__init__", "app", "common", "config"}
+    for command in commands:
+        homes = [p for p in PACKAGE.rglob(f"{command}.py") if p.parent.name != "cli"]
+        expected = PACKAGE / ("engine" if command == "train" else "apps") / f"{command}.py"
+        assert homes == [expected], (command, homes)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
 
-from hegl_cli.evaluation.attention import alignment_report, energy_in_mask, pointing_game, top_share_overlap
+from hegl_cli.evaluation.alignment import alignment_scores, energy_in_mask, pointing_game, top_share_overlap
+from hegl_cli.evaluation.classification import bootstrap_macro, choose_thresholds, macro_scores, summarize
 from hegl_cli.evaluation.faithfulness import curve_area, shortcut_reliance
-from hegl_cli.metrics import bootstrap_macro, choose_thresholds, macro_scores, summarize
 
 
 @pytest.fixture()
@@ -103,7 +103,7 @@ def test_alignment_report_uses_only_positive_masked_pairs():
     masks = np.zeros((2, 2, 4, 4), np.uint8)
     masks[0, 0, :2, :2] = 1
     masks[0, 1, 2:, 2:] = 1
-    report = alignment_report(attention, labels, has_mask, lambda i: masks[i], ["x", "y"], 0.25)
+    report = alignment_scores(attention, labels, has_mask, lambda i: masks[i], ["x", "y"], 0.25)
     assert report["overall"]["pairs"] == 1
     assert report["overall"]["energy_in_mask"] == pytest.approx(1.0)
     assert report["per_class"]["y"]["pairs"] == 0
@@ -112,7 +112,7 @@ def test_alignment_report_uses_only_positive_masked_pairs():
 
 
 def test_effective_patches_counts_the_patches_a_map_spreads_over():
-    from hegl_cli.evaluation.attention import effective_patches
+    from hegl_cli.evaluation.alignment import effective_patches
 
     maps = np.zeros((3, 4, 4))
     maps[0, :2, :2] = 0.25  # uniform on 4 patches

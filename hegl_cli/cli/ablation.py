@@ -32,8 +32,8 @@ def ablation(
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
-    from hegl_cli.ablation import METRICS, format_mean_std, parse_grid, run_ablation
-    from hegl_cli.engine.runs import validate_run_name
+    from hegl_cli.apps.ablation import METRICS, format_mean_std, parse_grid, run_ablation
+    from hegl_cli.engine.run_folder import AblationFolder, validate_run_name
     from hegl_cli.errors import UserError
 
     if seeds < 1:
@@ -46,6 +46,7 @@ def ablation(
     table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
     header = ["cell", *[label for _, label in METRICS]]
     rows = [[e["label"], *[format_mean_std(e[k]) for k, _ in METRICS]] for e in table]
+    folder = AblationFolder(target)
     out.print(fitted_table(f"ablation {name} (mean ± std over {seeds} seed(s), test split)", header, rows, out,
-                           str(target / "results.md")))
-    info(f"wrote {target / 'results.csv'}, results.md and results.png")
+                           str(folder.results_md)))
+    info(f"wrote {folder.results_csv}, {folder.results_md.name} and {folder.results_png.name}")

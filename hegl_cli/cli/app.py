@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from hegl_cli import __version__
-from hegl_cli.cli import ablation, config_cmd, evaluate, explain, predict, prepare, report, robustness, train
+from hegl_cli.cli import ablation, config, evaluate, explain, predict, prepare, report, robustness, train
 from hegl_cli.cli.common import State, error_line
 
 # Typer ships its own copy of click; take its exception classes from Typer's public ones.
@@ -76,7 +76,7 @@ app.command("explain")(explain.explain)
 app.command("predict")(predict.predict)
 app.command("report")(report.report)
 app.command("ablation")(ablation.ablation)
-app.add_typer(config_cmd.app, name="config")
+app.add_typer(config.app, name="config")
 
 
 def main() -> None:

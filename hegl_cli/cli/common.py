@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hegl_cli.config import Config, config_layers, load_config
-from hegl_cli.errors import TrainingDiverged, UserError
+from hegl_cli.config import DEVICES, Config, config_layers, load_config
+from hegl_cli.engine.run_folder import CHECKPOINTS
+from hegl_cli.errors import TrainingDiverged, UserError, first_line
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -60,7 +61,7 @@ def _report(exc: BaseException, unexpected: bool = False) -> None:
     if State.verbose or os.environ.get("HEGL_TRACEBACK"):
         console.print(traceback.format_exc(), markup=False)
     prefix = "unexpected error" if unexpected else "error"
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = first_line(exc, 10_000)
     if unexpected:
         message = f"{type(exc).__name__}: {message} (run with --verbose for the traceback)"
     error_line(message, prefix)
@@ -115,8 +116,29 @@ SetOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 
+def choice(what: str, options: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for an option that takes one of ``options``: anything else is a usage error that says
+    ``unknown <what> 'x' (valid: ...)`` in one line."""
+
+    def parse(value: str) -> str:
+        if value not in options:
+            raise typer.BadParameter(f"unknown {what} {value!r} (valid: {', '.join(options)})")
+        return value
+
+    return parse
+
+
+def choice_option(what: str, options: tuple[str, ...], help: str, *names: str) -> typer.models.OptionInfo:
+    """``typer.Option`` for one of ``options``, shown as ``a|b|c`` in the help."""
+    return typer.Option(*names, parser=choice(what, options), metavar="|".join(options), help=help)
+
+
+CheckpointOpt = Annotated[str, choice_option("checkpoint", CHECKPOINTS, "Which checkpoint of the run.")]
+DeviceOpt = Annotated[str, choice_option("device", DEVICES, "Where the model runs.")]
+
+
 def resolve_config(config: str | None, overrides: list[str] | None, base: Path | None = None, **flags: Any) -> Config:
-    """Default (or ``base``, a run's config.yaml) < --config < --set < dedicated flags (section__key=value)."""
+    """Default (or ``base``, a run's config) < --config < --set < dedicated flags (section__key=value)."""
     dotted = {key.replace("__", "."): value for key, value in flags.items()}
     return load_config(config, overrides or [], dotted, base=base)
 

@@ -9,7 +9,20 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, cell, eval_layers, handles_errors, info, out, result_line
+from hegl_cli.cli.common import (
+    CheckpointOpt,
+    ConfigOpt,
+    DeviceOpt,
+    SetOpt,
+    cell,
+    choice_option,
+    eval_layers,
+    handles_errors,
+    info,
+    out,
+    result_line,
+)
+from hegl_cli.config import THRESHOLD_METRICS
 
 
 def _fmt(value) -> str:
@@ -20,11 +33,12 @@ def _fmt(value) -> str:
 def evaluate(
     run: Annotated[Path | None, typer.Argument(help="Run folder (default: runs/latest).")] = None,
     split: Annotated[str, typer.Option(help="test | val (or any split of the cache).")] = "test",
-    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    checkpoint: CheckpointOpt = "best",
     data: Annotated[Path | None, typer.Option(help="Prepared cache (default: the one the run trained on).")] = None,
-    threshold_metric: Annotated[str | None, typer.Option(help="mcc | f1: re-choose thresholds on val by this metric.")] = None,
+    threshold_metric: Annotated[str | None, choice_option(
+        "threshold metric", THRESHOLD_METRICS, "Re-choose the thresholds on val by this metric.")] = None,
     faithfulness: Annotated[bool, typer.Option(help="Deletion/insertion curves and shortcut reliance.")] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -33,20 +47,17 @@ def evaluate(
 
     --config/--set may change eval.* keys (bootstrap, top_share, faithfulness_images, ...).
     """
-    from hegl_cli.engine.runs import resolve_run
-    from hegl_cli.errors import UserError
-    from hegl_cli.evaluation.evaluate import evaluate_run
+    from hegl_cli.apps.evaluate import evaluate_run
+    from hegl_cli.engine.run_folder import RunFolder, resolve_run
 
-    if threshold_metric not in (None, "mcc", "f1"):
-        raise UserError(f"--threshold-metric must be mcc or f1, got {threshold_metric!r}")
     folder = resolve_run(run, runs_dir)
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
                           eval_layers(config, overrides))
-    print_report(report)
-    info(f"wrote {folder / 'eval' / (split + '.json')} and {split}.csv")
+    print_evaluation(report)
+    info(f"wrote {RunFolder(folder).eval_report(split)} and {RunFolder(folder).eval_table(split).name}")
 
 
-def print_report(report: dict) -> None:
+def print_evaluation(report: dict) -> None:
     title = f"{report['run']} · {report['split']} ({report['images']} images) · {report['checkpoint']}"
     table = Table(title=Text(title))
     for col in ("class", "AUC", "F1", "MCC", "thr", "pos", "pointing", "energy", "Dice"):

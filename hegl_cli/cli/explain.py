@@ -9,7 +9,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, error_line, eval_layers, handles_errors, info, out
+from hegl_cli.cli.common import (
+    CheckpointOpt,
+    ConfigOpt,
+    DeviceOpt,
+    SetOpt,
+    error_line,
+    eval_layers,
+    handles_errors,
+    info,
+    out,
+)
 
 
 @handles_errors
@@ -18,8 +28,8 @@ def explain(
     run: Annotated[Path | None, typer.Option(help="Run folder (default: runs/latest).")] = None,
     classes: Annotated[list[str] | None, typer.Option("--classes", help="Only these classes (repeatable).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RUN/explain/<image>).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    checkpoint: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -28,8 +38,8 @@ def explain(
 
     An unreadable image is reported and skipped; the exit code is 2 when any was.
     """
-    from hegl_cli.engine.runs import resolve_run
-    from hegl_cli.explain import explain as run_explain
+    from hegl_cli.apps.explain import explain as run_explain
+    from hegl_cli.engine.run_folder import resolve_run
 
     folder = resolve_run(run, runs_dir)
     result = run_explain(images, folder, checkpoint, classes, out_dir, device, eval_layers=eval_layers(config, overrides))

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from hegl_cli.cli.common import (
+    CheckpointOpt,
     ConfigOpt,
+    DeviceOpt,
     SetOpt,
     State,
     error_line,
@@ -24,10 +26,10 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV lists of paths.")],
     run: Annotated[Path | None, typer.Option(help="Run folder (default: runs/latest).")] = None,
     out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
-    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    checkpoint: CheckpointOpt = "best",
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Loader processes that decode images.", min=0)] = 2,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing predictions CSV.")] = False,
     config: ConfigOpt = None,
@@ -37,8 +39,8 @@ def predict(
 
     Unreadable files are listed and skipped; the exit code is 2 when any was.
     """
-    from hegl_cli.engine.runs import resolve_run
-    from hegl_cli.predict import predict as run_predict
+    from hegl_cli.apps.predict import predict as run_predict
+    from hegl_cli.engine.run_folder import resolve_run
 
     folder = resolve_run(run, runs_dir)
     result = run_predict(inputs, folder, out, checkpoint, device, batch_size, workers, force,

@@ -1,4 +1,4 @@
-"""`hegl prepare`: build the cache that training reads (built-in synthetic data or ChestX-Det)."""
+"""`hegl prepare`: build the cache that training reads (the built-in benchmark or a public dataset)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import ConfigOpt, ForceOpt, SetOpt, State, handles_errors, info, resolve_config
+from hegl_cli.cli.common import (
+    ConfigOpt,
+    ForceOpt,
+    SetOpt,
+    State,
+    choice_option,
+    handles_errors,
+    info,
+    resolve_config,
+)
+from hegl_cli.data.formats import FORMATS
 from hegl_cli.errors import UserError
 
 
@@ -23,7 +33,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
 
 @handles_errors
 def prepare(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="synthetic | chestxdet | chestxdet10 | nih | vindr | rsna | siim")] = "synthetic",
+    fmt: Annotated[str, choice_option("format", FORMATS, "Dataset layout.", "--format", "-f")] = "synthetic",
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
@@ -37,34 +47,20 @@ def prepare(
     overrides: SetOpt = None,
 ) -> None:
     """Validate annotations, decode images in parallel and write a memory-mappable cache."""
-    from hegl_cli.data.chestxdet import TABLE_FORMATS
-    from hegl_cli.data.prepare import PrepareOptions, prepare_chestxdet, prepare_table
-    from hegl_cli.data.synthetic import SyntheticSpec, prepare_synthetic
+    from hegl_cli.apps.prepare import prepare as run_prepare
+    from hegl_cli.data.build import PrepareOptions
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (one per core) or more, got {workers}")
     cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed)
-    options = PrepareOptions(image_size=cfg.data.image_size, seed=cfg.data.seed, val_fraction=cfg.data.val_fraction,
-                             mask_source=cfg.data.mask_source, strict=strict, force=force, workers=workers,
-                             progress=not State.quiet, max_pixels=cfg.data.max_pixels)
-    target = out or Path("data") / fmt
-    if fmt == "synthetic":
-        if source or annotations:
-            raise UserError("--source/--annotations need --format chestxdet or chestxdet10")
-        spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
-                             size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
-        result = prepare_synthetic(target, options, spec)
-    elif fmt in TABLE_FORMATS:
-        if annotations or images:
-            raise UserError(f"--format {fmt} reads the official layout: pass --source DIR")
-        result = prepare_table(fmt, target, options, source, cfg.data.classes, cfg.data.label_fusion)
-    else:
-        result = prepare_chestxdet(fmt, target, options, source, _pairs(annotations, "--annotations"),
-                                   _pairs(images, "--images"), classes=cfg.data.classes)
-    report(result)
+    options = PrepareOptions.from_config(cfg.data, strict=strict, force=force, workers=workers,
+                                         progress=not State.quiet)
+    result = run_prepare(fmt, cfg, options, out, source, _pairs(annotations, "--annotations"),
+                         _pairs(images, "--images"))
+    print_summary(result)
 
 
-def report(result) -> None:
+def print_summary(result) -> None:
     m = result.manifest
     if result.skipped:
         info(f"{result.out} is up to date ({m['format']}, {m['image_size']} px); nothing to do (--force rebuilds)")

@@ -7,27 +7,27 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import handles_errors, info, result_line
+from hegl_cli.cli.common import CheckpointOpt, DeviceOpt, handles_errors, info, result_line
 
 
 @handles_errors
 def report(
     targets: Annotated[list[Path] | None, typer.Argument(help="Run or ablation folders (default: runs/latest).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: report.html in the first run).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: the first run's report page).")] = None,
+    checkpoint: CheckpointOpt = "best",
     gallery: Annotated[int, typer.Option(help="Images per gallery row (best, worst, most shortcut-driven).", min=0)] = 3,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that hegl wrote.")] = False,
 ) -> None:
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,
     shortcut audit and a gallery, in one HTML file with no outside links."""
-    from hegl_cli.engine.runs import resolve_run
+    from hegl_cli.apps.report import build_report, is_ablation
+    from hegl_cli.engine.run_folder import RunFolder, resolve_run
     from hegl_cli.errors import UserError
-    from hegl_cli.report import build_report, is_ablation
 
     folders = [t if (t is not None and is_ablation(t)) else resolve_run(t, runs_dir) for t in (targets or [None])]
-    target = out or folders[0] / "report.html"
+    target = out or RunFolder(folders[0]).report
     if out is not None and out.exists():
         made_by_hegl = out.is_file() and "<title>hegl report" in out.read_text(errors="replace")[:2000]
         if not made_by_hegl:

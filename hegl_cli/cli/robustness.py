@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, State, cell, eval_layers, handles_errors, info, out
+from hegl_cli.cli.common import (
+    CheckpointOpt,
+    ConfigOpt,
+    DeviceOpt,
+    SetOpt,
+    State,
+    cell,
+    eval_layers,
+    handles_errors,
+    info,
+    out,
+)
 
 
 @handles_errors
@@ -18,19 +29,19 @@ def robustness(
     sigma: Annotated[list[float] | None, typer.Option(help="Noise sigma on [0, 1] intensities (repeatable; default eval.sigmas).")] = None,
     draws: Annotated[int | None, typer.Option(help="Noise draws per sigma (default eval.robustness_draws).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    checkpoint: Annotated[str, typer.Option(help="best | last")] = "best",
+    checkpoint: CheckpointOpt = "best",
     seed: Annotated[int, typer.Option(help="Noise seed.", min=0)] = 0,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the first run's folder).")] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared cache (default: the one each run trained on).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Add clipped Gaussian noise (sigma 0 always included) and report AUC/F1/MCC and attention energy."""
-    from hegl_cli.engine.runs import resolve_run
+    from hegl_cli.apps.robustness import robustness_runs
+    from hegl_cli.engine.run_folder import resolve_run, robustness_files
     from hegl_cli.errors import UserError
-    from hegl_cli.evaluation.robustness import robustness_runs
 
     folders = [resolve_run(r, runs_dir) for r in (runs or [None])]
     if sigma is not None and any(not math.isfinite(s) or not 0 <= s <= 1 for s in sigma):
@@ -48,4 +59,4 @@ def robustness(
                  for k in ("auc", "f1", "mcc", "energy_in_mask")]
         table.add_row(cell(r["run"]), f"{r['sigma']:g}", *cells)
     out.print(table)
-    info(f"wrote {target / 'robustness.json'} and {target / 'robustness.png'}")
+    info("wrote " + " and ".join(str(p) for p in robustness_files(target)))

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import ConfigOpt, SetOpt, State, handles_errors, info, resolve_config, result_line
+from hegl_cli.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    State,
+    choice_option,
+    handles_errors,
+    info,
+    resolve_config,
+    result_line,
+)
+from hegl_cli.config import DEVICES
 
 
 @handles_errors
@@ -17,15 +27,15 @@ def train(
     alpha: Annotated[float | None, typer.Option(help="Weight of the human-alignment term (loss.alpha).")] = None,
     beta: Annotated[float | None, typer.Option(help="Weight of the discriminative-attention term (loss.beta).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (train.epochs).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | mps (train.device).")] = None,
+    device: Annotated[str | None, choice_option("device", DEVICES, "Where to train (train.device).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: runs/<name> (default: a timestamp).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch, with its config.yaml.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch, with its own config.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     overrides: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Start an existing hegl run of this name over.")] = False,
 ) -> None:
     """Train, validate every epoch, keep best/last checkpoints, stop early on validation macro AUC."""
-    from hegl_cli.engine.runs import validate_run_name
+    from hegl_cli.engine.run_folder import RunFolder, validate_run_name
     from hegl_cli.engine.train import train as run_training
     from hegl_cli.errors import UserError
 
@@ -33,7 +43,7 @@ def train(
     if resume:
         if name is None:
             raise UserError("--resume needs --name of the run to continue")
-        base = runs_dir / validate_run_name(name) / "config.yaml"
+        base = RunFolder(runs_dir / validate_run_name(name)).config
         if not base.is_file():
             base = None  # the engine says what is missing
         if force:

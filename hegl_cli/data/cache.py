@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hegl_cli.errors import UserError
+from hegl_cli.data.labels import annotated_positives, positive
+from hegl_cli.errors import UserError, first_line
 
 MANIFEST = "manifest.json"
 
@@ -87,8 +88,7 @@ class SplitWriter:
 
 def supervision_counts(labels: np.ndarray, has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """labels (N, C) with NaN, has_mask (N, C) -> per class (images with the finding, those with a mask)."""
-    positive = np.nan_to_num(labels) > 0.5
-    return positive.sum(0), (positive & has_mask).sum(0)
+    return positive(labels).sum(0), annotated_positives(labels, has_mask).sum(0)
 
 
 class _RowFile:
@@ -213,8 +213,7 @@ def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise UserError(f"{path}: missing from the cache; re-run `hegl prepare --force`") from None
     except (ValueError, OSError, EOFError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: damaged or truncated ({reason}); re-run `hegl prepare --force`") from exc
+        raise UserError(f"{path}: damaged or truncated ({first_line(exc, 120)}); re-run `hegl prepare --force`") from exc
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:
@@ -236,3 +235,9 @@ def commit_folder(partial: Path, final: Path, force: bool) -> None:
     else:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
+
+
+def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
+    """Name of the split that is ``split`` with only the spurious cue toggled, if the dataset has one."""
+    twins = (manifest.get("synthetic") or {}).get("counterfactual_of", {})
+    return next((name for name, of in twins.items() if of == split and name in manifest["splits"]), None)

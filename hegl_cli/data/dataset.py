@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.data.swap import finding_free, paste, swappable
+from hegl_cli.data.labels import finding_free
+from hegl_cli.data.swap import paste, swappable
 
 
 class XrayDataset(Dataset):

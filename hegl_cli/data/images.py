@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hegl_cli.errors import UserError
+from hegl_cli.config import DataConfig
+from hegl_cli.errors import UserError, first_line
 
-DEFAULT_MAX_PIXELS = 64_000_000  # data.max_pixels: a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
+DEFAULT_MAX_PIXELS: int = DataConfig.max_pixels  # a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | DICOM_SUFFIXES
 
@@ -105,8 +106,7 @@ def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise UserError(f"image {path} claims more pixels than PIL will decode, over the "
                         f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read image {path}: {reason}") from exc
+        raise UserError(f"cannot read image {path}: {first_line(exc, 10_000)}") from exc
 
 
 def _pil_to_float(img: Image.Image) -> np.ndarray:
@@ -140,7 +140,7 @@ def _load_dicom(path: Path, max_pixels: int) -> np.ndarray:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except Exception as exc:  # pydicom raises many types for bad files
-        raise UserError(f"cannot read DICOM {path}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from exc
     if "PixelData" not in ds:
         raise UserError(f"cannot read DICOM {path}: it holds no image (no PixelData)")
     check_pixels(path, cols, rows * max(frames, 1), max_pixels)
@@ -149,7 +149,7 @@ def _load_dicom(path: Path, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # no decoder for a compressed transfer syntax, truncated data, ...
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise UserError(f"cannot decode DICOM {path}{name}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot decode DICOM {path}{name}: {first_line(exc)}") from exc
     if pixels.ndim == 3:  # multi-frame or colour: take luminance of the first frame
         pixels = pixels[0] if ds.get("SamplesPerPixel", 1) == 1 else pixels.mean(axis=-1)
     arr = apply_modality_lut(pixels, ds)
@@ -159,11 +159,6 @@ def _load_dicom(path: Path, max_pixels: int) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = 1.0 - arr
     return arr
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hegl_cli.data.chestxdet import Finding
 from hegl_cli.data.images import Geometry
+from hegl_cli.data.records import Finding
 
 
 def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...], bool]:

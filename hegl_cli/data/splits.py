@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from hegl_cli.data.chestxdet import Record
+    from hegl_cli.data.records import Record
 
 
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,3 +40,12 @@ def split_by_group(records: list[Record], fraction: float, seed: int) -> tuple[l
         held = np.sort(np.array([i for key in chosen for i in groups[key]], dtype=int))
         kept = np.setdiff1d(np.arange(len(records)), held)
     return [records[i] for i in kept], [records[i] for i in held]
+
+
+TEST_SEED_OFFSET = 7919  # the test split is another draw than validation's from the same data.seed
+
+
+def hold_out_test(records: list[Record], seed: int, fraction: float = 0.2) -> tuple[list[Record], list[Record]]:
+    """(train, test) for data without an official test split: about ``fraction`` held out by patient,
+    drawn apart from the validation split (which :func:`split_by_group` carves from train with ``seed``)."""
+    return split_by_group(records, fraction, seed + TEST_SEED_OFFSET)

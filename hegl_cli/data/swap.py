@@ -13,11 +13,7 @@ import numpy as np
 import torch
 
 from hegl_cli.data.cache import CachedSplit
-
-
-def finding_free(labels: np.ndarray) -> np.ndarray:
-    """(N,) bool: images known negative for every class. labels (N, C) with NaN = unknown."""
-    return (np.nan_to_num(labels, nan=1.0) < 0.5).all(1)
+from hegl_cli.data.labels import finding_free
 
 
 def finding_free_pairing(labels: np.ndarray, seed: int = 0) -> np.ndarray | None:

@@ -1,27 +1,32 @@
-"""Self-describing checkpoints: ``<stem>.safetensors`` (weights) + ``<stem>.json`` (metadata).
+"""Self-describing checkpoints: weights (safetensors) + metadata (JSON) per stem (``best``, ``last``),
+and a trained run rebuilt from them (:func:`load_run`). The files are :class:`RunFolder`'s.
 
-The metadata holds the resolved config, class names, image size, chosen thresholds and versions;
-the class embeddings are a buffer inside the weights. :func:`load_model` rebuilds the model from
-these two files alone: no text encoder, no training data, no hub access.
+The metadata holds the resolved config (the image size is its ``data.image_size``), the class
+names, the chosen thresholds and the versions; the class embeddings are a buffer inside the weights.
+:func:`load_model` rebuilds the model from these two files alone: no text encoder, no training
+data, no hub access.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from hegl_cli import __version__
-from hegl_cli.config import Config, config_from_dict
-from hegl_cli.engine.io import atomic_write, atomic_write_json
-from hegl_cli.errors import UserError
+from hegl_cli.config import Config, apply_eval_layers, config_from_dict
+from hegl_cli.data.cache import CachedSplit
+from hegl_cli.engine.device import select_device
+from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
+from hegl_cli.errors import UserError, first_line
+from hegl_cli.fs.atomic import atomic_write, atomic_write_json
 from hegl_cli.models.model import HEGLModel, build_model
-
-CHECKPOINTS = ("best", "last")
 
 
 def versions() -> dict[str, str]:
@@ -33,25 +38,26 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(run: Path, stem: str, model: HEGLModel, cfg: Config, extra: dict[str, Any]) -> None:
-    """Write ``run/<stem>.safetensors`` then ``run/<stem>.json``, each atomically."""
+    """Write the weights, then the metadata, of checkpoint ``stem`` into the run folder, each atomically."""
+    folder = RunFolder(run)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run / f"{stem}.safetensors", lambda tmp: save_file(state, str(tmp)))
+    atomic_write(folder.weights(stem), lambda tmp: save_file(state, str(tmp)))
     meta = {
         "config": cfg.to_dict(),
         "classes": model.classes,
-        "image_size": model.image_size,
         "grid": list(model.grid),
         "text_embeddings": model.class_embeddings is not None,
         "versions": versions(),
         **extra,
     }
-    atomic_write_json(run / f"{stem}.json", meta)
+    atomic_write_json(folder.meta(stem), meta)
 
 
 def checkpoint_paths(run: Path, which: str) -> tuple[Path, Path]:
     if which not in CHECKPOINTS:
         raise UserError(f"unknown checkpoint '{which}' (valid: {', '.join(CHECKPOINTS)})")
-    weights, meta = run / f"{which}.safetensors", run / f"{which}.json"
+    folder = RunFolder(run)
+    weights, meta = folder.weights(which), folder.meta(which)
     if not weights.is_file() or not meta.is_file():
         raise UserError(f"run folder {run} has no '{which}' checkpoint ({weights.name}); was it trained?")
     return weights, meta
@@ -63,10 +69,16 @@ def load_meta(run: Path, which: str = "best") -> dict[str, Any]:
         data = json.loads(meta.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{meta}: corrupt checkpoint metadata ({exc})") from exc
-    missing = [k for k in ("config", "classes", "image_size") if not isinstance(data, dict) or k not in data]
+    missing = [k for k in ("config", "classes") if not isinstance(data, dict) or k not in data]
     if missing:
         raise UserError(f"{meta}: not a hegl checkpoint description (missing {', '.join(missing)})")
     return data
+
+
+def image_size_of(meta: dict[str, Any]) -> int:
+    """The model's input side in pixels: its config's ``data.image_size`` (checkpoints before 0.2 also
+    stored it on its own, and that copy is the one they trained with)."""
+    return int(meta.get("image_size") or meta["config"]["data"]["image_size"])
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -74,15 +86,15 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type (and OSError) for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable safetensors file ({reason})") from exc
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(exc, 10_000)})") from exc
 
 
 def load_model(run: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[HEGLModel, dict, Config]:
     """Rebuild the model of a run from its checkpoint alone; returns (model in eval mode, meta, config)."""
-    weights, _ = checkpoint_paths(run, which)
+    weights, meta_path = checkpoint_paths(run, which)
     meta = load_meta(run, which)
-    cfg = config_from_dict(meta["config"], source=str(run / f"{which}.json"))
+    cfg = config_from_dict(meta["config"], source=str(meta_path))
+    cfg.data.image_size = image_size_of(meta)
     cfg.model.pretrained = False  # the checkpoint has the weights; never reach for the hub
     state = read_weights(weights)
     embeddings = state.get("class_embeddings")
@@ -90,11 +102,61 @@ def load_model(run: Path, which: str = "best", device: str | torch.device = "cpu
         raise UserError(f"{weights}: class embeddings missing from the checkpoint")
     if embeddings is None:
         cfg.model.text_encoder = "none"
-    model = build_model(meta["classes"], cfg.model, int(meta["image_size"]), class_embeddings=embeddings)
+    model = build_model(meta["classes"], cfg.model, cfg.data.image_size, class_embeddings=embeddings)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise UserError(f"{weights}: these weights are not the model that {run / (which + '.json')} describes "
+        raise UserError(f"{weights}: these weights are not the model that {meta_path} describes "
                         f"({detail})") from exc
     return model.to(device).eval(), meta, cfg
+
+
+def open_split(data: Path | str, split: str, classes: list[str], image_size: int) -> CachedSplit:
+    """A cache split that matches the model's classes and input size (clear error otherwise)."""
+    cached = CachedSplit(data, split)
+    if cached.classes != list(classes):
+        raise UserError(f"{data}: classes {cached.classes} differ from the model's {list(classes)}")
+    if cached.image_size != image_size:
+        raise UserError(f"{data}: images are {cached.image_size} px but the model expects {image_size} px")
+    return cached
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to predict: its model, metadata, config, device and (optionally) a split."""
+
+    folder: Path
+    which: str
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    cfg: Config
+    device: torch.device
+    data: Path
+    split: CachedSplit | None
+    thresholds: np.ndarray  # (C,) chosen on validation during training
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.data.image_size
+
+
+def load_run(run: Path, which: str = "best", data: Path | None = None, device: str = "auto",
+             split: str | None = None, eval_layers: list[tuple[str, dict[str, Any]]] | None = None,
+             command: str = "hegl evaluate") -> LoadedRun:
+    """Load a run's checkpoint, the cache it trained on (or ``data``) and, if asked, one split of it.
+
+    ``eval_layers``: the user's ``--config/--set`` layers (see :func:`config_layers`); only ``eval.*``
+    keys may change a trained run's config.
+    """
+    dev = select_device(device)
+    model, meta, cfg = load_model(run, which, dev)
+    apply_eval_layers(cfg, eval_layers or [], command)
+    folder = Path(data or meta.get("data") or cfg.data.path)
+    cached = open_split(folder, split, meta["classes"], cfg.data.image_size) if split else None
+    thresholds = np.asarray(meta.get("thresholds", [0.5] * len(meta["classes"])), dtype=np.float64)
+    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds)

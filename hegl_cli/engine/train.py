@@ -1,15 +1,16 @@
 """The training engine behind `hegl train`: one function, :func:`train`, callable in-process.
 
-Exact resume: ``state.pt`` (written atomically at the end of every epoch) holds the model,
+Exact resume: the training state (written atomically at the end of every epoch) holds the model,
 optimizer, scheduler, loss weights, RNG states, epoch and early-stopping state, as tensors and
 plain values only (it loads with ``weights_only=True``: a crafted file cannot run code); the data
 order is drawn from ``(seed, epoch)``. A run killed at any point and resumed ends with the same
 weights as the same run left alone (CPU, ``train.deterministic``).
 
-The run folder is the record: ``config.yaml`` is what was trained. Resuming takes the run's config;
-a change is refused unless the key is in :data:`RESUME_SAFE_KEYS` (then ``config.yaml`` is updated
-and ``history.jsonl`` records the change). Selection (best checkpoint, early stopping, thresholds)
-only ever sees the ``val`` split.
+The run folder is the record: its config is what was trained. Resuming takes the run's config; a
+change is refused unless the key is in :data:`RESUME_SAFE_KEYS` (then the config is updated and the
+history records the change). The files are :class:`RunFolder`'s. Selection (best checkpoint, early
+stopping, thresholds) only ever sees the ``val`` split. The criterion returns unweighted terms and the
+weights in effect; every epoch's line in the metrics logs both (``train_<term>``, ``weight_<term>``).
 """
 
 from __future__ import annotations
@@ -35,30 +36,25 @@ from tqdm import tqdm
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.cache import CachedSplit, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.swap import context_swap, finding_free
+from hegl_cli.data.labels import finding_free
+from hegl_cli.data.swap import context_swap
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
-from hegl_cli.engine.io import atomic_write, atomic_write_text
-from hegl_cli.engine.predict import autocast_for, predict_split
-from hegl_cli.engine.runs import (
-    append_history,
+from hegl_cli.engine.run_folder import (
+    RunFolder,
     create_run_dir,
-    is_hegl_run,
     mark_latest,
     remove_if_unused,
-    run_lock,
     validate_run_name,
-    write_marker,
 )
 from hegl_cli.errors import TrainingDiverged, UserError
+from hegl_cli.evaluation.classification import choose_thresholds, macro_auc, summarize
+from hegl_cli.fs.atomic import atomic_write, atomic_write_text
 from hegl_cli.losses import HybridCriterion
-from hegl_cli.metrics import choose_thresholds, macro_auc, summarize
+from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import HEGLModel, build_model
 from hegl_cli.plots import plot_training_curves
-
-STATE = "state.pt"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -146,7 +142,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read ``state.pt`` without unpickling arbitrary objects; a foreign or corrupt file is named."""
+    """Read a training state without unpickling arbitrary objects; a foreign or corrupt file is named."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before refusing them
@@ -181,7 +177,8 @@ class EarlyStopping:
 
 
 def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
-    """The train and val splits; selection never falls back to test."""
+    """The train and val splits; selection never falls back to test. The cache decides the image size:
+    ``cfg.data.image_size`` becomes the cache's, unless the user set another (then it is refused)."""
     data = Path(cfg.data.path)
     train_split = CachedSplit(data, "train")
     if "val" not in train_split.manifest["splits"]:
@@ -189,16 +186,25 @@ def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
                         f"re-run `hegl prepare --force` with data.val_fraction > 0 (e.g. --set "
                         "data.val_fraction=0.15), or give a val split (--annotations val=... --images val=...)")
     val_split = CachedSplit(data, "val")
-    if train_split.image_size != cfg.data.image_size:
-        raise UserError(f"{data} was prepared at {train_split.image_size} px but data.image_size is "
-                        f"{cfg.data.image_size}; re-run `hegl prepare --image-size {cfg.data.image_size}` "
-                        f"or set data.image_size={train_split.image_size}")
+    adopt_cache_facts(cfg, train_split)
     if len(train_split) == 0:
         raise UserError(f"{data}: the train split is empty")
     if len(val_split) == 0:
         raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
                         "data.val_fraction")
     return train_split, val_split
+
+
+def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
+    """The cache owns its image size and classes: ``cfg`` takes them (so the run's config records what
+    was trained); an image size the user set that differs is refused, naming both."""
+    if cfg.data.image_size != split.image_size:
+        if cfg.was_set("data.image_size"):
+            raise UserError(f"{split.root} was prepared at {split.image_size} px but data.image_size is "
+                            f"{cfg.data.image_size}; re-run `hegl prepare --image-size {cfg.data.image_size}` "
+                            f"or leave data.image_size unset (the cache's size is used)")
+        cfg.data.image_size = split.image_size
+    cfg.data.classes = list(split.classes)  # data.classes chooses classes at prepare; a model learns the cache's
 
 
 def _val_context_swap(val: CachedSplit, cfg: Config):
@@ -228,6 +234,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: Path, resume: bool, progress: bool, log=print):
         self.cfg, self.run, self.progress, self.log = cfg, run, progress, log
+        self.folder = RunFolder(run)
         self.device = select_device(cfg.train.device)
         self.dist = D.init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -273,14 +280,14 @@ class Trainer:
                 "best_thresholds": self.best_thresholds.tolist()}
 
     def _resume(self) -> None:
-        path = self.run / STATE
+        path = self.folder.state
         if not path.is_file():
-            raise UserError(f"nothing to resume in {self.run} (no {STATE}); start it without --resume")
+            raise UserError(f"nothing to resume in {self.run} (no {path.name}); start it without --resume")
         state = load_state(path)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise UserError(f"{path}: the saved model does not match the run's config.yaml "
+            raise UserError(f"{path}: the saved model does not match the run's {self.folder.config.name} "
                             f"({' '.join(str(exc).split())[:160]})") from exc
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -290,8 +297,8 @@ class Trainer:
         self.history = list(state["history"])
         self.best_thresholds = np.asarray(state.get("best_thresholds", state.get("thresholds")), dtype=np.float64)
         self.start_epoch = int(state["epoch"]) + 1
-        if self.dist.is_main:  # metrics.jsonl may hold a line from an epoch that never finished
-            atomic_write_text(self.run / METRICS, "".join(json.dumps(h) + "\n" for h in self.history))
+        if self.dist.is_main:  # the metrics may hold a line from an epoch that never finished
+            atomic_write_text(self.folder.metrics, "".join(json.dumps(h) + "\n" for h in self.history))
         self.log(f"resuming {self.run} at epoch {self.start_epoch + 1}")
 
     # -- one epoch -------------------------------------------------------------------------
@@ -314,7 +321,7 @@ class Trainer:
                 self._optimizer_step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if not k.startswith("weight_")})
         bar.close()
         return {k: v / max(1, n_batches) for k, v in sums.items()}
 
@@ -334,13 +341,17 @@ class Trainer:
             with autocast_for(self.device, self.cfg.train.amp):
                 outputs = self.net(images, all_layers=self.criterion.needs_all_layers)
             outputs = {k: v.float() for k, v in outputs.items()}
+            # unweighted terms + their weighted_total as "loss", under the weights in effect (logged too)
             terms = self.criterion(outputs, labels, masks, has_mask,
                                    images if self.criterion.needs_input_grad else None)
-            values = dict(zip(terms, torch.stack([v.detach() for v in terms.values()]).tolist()))  # one sync
+            weights = self.criterion.loss_weights()
+            logged = {**terms, **{f"weight_{k}": torch.as_tensor(w, dtype=torch.float32, device=self.device)
+                                  for k, w in weights.items() if k != "ce"}}
+            values = dict(zip(logged, torch.stack([v.detach().float() for v in logged.values()]).tolist()))  # one sync
             bad = next((k for k, v in values.items() if not math.isfinite(v)), None)
             if bad is not None:
                 kept = (f"the last good checkpoint (epoch {self.history[-1]['epoch']}) is kept in {self.run}"
-                        if self.history and (self.run / "last.safetensors").is_file()
+                        if self.history and self.folder.weights("last").is_file()
                         else "no checkpoint was written (it diverged in its first epoch)")
                 raise TrainingDiverged(
                     f"non-finite '{bad}' loss at epoch {epoch + 1}, step {step + 1}: training stopped; {kept} "
@@ -395,7 +406,8 @@ class Trainer:
             improved = self.stopper.update(val_auc, epoch)
             if improved:
                 self.best_thresholds = thresholds
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_terms.items()},
+            record = {"epoch": epoch + 1,
+                      **{k if k.startswith("weight_") else f"train_{k}": v for k, v in train_terms.items()},
                       "val_auc": val_auc, **aucs, "val_f1": summary["f1"], "val_mcc": summary["mcc"],
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                       "best": improved}
@@ -423,8 +435,8 @@ class Trainer:
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
         if improved:
             save_checkpoint(self.run, "best", self.model, self.cfg, extra)
-        atomic_write(self.run / STATE, lambda tmp: torch.save(self._state(epoch), tmp))
-        with open(self.run / METRICS, "a") as handle:
+        atomic_write(self.folder.state, lambda tmp: torch.save(self._state(epoch), tmp))
+        with open(self.folder.metrics, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self._tensorboard(record)
 
@@ -436,7 +448,7 @@ class Trainer:
             except Exception:  # tensorboard not installed
                 self.writer = False
                 return
-            self.writer = SummaryWriter(str(self.run / "tensorboard"))
+            self.writer = SummaryWriter(str(self.folder.tensorboard))
         if self.writer is False:
             return
         for key, value in record.items():
@@ -446,7 +458,7 @@ class Trainer:
 
     def _plot(self) -> None:
         if self.history:
-            plot_training_curves(self.history, self.run / "curves.png")
+            plot_training_curves(self.history, self.folder.curves)
 
     def close(self) -> None:
         if self.writer:
@@ -470,10 +482,10 @@ RESUME_SAFE_KEYS: tuple[str, ...] = (
 
 
 def stored_config(run: Path) -> Config:
-    """The config a run was trained with (its ``config.yaml``)."""
-    path = Path(run) / "config.yaml"
+    """The config a run was trained with."""
+    path = RunFolder(run).config
     if not path.is_file():
-        raise UserError(f"{run} has no config.yaml; it cannot be resumed")
+        raise UserError(f"{run} has no {path.name}; it cannot be resumed")
     return config_from_dict(read_yaml(path), source=str(path))
 
 
@@ -487,7 +499,7 @@ def check_resume_config(run: Path, cfg: Config) -> dict[str, list[Any]]:
     unsafe = [k for k in changed if k not in RESUME_SAFE_KEYS]
     if unsafe:
         detail = ", ".join(f"{k} {get_value(stored, k)!r} -> {get_value(cfg, k)!r}" for k in unsafe[:4])
-        raise UserError(f"--resume would change {detail} of {run}/config.yaml mid-run; a run trains with one "
+        raise UserError(f"--resume would change {detail} of {RunFolder(run).config} mid-run; a run trains with one "
                         f"config (only {', '.join(RESUME_SAFE_KEYS)} may change on resume): start a new run instead")
     return {k: [get_value(stored, k), get_value(cfg, k)] for k in changed}
 
@@ -510,14 +522,14 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
         run = Path(runs_dir) / validate_run_name(name)
         if not run.is_dir():
             raise UserError(f"nothing to resume: run folder {run} not found")
-        if not is_hegl_run(run):
-            raise UserError(f"nothing to resume in {run}: not a hegl run (no {STATE})")
+        if not RunFolder(run).is_hegl_run():
+            raise UserError(f"nothing to resume in {run}: not a hegl run (no {RunFolder(run).state.name})")
         changes = check_resume_config(run, cfg)
     elif main:
         run = create_run_dir(name, Path(runs_dir), force=force)
     else:  # other DDP ranks only read the run folder that rank 0 makes
         run = Path(runs_dir) / validate_run_name(name if name is not None else time.strftime("%Y%m%d-%H%M%S"))
-    lock = run_lock(run) if main else None
+    lock = RunFolder(run).lock() if main else None
     try:
         if lock is not None:
             lock.acquire()
@@ -538,9 +550,9 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
     log(describe_supervision(trainer.train_split))
     try:
         if trainer.dist.is_main:
-            write_marker(run)
-            cfg.dump(run / "config.yaml")
-            append_history(run, "resume" if resume else "start", epoch=trainer.start_epoch + 1,
+            trainer.folder.write_marker()
+            cfg.dump(trainer.folder.config)
+            trainer.folder.append_history("resume" if resume else "start", epoch=trainer.start_epoch + 1,
                            changed=changes, data=str(cfg.data.path), data_fingerprint=trainer.train_split.manifest.get("fingerprint"))
             mark_latest(run)
         return trainer.fit()

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, first_line
 
 
 def _closest_models(name: str) -> str:
@@ -52,14 +52,14 @@ def create_timm_backbone(
     except UserError:
         raise
     except TypeError as exc:  # an encoder_kwargs key this architecture does not take
-        raise UserError(f"model.encoder_kwargs {extra or {}} do not fit '{name}' ({str(exc).splitlines()[0][:120]})") from exc
+        raise UserError(f"model.encoder_kwargs {extra or {}} do not fit '{name}' ({first_line(exc, 120)})") from exc
     except (OSError, RuntimeError, ValueError, AssertionError) as exc:
         if pretrained is True:
             raise UserError(
-                f"cannot load pretrained weights for '{name}' ({str(exc).splitlines()[0][:160]}); "
+                f"cannot load pretrained weights for '{name}' ({first_line(exc, 160)}); "
                 "offline, pass model.pretrained=path/to/weights.safetensors or model.pretrained=false"
             ) from exc
-        raise UserError(f"cannot build timm model '{name}' with {kwargs} ({str(exc).splitlines()[0][:160]})") from exc
+        raise UserError(f"cannot build timm model '{name}' with {kwargs} ({first_line(exc, 160)})") from exc
 
 
 class ImageEncoder(nn.Module):

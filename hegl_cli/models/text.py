@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, first_line
 
 BUILTIN_TEXT_ENCODERS: dict[str, tuple[str, str, str]] = {
     # short name: (python package, folder inside it, pip name)
@@ -55,7 +55,7 @@ def load_text_model(name: str):
             "no network: download it elsewhere, save it with save_pretrained and pass the folder, "
             "or use model.text_encoder=builtin:minilm / none"
         )
-        raise UserError(f"cannot load text encoder '{name}': {str(exc).splitlines()[0][:160]} ({hint})") from exc
+        raise UserError(f"cannot load text encoder '{name}': {first_line(exc, 160)} ({hint})") from exc
     return tokenizer, model
 
 

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from hegl_cli.data.images import DEFAULT_MAX_PIXELS, collect_image_files, preprocess_file
-from hegl_cli.engine.io import atomic_write
-from hegl_cli.engine.predict import predict_images
-from hegl_cli.engine.runs import LoadedRun, load_run
+from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.errors import UserError
+from hegl_cli.fs.atomic import atomic_write
+from hegl_cli.models.inference import predict_images
 
 
 class ImageFiles(Dataset):

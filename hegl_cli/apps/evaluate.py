@@ -11,14 +11,16 @@ import numpy as np
 import torch
 
 from hegl_cli.config import Config
-from hegl_cli.data.cache import CachedSplit
-from hegl_cli.engine.io import atomic_write, atomic_write_json
-from hegl_cli.engine.predict import Predictions, predict_split
-from hegl_cli.engine.runs import LoadedRun, load_run, open_split
+from hegl_cli.data.cache import CachedSplit, counterfactual_split
+from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
+from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError
-from hegl_cli.evaluation.attention import alignment_report
-from hegl_cli.evaluation.faithfulness import context_audit, faithfulness_report, shortcut_reliance
-from hegl_cli.metrics import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
+from hegl_cli.evaluation.alignment import alignment_scores
+from hegl_cli.evaluation.classification import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
+from hegl_cli.evaluation.context_audit import context_audit
+from hegl_cli.evaluation.faithfulness import faithfulness_scores, shortcut_reliance
+from hegl_cli.fs.atomic import atomic_write, atomic_write_json
+from hegl_cli.models.inference import Predictions, predict_split
 
 
 def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarray, str]:
@@ -37,7 +39,8 @@ def evaluate_run(
     threshold_metric: str | None = None, faithfulness: bool = True, device: str = "auto",
     eval_layers: list | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on a split; writes ``RUN/eval/<split>.json`` and ``<split>.csv``; returns the report."""
+    """Evaluate a run on a split; writes the run's evaluation report (JSON) and per-class table (CSV) of
+    that split; returns the report."""
     loaded = load_run(run, which, data, device, split, eval_layers, "hegl evaluate")
     cached, cfg, classes = loaded.split, loaded.cfg, loaded.classes
     assert cached is not None
@@ -53,22 +56,22 @@ def evaluate_run(
         "macro_ci95": bootstrap_macro(preds.probs, cached.labels, thresholds, cfg.eval.bootstrap, seed=0),
         "per_class": metrics["per_class"],
         "thresholds": {"values": dict(zip(classes, map(float, thresholds))), "chosen_on": threshold_source},
-        "attention": alignment_report(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
+        "attention": alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                       cfg.eval.top_share),
         "eval_config": dataclasses.asdict(cfg.eval),
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
-    out_dir = run / "eval"
-    atomic_write_json(out_dir / f"{split}.json", report)
-    write_per_class_csv(out_dir / f"{split}.csv", report)
+    folder = RunFolder(run)
+    atomic_write_json(folder.eval_report(split), report)
+    write_per_class_csv(folder.eval_table(split), report)
     return report
 
 
 def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Config, dev: torch.device,
                          data: Path, split: str) -> dict[str, Any]:
     section: dict[str, Any] = {
-        **faithfulness_report(model, lambda i: torch.from_numpy(cached.image(i)).unsqueeze(0), preds.attention,
+        **faithfulness_scores(model, lambda i: torch.from_numpy(cached.image(i)).unsqueeze(0), preds.attention,
                               cached.labels, cached.classes, cfg.eval.faithfulness_steps,
                               cfg.eval.faithfulness_images, dev)
     }
@@ -84,12 +87,6 @@ def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Co
         section["shortcut_reliance"] = shortcut_reliance(preds.probs, twin_preds.probs, cached.classes)
         section["shortcut_reliance"]["counterfactual_split"] = twin_name
     return section
-
-
-def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
-    """Name of the split that is ``split`` with only the spurious cue toggled, if the dataset has one."""
-    twins = (manifest.get("synthetic") or {}).get("counterfactual_of", {})
-    return next((name for name, of in twins.items() if of == split and name in manifest["splits"]), None)
 
 
 def write_per_class_csv(path: Path, report: dict[str, Any]) -> None:

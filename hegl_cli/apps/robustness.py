@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hegl_cli.engine.io import atomic_write_json
-from hegl_cli.engine.predict import predict_split
-from hegl_cli.engine.runs import load_run
-from hegl_cli.evaluation.attention import alignment_report
-from hegl_cli.metrics import summarize
+from hegl_cli.engine.checkpoint import load_run
+from hegl_cli.engine.run_folder import robustness_files
+from hegl_cli.evaluation.alignment import alignment_scores
+from hegl_cli.evaluation.classification import summarize
+from hegl_cli.fs.atomic import atomic_write_json
+from hegl_cli.models.inference import predict_split
 from hegl_cli.plots import plot_robustness
 
 
@@ -49,7 +50,8 @@ def robustness_runs(
     seed: int = 0, which: str = "best", data: Path | None = None, device: str = "auto", progress: bool = True,
     eval_layers: list | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every run at every sigma; write ``robustness.json`` and ``robustness.png`` to ``out_dir``.
+    """Evaluate every run at every sigma; write the robustness JSON and plot (:func:`robustness_files`)
+    into ``out_dir``.
 
     ``sigmas`` / ``draws`` default to each run's ``eval.sigmas`` / ``eval.robustness_draws``.
     """
@@ -68,7 +70,7 @@ def robustness_runs(
                 preds = predict_split(model, cached, loaded.device, cfg.eval.batch_size,
                                       perturb=gaussian_noise(sigma, seed, draw))
                 macro = summarize(preds.probs, cached.labels, loaded.thresholds, classes)["macro"]
-                att = alignment_report(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
+                att = alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                        cfg.eval.top_share)["overall"]
                 for key in ("auc", "f1", "mcc"):
                     per_draw[key].append(macro[key])
@@ -79,7 +81,7 @@ def robustness_runs(
             bar.update()
     bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "robustness.json", {"split": split, "seed": seed, "sigmas": sigmas, "draws": draws,
-                                                    "records": records})
-    plot_robustness(records, out_dir / "robustness.png")
+    json_path, png_path = robustness_files(out_dir)
+    atomic_write_json(json_path, {"split": split, "seed": seed, "sigmas": sigmas, "draws": draws, "records": records})
+    plot_robustness(records, png_path)
     return records

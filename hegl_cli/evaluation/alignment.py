@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from hegl_cli.data.labels import annotated_positives
 from hegl_cli.losses import mask_coverage
 
 
@@ -64,7 +65,7 @@ def patch_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return mask_coverage(torch.from_numpy(masks).unsqueeze(1), grid).squeeze(1).numpy()
 
 
-def alignment_report(
+def alignment_scores(
     attention: np.ndarray, labels: np.ndarray, has_mask: np.ndarray, mask_fn, classes: list[str], share: float
 ) -> dict:
     """Mean pointing game / energy / Dice / IoU over positive (image, class) pairs that have a mask.
@@ -75,7 +76,7 @@ def alignment_report(
         mask_fn: ``mask_fn(i)`` -> (C, S, S) masks of image ``i`` (row of ``attention``).
     """
     grid = attention.shape[-2:]
-    rows: list[tuple[int, int]] = [(i, c) for i, c in zip(*np.nonzero((np.nan_to_num(labels) > 0.5) & has_mask))]
+    rows: list[tuple[int, int]] = [(i, c) for i, c in zip(*np.nonzero(annotated_positives(labels, has_mask)))]
     per_class: dict[str, dict[str, list[float]]] = {name: {"pointing_game": [], "energy_in_mask": [], "dice": [],
                                                            "iou": [], "energy_uniform": [], "effective_patches": [],
                                                            "mask_patches": []} for name in classes}

@@ -1,4 +1,4 @@
-"""`hegl prepare`: annotation files + images -> validated, memory-mappable cache.
+"""Records + images -> a validated, memory-mappable cache (what `hegl prepare` does after reading a format).
 
 The cache is written to ``<out>.partial-<pid>`` and renamed when complete, so an interrupted
 prepare never leaves a folder that looks done. Re-running with the same inputs is a no-op.
@@ -11,47 +11,46 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from hegl_cli import __version__
+from hegl_cli.config import DataConfig
 from hegl_cli.data.cache import MANIFEST, SplitWriter, commit_folder, pack_masks
-from hegl_cli.data.chestxdet import FORMATS, Finding, ParseReport, Record, parse_records
-from hegl_cli.data.images import DEFAULT_MAX_PIXELS, preprocess_file
+from hegl_cli.data.formats import format_classes
+from hegl_cli.data.formats.chestxdet import parse_records
+from hegl_cli.data.images import preprocess_file
 from hegl_cli.data.masks import rasterize_findings
+from hegl_cli.data.parallel import parallel_map
+from hegl_cli.data.records import Finding, Record, SplitSource
 from hegl_cli.data.splits import split_by_group
-from hegl_cli.errors import UserError
-from hegl_cli.locking import FolderLock, pid_alive
-
-
-@dataclass
-class SplitSource:
-    """One split to import: an annotation file and the folder its ``file_name``s live in."""
-
-    name: str
-    annotations: Path
-    images: Path
-    cue: dict[str, int] | None = None  # file name -> spurious cue present (synthetic data)
-    records: list[Record] | None = None  # already read (CSV formats); None: parse ``annotations`` as JSON
+from hegl_cli.errors import UserError, first_line
+from hegl_cli.fs.locks import FolderLock, pid_alive
 
 
 @dataclass
 class PrepareOptions:
-    image_size: int = 128
-    seed: int = 0
-    val_fraction: float = 0.15
-    mask_source: str = "polygon"
+    """How to build a cache: the ``data`` keys that shape it (their defaults are the config's) and how to run."""
+
+    image_size: int = DataConfig.image_size
+    seed: int = DataConfig.seed
+    val_fraction: float = DataConfig.val_fraction
+    mask_source: str = DataConfig.mask_source
     strict: bool = False
     force: bool = False
     workers: int = 0  # 0 = one per CPU core
     progress: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped and reported (data.max_pixels)
+    max_pixels: int = DataConfig.max_pixels  # larger images are skipped and reported
+
+    @classmethod
+    def from_config(cls, data: DataConfig, **run: Any) -> PrepareOptions:
+        """The options of the ``data`` config section, plus how to run (strict, force, workers, progress)."""
+        return cls(image_size=data.image_size, seed=data.seed, val_fraction=data.val_fraction,
+                   mask_source=data.mask_source, max_pixels=data.max_pixels, **run)
 
 
 @dataclass
@@ -75,7 +74,7 @@ def fingerprint(parts: Iterable[Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -89,7 +88,7 @@ def source_fingerprint(fmt: str, sources: list[SplitSource], options: PrepareOpt
     parts: list[Any] = [__version__, fmt, classes, options.image_size, options.seed, options.val_fraction,
                         options.mask_source]
     for src in sources:
-        parts += [src.name, _file_digest(src.annotations) if src.annotations.is_file() else None,
+        parts += [src.name, file_digest(src.annotations) if src.annotations.is_file() else None,
                   _image_stamp(src.images), src.cue]
     return fingerprint(parts)
 
@@ -113,26 +112,8 @@ def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int]) -> tu
     except UserError as exc:
         return ("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a prepare of thousands
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        return ("error", f"cannot read image {path}: {type(exc).__name__}: {reason}")
+        return ("error", f"cannot read image {path}: {type(exc).__name__}: {first_line(exc, 160)}")
     return ("ok", image, pack_masks(masks), has_mask, clipped)
-
-
-def _parallel_map(func: Callable, items: list, workers: int, desc: str, progress: bool) -> Iterator:
-    workers = workers or (os.cpu_count() or 1)
-    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False)
-    try:
-        if workers <= 1 or len(items) < 32:
-            for item in items:
-                yield func(item)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(func, items, chunksize=16):
-                    yield result
-                    bar.update()
-    finally:
-        bar.close()
 
 
 def decode_split(
@@ -150,7 +131,7 @@ def decode_split(
     writer = SplitWriter(folder, len(records), size, len(classes), with_cue=source.cue is not None)
     clipped_total = 0
     index = {c: i for i, c in enumerate(classes)}
-    results = _parallel_map(_decode_one, items, options.workers, f"decode {name}", options.progress)
+    results = parallel_map(_decode_one, items, options.workers, f"decode {name}", options.progress)
     for record, result in zip(records, results):
         if result[0] == "error":
             problems.append(f"{source.name}: {result[1]}")
@@ -186,7 +167,7 @@ def build_cache(
     before the import; ``sources`` may point inside it.
     """
     start = time.perf_counter()
-    classes = list(classes or FORMATS[fmt]["classes"])
+    classes = list(classes or format_classes(fmt))
     out = Path(out)
     check_output_folder(out, [p for src in sources for p in (src.annotations, src.images)], options.force)
     with FolderLock(lock_path(out), f"prepare output {out}"):
@@ -273,23 +254,21 @@ def _build_into(
     classes: list[str], source_description: str | None, extra_manifest: dict[str, Any] | None,
     reader_problems: list[str] | None = None,
 ) -> PrepareResult:
-    report = ParseReport(list(reader_problems or []))
-    format_classes = tuple(FORMATS[fmt]["classes"]) if fmt in FORMATS else tuple(classes)
+    read_problems = list(reader_problems or [])
+    known = format_classes(fmt) or tuple(classes)
     parsed = {src.name: keep_classes(src.records if src.records is not None
-                                     else parse_records(src.annotations, format_classes, report), classes)
+                                     else parse_records(src.annotations, known, read_problems), classes)
               for src in sources}
     for src in sources:
         if not src.images.is_dir():
             raise UserError(f"images folder for split '{src.name}' not found: {src.images}")
     for src in sources:
         if not parsed[src.name]:
-            why = f" ({report.problems[0]})" if report.problems else ""
+            why = f" ({read_problems[0]})" if read_problems else ""
             raise UserError(f"{src.annotations}: no usable record for split '{src.name}'{why}")
-    if options.strict and report.problems:
-        raise UserError(f"--strict: {report.problems[0]} ({len(report.problems)} problem(s) in all)")
-    problems = list(report.problems)
-    if options.strict and problems:
-        raise UserError(f"--strict: {problems[0]} ({len(problems)} problem(s) in all)")
+    if options.strict and read_problems:
+        raise UserError(f"--strict: {read_problems[0]} ({len(read_problems)} problem(s) in all)")
+    problems = list(read_problems)
     plan: list[tuple[str, SplitSource, list[Record]]] = []
     for src in sources:
         records = parsed[src.name]
@@ -303,8 +282,8 @@ def _build_into(
     for name, src, records in plan:
         writers[name], n_clipped = decode_split(src, records, classes, options, problems, partial / name, name)
         clipped += n_clipped
-    if options.strict and len(problems) > len(report.problems):
-        raise UserError(f"--strict: {problems[len(report.problems)]} ({len(problems)} problem(s) in all)")
+    if options.strict and len(problems) > len(read_problems):
+        raise UserError(f"--strict: {problems[len(read_problems)]} ({len(problems)} problem(s) in all)")
     counts = {name: w.counts(classes) for name, w in writers.items()}
     warnings = [f"class '{c}' has no positive image in train: its query learns nothing"
                 for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
@@ -342,69 +321,3 @@ def up_to_date(out: Path, expected: str, force: bool) -> PrepareResult | None:
     return None
 
 
-def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
-    """``data.classes`` (a subset, in the format's order) or every class of the format."""
-    known = list(FORMATS[fmt]["classes"])
-    if not wanted:
-        return known
-    unknown = [c for c in wanted if c not in known]
-    if unknown:
-        raise UserError(f"config key 'data.classes': {unknown[0]!r} is not a class of --format {fmt} "
-                        f"(classes: {', '.join(known)})")
-    return [c for c in known if c in wanted]
-
-
-def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | None,
-                  classes: list[str] | None = None, fusion: str = "any") -> PrepareResult:
-    """Import a CSV-described dataset as downloaded: ``nih`` (:mod:`hegl_cli.data.nih`), ``rsna``,
-    ``vindr`` or ``siim`` (:mod:`hegl_cli.data.boxcsv`)."""
-    from hegl_cli.data.boxcsv import read_rsna, read_siim, read_vindr
-    from hegl_cli.data.nih import read_nih
-
-    if source is None:
-        raise UserError(f"--format {fmt} needs --source DIR (the unpacked official download)")
-    chosen = select_classes(fmt, classes)
-    readers = {"nih": read_nih, "rsna": read_rsna, "siim": read_siim,
-               "vindr": lambda src, cls, seed: read_vindr(src, cls, seed, fusion)}
-    records, problems, files = readers[fmt](Path(source), tuple(chosen), options.seed)
-    sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
-    identity = fingerprint([source_fingerprint(fmt, sources, options, chosen), fusion,
-                            *[_file_digest(f) for f in files.values()],
-                            {name: [r.file_name for r in recs] for name, recs in records.items()}])
-    done = up_to_date(out, identity, options.force)
-    if done is not None:
-        return done
-    description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
-    return build_cache(fmt, sources, out, options, classes=chosen, source_description=description,
-                       extra_manifest={"fingerprint": identity, **({"label_fusion": fusion} if fmt == "vindr" else {})},
-                       reader_problems=problems)
-
-
-def prepare_chestxdet(
-    fmt: str, out: Path, options: PrepareOptions, source: Path | None = None,
-    annotations: dict[str, Path] | None = None, images: dict[str, Path] | None = None,
-    classes: list[str] | None = None,
-) -> PrepareResult:
-    """Import the official ChestX-Det / ChestX-Det10 download (folder layout or explicit files)."""
-    from hegl_cli.data.chestxdet import find_source_layout
-
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format '{fmt}' (valid: synthetic, {', '.join(FORMATS)})")
-    if annotations:
-        missing = set(annotations) ^ set(images or {})
-        if missing:
-            raise UserError(f"--annotations and --images must name the same splits (mismatch: {', '.join(sorted(missing))})")
-        layout = {split: (Path(annotations[split]), Path(images[split])) for split in annotations}  # type: ignore[index]
-    elif source is not None:
-        layout = find_source_layout(Path(source), fmt)
-    else:
-        raise UserError(f"--format {fmt} needs --source DIR (or --annotations/--images per split)")
-    sources = [SplitSource(name, ann, img) for name, (ann, img) in layout.items()]
-    for src in sources:
-        if not src.annotations.is_file():
-            raise UserError(f"annotation file not found: {src.annotations}")
-    chosen = select_classes(fmt, classes)
-    done = up_to_date(out, source_fingerprint(fmt, sources, options, chosen), options.force)
-    if done is not None:
-        return done
-    return build_cache(fmt, sources, out, options, classes=chosen)

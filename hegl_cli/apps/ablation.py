@@ -1,8 +1,9 @@
 """`hegl ablation`: train + evaluate + robustness for every (alpha, beta[, variant]) cell and seed.
 
 A cell spec is ``ALPHA,BETA`` optionally followed by ``+section.key=value`` overrides, e.g.
-``1,1+loss.ha_layers=all`` or ``1,0+loss.ha_type=l1``. Finished (cell, seed) runs leave a
-``cell.json`` and are skipped on the next call; an interrupted one is restarted from scratch.
+``1,1+loss.ha_layers=all`` or ``1,0+loss.ha_type=l1``. A finished (cell, seed) run leaves its
+numbers in its run folder (:attr:`RunFolder.cell`) and is skipped on the next call; an interrupted
+one is restarted from scratch.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hegl_cli import __version__
 from hegl_cli.config import Config, apply_layer, parse_override
-from hegl_cli.engine.io import atomic_write, atomic_write_json, atomic_write_text
+from hegl_cli.engine.run_folder import AblationFolder
 from hegl_cli.errors import UserError
-from hegl_cli.locking import FolderLock
+from hegl_cli.fs.atomic import atomic_write, atomic_write_json, atomic_write_text
 
 METRICS: tuple[tuple[str, str], ...] = (
     ("auc", "test macro AUC"), ("val_test_gap", "val-test gap"), ("f1", "test macro F1"),
@@ -81,9 +81,9 @@ def cell_config(base: Config, cell: CellSpec, seed: int) -> Config:
 def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Callable[[str], None],
              progress: bool) -> dict[str, Any]:
     """Train, evaluate on test and measure AUC at ``sigma``; returns the cell's numbers."""
+    from hegl_cli.apps.evaluate import evaluate_run
+    from hegl_cli.apps.robustness import robustness_runs
     from hegl_cli.engine.train import train
-    from hegl_cli.evaluation.evaluate import evaluate_run
-    from hegl_cli.evaluation.robustness import robustness_runs
 
     result = train(cfg, name=run_name, force=True, runs_dir=runs_dir, progress=progress, log=log)
     report = evaluate_run(result.run, "test", "best", device=cfg.train.device)
@@ -113,46 +113,41 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
 
 def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sigma: float = 0.05,
                  log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every (cell, seed) not yet finished, then write results.csv / results.md / results.png."""
+    """Run every (cell, seed) not yet finished, then write the tables and figures across them."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
-    prepare_ablation_folder(out)
-    with FolderLock(out / ".hegl-lock", f"ablation folder {out}"):
-        return _run_cells(cells, seeds, out, sigma, log, progress, configs)
+    folder = prepare_ablation_folder(out)
+    with folder.lock():
+        return _run_cells(cells, seeds, folder, sigma, log, progress, configs)
 
 
-ABLATION_MARKER = "hegl-ablation.json"
-
-
-def prepare_ablation_folder(out: Path) -> None:
+def prepare_ablation_folder(out: Path) -> AblationFolder:
     """Create ``out`` (or reuse it to resume) only when it is new, empty or an ablation hegl made."""
+    folder = AblationFolder(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"{out} is not a folder hegl can write an ablation into")
-    made_by_hegl = (out / ABLATION_MARKER).is_file() or ((out / "runs").is_dir() and (out / "results.csv").is_file())
-    if out.is_dir() and any(out.iterdir()) and not made_by_hegl:
-        raise UserError(f"{out} exists and is not a hegl ablation folder (no {ABLATION_MARKER}); it was left alone: "
-                        "choose another --name or --out-root")
+    if out.is_dir() and any(out.iterdir()) and not folder.is_ablation():
+        raise UserError(f"{out} exists and is not a hegl ablation folder (no {folder.marker.name}); it was left "
+                        "alone: choose another --name or --out-root")
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / ABLATION_MARKER
-    if not marker.is_file():
-        marker.write_text(json.dumps({"hegl": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    folder.write_marker()
+    return folder
 
 
-def _run_cells(cells: list[CellSpec], seeds: int, out: Path, sigma: float, log: Callable[[str], None],
+def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: float, log: Callable[[str], None],
                progress: bool, configs: dict[tuple[str, int], Config]) -> list[dict[str, Any]]:
-    runs_dir = out / "runs"
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for cell in cells:
         for seed in range(seeds):
             run_name = f"{cell.name}_s{seed}"
-            done_file = runs_dir / run_name / "cell.json"
+            done_file = out.run(run_name).cell
             if done_file.is_file():
                 log(f"cell {cell.label}, seed {seed}: done already, skipped")
                 rows.append(json.loads(done_file.read_text()))
                 continue
             log(f"cell {cell.label}, seed {seed}: training")
             t0 = time.perf_counter()
-            numbers = run_cell(configs[(cell.name, seed)], run_name, runs_dir, sigma, log, progress)
+            numbers = run_cell(configs[(cell.name, seed)], run_name, out.runs_dir, sigma, log, progress)
             row = {"cell": cell.name, "label": cell.label, "alpha": cell.alpha, "beta": cell.beta,
                    "overrides": cell.overrides, "seed": seed, **numbers,
                    "wall_seconds": time.perf_counter() - t0}
@@ -180,7 +175,8 @@ def format_mean_std(value: tuple[float, float] | None) -> str:
     return "-" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
-def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, Any]], sigma: float, seconds: float) -> None:
+def write_results(out: AblationFolder, table: list[dict[str, Any]], rows: list[dict[str, Any]], sigma: float,
+                  seconds: float) -> None:
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -189,7 +185,7 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
                 writer.writerow([e["cell"], e["label"], e["seeds"]] + [
                     v for k, _ in METRICS for v in (e[k] if e[k] is not None else ("", ""))])
 
-    atomic_write(out / "results.csv", write_csv)
+    atomic_write(out.results_csv, write_csv)
     header = "| cell | seeds | " + " | ".join(label for _, label in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 2)]
     for e in table:
@@ -198,10 +194,10 @@ def write_results(out: Path, table: list[dict[str, Any]], rows: list[dict[str, A
     note = (f"\nMean ± std over seeds; test split; AUC under Gaussian noise at sigma {sigma}. "
             f"Time of all {len(rows)} runs (train + evaluate + noise): {cell_minutes:.1f} min; "
             f"of this call: {seconds / 60:.1f} min.\n")
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n" + note)
-    atomic_write_json(out / "runs.json", rows)
-    plot_ablation(table, out / "results.png")
-    plot_context_vs_twin(rows, out / "context_vs_twin.png")
+    atomic_write_text(out.results_md, "\n".join(lines) + "\n" + note)
+    atomic_write_json(out.runs_json, rows)
+    plot_ablation(table, out.results_png)
+    plot_context_vs_twin(rows, out.context_vs_twin)
 
 
 def plot_ablation(table: list[dict[str, Any]], path: Path) -> None:

@@ -23,12 +23,14 @@ import numpy as np
 import yaml
 
 from hegl_cli import __version__
-from hegl_cli.engine.io import atomic_write_text
-from hegl_cli.engine.predict import predict_split
-from hegl_cli.engine.runs import LoadedRun, load_run
+from hegl_cli.data.cache import counterfactual_split, read_manifest
+from hegl_cli.data.labels import annotated_positives
+from hegl_cli.engine.checkpoint import LoadedRun, load_run
+from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_files
 from hegl_cli.errors import UserError
-from hegl_cli.evaluation.evaluate import counterfactual_split
-from hegl_cli.plots import plt
+from hegl_cli.fs.atomic import atomic_write_text
+from hegl_cli.models.inference import predict_split
+from hegl_cli.plots import draw_heatmap, plot_training_curves, plt, upsample
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;color:#1b1f24}
@@ -92,7 +94,7 @@ def read_json(path: Path) -> Any:
 # --- sections of one run --------------------------------------------------------------------------
 def run_header(loaded: LoadedRun) -> str:
     cfg, meta = loaded.cfg, loaded.meta
-    marker = read_json(loaded.folder / "hegl-run.json") or {}
+    marker = read_json(RunFolder(loaded.folder).marker) or {}
     facts = [["run folder", str(loaded.folder)], ["created", marker.get("created", "–")],
              ["checkpoint", f"{loaded.which} (epoch {meta.get('epoch')}, val macro AUC {fmt(meta.get('val_auc'))})"],
              ["encoder", f"{cfg.model.encoder} {cfg.model.encoder_kwargs or ''} at {cfg.data.image_size} px"],
@@ -103,13 +105,11 @@ def run_header(loaded: LoadedRun) -> str:
              ["thresholds", f"chosen on {meta.get('thresholds_chosen_on', 'val')} by {meta.get('threshold_metric')}"],
              ["versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())]]
     config = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    return (table(None, facts, "facts") + "<details><summary>config.yaml</summary>"
+    return (table(None, facts, "facts") + "<details><summary>the resolved config</summary>"
             f"<pre>{esc(config)}</pre></details>")
 
 
 def data_section(loaded: LoadedRun) -> str:
-    from hegl_cli.data.cache import read_manifest
-
     manifest = read_manifest(loaded.data)
     splits = [s for s in manifest["splits"] if (loaded.data / s / "has_mask.npy").is_file()]
     masks = {s: np.load(loaded.data / s / "has_mask.npy").sum(0) for s in splits}
@@ -123,13 +123,11 @@ def data_section(loaded: LoadedRun) -> str:
 
 
 def training_section(loaded: LoadedRun) -> str:
-    from hegl_cli.plots import plot_training_curves
-
-    metrics = loaded.folder / "metrics.jsonl"
-    if not metrics.is_file():
-        return "<p class=note>no metrics.jsonl: the run has no finished epoch</p>"
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    curves = loaded.folder / "curves.png"
+    folder = RunFolder(loaded.folder)
+    history = folder.read_metrics()
+    if not history:
+        return f"<p class=note>no {esc(folder.metrics.name)}: the run has no finished epoch</p>"
+    curves = folder.curves
     if not curves.is_file() and history:
         plot_training_curves(history, curves)
     best = max(history, key=lambda h: h.get("val_auc") or -1) if history else {}
@@ -185,47 +183,43 @@ def results_section(report: dict[str, Any] | None) -> str:
 
 
 def robustness_section(folder: Path) -> str:
-    data = read_json(folder / "robustness.json")
+    json_path, picture = robustness_files(folder)
+    data = read_json(json_path)
     if data is None:
-        return "<p class=note>no robustness.json: run <code>hegl robustness RUN</code></p>"
+        return f"<p class=note>no {esc(json_path.name)}: run <code>hegl robustness RUN</code></p>"
     rows = [[r["run"], r["sigma"], *(r[k]["mean"] if r.get(k) else None for k in ("auc", "f1", "mcc", "energy_in_mask"))]
             for r in data["records"]]
-    picture = folder / "robustness.png"
     return (table(["run", "sigma", "AUC", "F1", "MCC", "energy in mask"], rows)
             + (img(png_uri(picture), "robustness curves") if picture.is_file() else ""))
 
 
 def _case_figure(image: np.ndarray, masks: np.ndarray, attention: np.ndarray, classes: list[str], probs: np.ndarray,
                  thresholds: np.ndarray, focus: int, title: str) -> str:
-    from hegl_cli.explain import upsample
-
     heat = upsample(attention.astype(np.float32), image.shape[0])
     fig, axes = plt.subplots(1, len(classes) + 1, figsize=(2.3 * (len(classes) + 1), 2.6))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     if masks[focus].any():
         axes[0].contour(masks[focus], levels=[0.5], colors="lime", linewidths=1)
     axes[0].set_title(title, fontsize=9)
+    axes[0].axis("off")
     for ax, c in zip(axes[1:], range(len(classes))):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(heat[c] / max(float(heat[c].max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        mark = "+" if probs[c] >= thresholds[c] else "-"
+        draw_heatmap(ax, image, heat[c], f"{classes[c]} {probs[c]:.2f} ({mark})", alpha=0.45,
+                     title_color="C3" if c == focus else "black")
         if masks[c].any():
             ax.contour(masks[c], levels=[0.5], colors="lime", linewidths=0.8)
-        mark = "+" if probs[c] >= thresholds[c] else "-"
-        ax.set_title(f"{classes[c]} {probs[c]:.2f} ({mark})", fontsize=9, color="C3" if c == focus else "black")
-    for ax in axes:
-        ax.axis("off")
     return figure_uri(fig)
 
 
 def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
     """Test images with the expert mask outlined (green) beside every class map."""
-    from hegl_cli.evaluation.attention import energy_in_mask, patch_coverage
+    from hegl_cli.evaluation.alignment import energy_in_mask, patch_coverage
 
     split = loaded.split
     if split is None or len(split) == 0 or per_kind <= 0:
         return "<p class=note>no test images to show</p>"
     preds = predict_split(loaded.model, split, loaded.device, loaded.cfg.eval.batch_size)
-    pairs = np.argwhere((np.nan_to_num(split.labels) > 0.5) & split.has_mask)
+    pairs = np.argwhere(annotated_positives(split.labels, split.has_mask))
     energy = np.array([float(energy_in_mask(preds.attention[i, c][None], patch_coverage(split.masks(i)[c][None],
                                                                                         preds.attention.shape[-2:]))[0])
                        for i, c in pairs]) if len(pairs) else np.zeros(0)
@@ -269,20 +263,21 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
     return "".join(parts)
 
 
-def ablation_section(folder: Path) -> str:
-    rows = read_json(folder / "runs.json") or []
-    table_md = (folder / "results.md").read_text() if (folder / "results.md").is_file() else ""
+def ablation_section(path: Path) -> str:
+    folder = AblationFolder(path)
+    rows = read_json(folder.runs_json) or []
+    table_md = folder.results_md.read_text() if folder.results_md.is_file() else ""
     lines = [line for line in table_md.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    body = table(cells[0], cells[2:]) if len(cells) > 2 else "<p class=note>no results.md</p>"
-    pictures = [(folder / "results.png", "ablation figure"),
-                (folder / "context_vs_twin.png", "context reliance against twin shortcut reliance, every run")]
-    return (f"<h2>Ablation {esc(folder.name)}</h2><p>{len(rows)} run(s) (mean ± std over seeds).</p>" + body
+    body = table(cells[0], cells[2:]) if len(cells) > 2 else f"<p class=note>no {esc(folder.results_md.name)}</p>"
+    pictures = [(folder.results_png, "ablation figure"),
+                (folder.context_vs_twin, "context reliance against twin shortcut reliance, every run")]
+    return (f"<h2>Ablation {esc(path.name)}</h2><p>{len(rows)} run(s) (mean ± std over seeds).</p>" + body
             + "".join(img(png_uri(path), alt) for path, alt in pictures if path.is_file()))
 
 
 def is_ablation(folder: Path) -> bool:
-    return (folder / "results.csv").is_file() and (folder / "runs").is_dir()
+    return AblationFolder(folder).is_ablation()
 
 
 def comparison(runs: list[tuple[Path, dict[str, Any] | None, dict[str, Any]]]) -> str:
@@ -308,7 +303,7 @@ def build_report(targets: list[Path], out: Path, which: str = "best", device: st
             log(f"ablation {target}")
             sections.append(ablation_section(target))
             continue
-        report = read_json(target / "eval" / "test.json")
+        report = read_json(RunFolder(target).eval_report("test"))
         runs.append((target, report, load_meta(target, which)))
         log(f"run {target}")
         sections.append(run_section(target, which, device, per_kind, report))

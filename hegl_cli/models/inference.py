@@ -1,4 +1,8 @@
-"""Batched inference over a cache split (optionally perturbed), shared by train, evaluate, robustness."""
+"""Running a model: on a batch of images, or batched over a cache split (optionally perturbed).
+
+Shared by training (validation), evaluation (faithfulness, context audit) and every app; bf16
+autocast on CUDA, nothing changed elsewhere.
+"""
 
 from __future__ import annotations
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import posixpath
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
+from hegl_cli.data.records import Finding, Record, safe_file_name
 from hegl_cli.errors import UserError
 
 CHESTXDET_CLASSES: tuple[str, ...] = (
@@ -24,7 +23,8 @@ CHESTXDET10_CLASSES: tuple[str, ...] = (
     "Mass", "Nodule", "Pneumothorax",
 )
 
-FORMATS: dict[str, dict[str, Any]] = {
+# Per format: its classes and, per split, the annotation file names of the official download.
+LAYOUTS: dict[str, dict[str, Any]] = {
     "chestxdet": {
         "classes": CHESTXDET_CLASSES,
         "annotations": {"train": ["ChestX_Det_train.json"], "test": ["ChestX_Det_test.json"]},
@@ -34,52 +34,7 @@ FORMATS: dict[str, dict[str, Any]] = {
         "annotations": {"train": ["train.json"], "test": ["test.json"]},
     },
 }
-FORMATS["nih"] = {"classes": (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)}  # CSV formats: read by their own modules (hegl_cli.data.nih, .boxcsv), not from a JSON layout
-FORMATS["rsna"] = {"classes": ("Pneumonia",)}
-FORMATS["vindr"] = {"classes": (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
-    "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis",
-)}
-FORMATS["siim"] = {"classes": ("Pneumothorax",)}
-TABLE_FORMATS = ("nih", "rsna", "vindr", "siim")
 IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["test", "test_data"]}
-
-
-@dataclass
-class Finding:
-    """One annotated finding in original pixel coordinates."""
-
-    label: str
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2
-    polygon: list[tuple[float, float]] | None = None
-    rle: str | None = None  # a pixel mask, run-length encoded as in SIIM (see hegl_cli.data.masks.decode_rle)
-
-
-@dataclass
-class Record:
-    """One image, its findings (with a box, polygon or pixel mask) and, where the data names them, its
-    image-level labels and patient."""
-
-    file_name: str
-    findings: list[Finding] = field(default_factory=list)
-    image_labels: set[str] | None = None  # labels of the whole image; None: the findings' labels
-    patient: str | None = None  # images of one patient stay in one split
-
-    @property
-    def labels(self) -> set[str]:
-        found = {f.label for f in self.findings}
-        return found if self.image_labels is None else self.image_labels | found
-
-
-@dataclass
-class ParseReport:
-    """What was rejected while reading an annotation file, one line per problem."""
-
-    problems: list[str] = field(default_factory=list)
 
 
 def read_annotation_file(path: Path) -> list[Any]:
@@ -93,20 +48,6 @@ def read_annotation_file(path: Path) -> list[Any]:
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
-
-
-def safe_file_name(name: Any) -> str | None:
-    """The name in normal form (``./a.png`` and ``a.png`` are one file) if it stays inside the images
-    folder, else None (``../x``, ``/x``, ``C:\\x``, empty, NUL)."""
-    if not isinstance(name, str) or not name.strip() or "\0" in name:
-        return None
-    posix, windows = PurePosixPath(name), PureWindowsPath(name)
-    if posix.is_absolute() or windows.is_absolute() or windows.drive:
-        return None
-    if ".." in posix.parts or ".." in windows.parts:
-        return None
-    normal = posixpath.normpath(name.replace("\\", "/"))
-    return None if normal in (".", "") else normal
 
 
 def parse_record(raw: Any, classes: tuple[str, ...]) -> Record:
@@ -177,8 +118,8 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def parse_records(path: Path, classes: tuple[str, ...], report: ParseReport) -> list[Record]:
-    """Read and validate every record of one file; bad records are reported by name and skipped."""
+def parse_records(path: Path, classes: tuple[str, ...], problems: list[str]) -> list[Record]:
+    """Read and validate every record of one file; bad records are named in ``problems`` and skipped."""
     records: list[Record] = []
     seen: set[str] = set()
     for index, raw in enumerate(read_annotation_file(path)):
@@ -186,10 +127,10 @@ def parse_records(path: Path, classes: tuple[str, ...], report: ParseReport) -> 
         try:
             record = parse_record(raw, classes)
         except ValueError as exc:
-            report.problems.append(f"{path.name}: record {index} ({label}): {exc}")
+            problems.append(f"{path.name}: record {index} ({label}): {exc}")
             continue
         if record.file_name in seen:
-            report.problems.append(f"{path.name}: record {index} ({label}): duplicate file_name "
+            problems.append(f"{path.name}: record {index} ({label}): duplicate file_name "
                                    f"{record.file_name!r}, skipped")
             continue
         seen.add(record.file_name)
@@ -202,7 +143,7 @@ def find_source_layout(source: Path, fmt: str) -> dict[str, tuple[Path, Path]]:
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
     layout: dict[str, tuple[Path, Path]] = {}
-    for split, names in FORMATS[fmt]["annotations"].items():
+    for split, names in LAYOUTS[fmt]["annotations"].items():
         ann = next((source / n for n in names if (source / n).is_file()), None)
         if ann is None:
             raise UserError(f"{source}: no {' or '.join(names)} found for the {split} split")

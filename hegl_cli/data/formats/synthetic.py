@@ -23,22 +23,15 @@ Deterministic by seed: every image draws from its own ``default_rng([seed, split
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from hegl_cli.data.prepare import (
-    PrepareOptions,
-    PrepareResult,
-    SplitSource,
-    _parallel_map,
-    build_cache,
-    fingerprint,
-    up_to_date,
-)
+from hegl_cli.data.parallel import parallel_map
+from hegl_cli.data.records import SplitSource
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Effusion", "Consolidation")
 SPLIT_IDS = {"train": 0, "test": 1}
@@ -356,7 +349,7 @@ def write_synthetic_source(spec: SyntheticSpec, root: Path, workers: int = 0, pr
             twin_folder.mkdir(parents=True, exist_ok=True)
         records, cues, twin_cues = [], {}, {}
         items = [(spec, split, i) for i in range(count)]
-        for case in _parallel_map(generate_case, items, workers, f"generate {split}", progress):
+        for case in parallel_map(generate_case, items, workers, f"generate {split}", progress):
             name = case["file_name"]
             _save_png(case["image"], folder / name)
             records.append({"file_name": name, **case["record"]})
@@ -371,25 +364,3 @@ def write_synthetic_source(spec: SyntheticSpec, root: Path, workers: int = 0, pr
         if split == "test":
             sources["test_counterfactual"] = SplitSource("test_counterfactual", annotation, twin_folder, cue=twin_cues)
     return sources
-
-
-def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -> PrepareResult:
-    """Generate the built-in dataset inside the cache folder (``source/``) and import it."""
-    from hegl_cli import __version__
-
-    identity = fingerprint([__version__, "synthetic", asdict(spec), options.image_size, options.seed,
-                            options.val_fraction, options.mask_source])
-    done = up_to_date(out, identity, options.force)
-    if done is not None:
-        return done
-    partial_sources: dict[str, SplitSource] = {}
-
-    def generate(partial: Path) -> None:
-        partial_sources.update(write_synthetic_source(spec, partial / "source", options.workers, options.progress))
-        sources[:] = [partial_sources[name] for name in ("train", "test", "test_counterfactual")]
-
-    sources: list[SplitSource] = []
-    extra = {"fingerprint": identity, "synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
-                                                    "counterfactual_of": {"test_counterfactual": "test"}}}
-    return build_cache("synthetic", sources, out, options, classes=list(SYNTHETIC_CLASSES),
-                       source_description="builtin:synthetic", extra_manifest=extra, before_build=generate)

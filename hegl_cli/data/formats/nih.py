@@ -11,33 +11,21 @@ carved from train by patient as well, so no patient is in two splits.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import math
 import os
 from pathlib import Path
 
-from hegl_cli.data.chestxdet import FORMATS, Finding, Record
-from hegl_cli.data.splits import split_by_group
+from hegl_cli.data.formats.files import find_file, open_text
+from hegl_cli.data.records import Finding, Record
+from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
 
-NIH_CLASSES: tuple[str, ...] = FORMATS["nih"]["classes"]
+NIH_CLASSES: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
 BOX_ALIASES = {"Infiltrate": "Infiltration"}
 NO_FINDING = "No Finding"
-
-
-def open_text(path: Path) -> io.TextIOBase:
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
-
-
-def find_file(source: Path, patterns: list[str], what: str, required: bool = True) -> Path | None:
-    for pattern in patterns:
-        found = sorted(source.glob(pattern))
-        if found:
-            return found[-1]  # Data_Entry_2017_v2020.csv sorts after Data_Entry_2017.csv
-    if required:
-        raise UserError(f"{source}: no {what} ({' or '.join(patterns)})")
-    return None
 
 
 def image_index(source: Path) -> dict[str, str]:
@@ -119,6 +107,6 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
         test = [r for n, r in by_name.items() if n in test_list]
         train = [r for n, r in by_name.items() if n not in test_list and (train_list is None or n in train_list)]
     else:
-        train, test = split_by_group(records, test_fraction, seed + 7919)  # another draw than val's
+        train, test = hold_out_test(records, seed, test_fraction)
     files = {"labels": entries, **({"boxes": bbox} if bbox else {})}
     return {"train": train, "test": test}, problems, files

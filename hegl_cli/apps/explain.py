@@ -8,27 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from hegl_cli.data.images import (  # noqa: E402
-    DEFAULT_MAX_PIXELS,
-    collect_image_files,
-    load_image,
-    preprocess_array,
-    square_and_resize,
-)
-from hegl_cli.engine.io import atomic_write_json  # noqa: E402
-from hegl_cli.engine.predict import predict_images  # noqa: E402
-from hegl_cli.engine.runs import load_run  # noqa: E402
-from hegl_cli.errors import UserError  # noqa: E402
+from hegl_cli.data.images import collect_image_files, load_image, preprocess_array, square_and_resize
+from hegl_cli.engine.checkpoint import LoadedRun, load_run
+from hegl_cli.engine.run_folder import RunFolder
+from hegl_cli.errors import UserError
+from hegl_cli.fs.atomic import atomic_write_json
+from hegl_cli.models.inference import predict_images
+from hegl_cli.plots import draw_heatmap, plt, upsample
 
 DISPLAY_SIZE = 512
 
@@ -73,40 +63,21 @@ def select_classes(all_classes: list[str], wanted: list[str] | None) -> list[int
     return out
 
 
-def upsample(maps: np.ndarray, size: int) -> np.ndarray:
-    """(C, h, w) -> (C, size, size), bilinear; each map keeps its total mass."""
-    t = torch.from_numpy(maps).unsqueeze(0).float()
-    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
-    up = up.clamp_min(0)
-    up = up / up.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1) * torch.from_numpy(maps).flatten(1).sum(1).view(-1, 1, 1)
-    return up.numpy()
-
-
-def _draw_overlay(ax, display: np.ndarray, heat: np.ndarray, title: str) -> None:
-    ax.imshow(display, cmap="gray", vmin=0, vmax=1)
-    ax.imshow(heat / max(float(heat.max()), 1e-12), cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-
-
-def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int], out_dir: Path,
-                  device: torch.device) -> Explanation:
+def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], out_dir: Path) -> Explanation:
     """Predict one image and write overlays, a grid, predictions.json and the raw maps into ``out_dir``."""
-    size = int(meta["image_size"])
-    classes = meta["classes"]
-    raw = load_image(path, int(meta.get("max_pixels", DEFAULT_MAX_PIXELS)))  # decoded once: model input and display
+    size, classes, thresholds = loaded.image_size, loaded.classes, loaded.thresholds
+    raw = load_image(path, loaded.cfg.data.max_pixels)  # decoded once: model input and display
     pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
     image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
-    probs_t, maps_t = predict_images(model, image, device)
+    probs_t, maps_t = predict_images(loaded.model, image, loaded.device)
     probs, maps = probs_t[0].numpy(), maps_t[0].numpy()  # (C,), (C, h, w)
-    thresholds = np.asarray(meta.get("thresholds", [0.5] * len(classes)))
     display, _ = square_and_resize(raw, min(DISPLAY_SIZE, max(size, 256)))
     heat = upsample(maps, display.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     for c in class_idx:
         fig, ax = plt.subplots(figsize=(5, 5))
         verdict = "positive" if probs[c] >= thresholds[c] else "negative"
-        _draw_overlay(ax, display, heat[c], f"{classes[c]}  p={probs[c]:.2f}  ({verdict}, t={thresholds[c]:.2f})")
+        draw_heatmap(ax, display, heat[c], f"{classes[c]}  p={probs[c]:.2f}  ({verdict}, t={thresholds[c]:.2f})")
         fig.tight_layout()
         fig.savefig(out_dir / f"overlay_{_slug(classes[c])}.png", dpi=100)
         plt.close(fig)
@@ -115,7 +86,7 @@ def explain_image(model, meta: dict[str, Any], path: Path, class_idx: list[int],
     np.save(out_dir / "attention_image.npy", upsample(maps, size).astype(np.float32))
     record = {
         "image": str(path), "model_input_size": size, "grid": list(maps.shape[-2:]),
-        "checkpoint": meta.get("which", "best"), "epoch": meta.get("epoch"),
+        "checkpoint": loaded.which, "epoch": loaded.meta.get("epoch"),
         "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
                                  "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
     }
@@ -135,7 +106,7 @@ def _grid(display, heat, probs, thresholds, classes, class_idx, path: Path, titl
     axes[0].axis("off")
     for ax, c in zip(axes[1:], class_idx):
         mark = "+" if probs[c] >= thresholds[c] else "-"
-        _draw_overlay(ax, display, heat[c], f"{classes[c]} {probs[c]:.2f} ({mark})")
+        draw_heatmap(ax, display, heat[c], f"{classes[c]} {probs[c]:.2f} ({mark})")
     for ax in axes[n:]:
         ax.axis("off")
     fig.tight_layout()
@@ -152,21 +123,19 @@ def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[st
             eval_layers: list | None = None) -> ExplainResult:
     """Explain every readable image in ``inputs``; an unreadable one is reported and skipped.
 
-    Output per image in ``out/<name>`` (or ``RUN/explain/<name>``), ``<name>`` distinct per file;
-    a single file with ``out`` writes into ``out`` itself.
+    Output per image in ``out/<name>`` (or the run folder's explain folder), ``<name>`` distinct per
+    file; a single file with ``out`` writes into ``out`` itself.
     """
     files, failed = collect_image_files(inputs, recursive=False)
     loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain")
-    meta = {**loaded.meta, "which": which, "thresholds": loaded.thresholds.tolist(),
-            "max_pixels": loaded.cfg.data.max_pixels}
     class_idx = select_classes(loaded.classes, classes)
-    base = out or run / "explain"
+    base = out or RunFolder(run).explain_dir
     single = len(files) == 1 and len(inputs) == 1 and out is not None and not inputs[0].is_dir()
     results = []
     for path, name in zip(files, output_names(files)):
         target = base if single else base / name
         try:
-            results.append(explain_image(loaded.model, meta, path, class_idx, target, loaded.device))
+            results.append(explain_image(loaded, path, class_idx, target))
         except UserError as exc:
             failed.append(str(exc))
             log(f"skipped: {exc}")

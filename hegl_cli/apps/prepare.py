@@ -1,0 +1,138 @@
+"""`hegl prepare`: read a dataset in one of the known layouts and build the cache training reads.
+
+One function per kind of source: :func:`prepare_synthetic` (the built-in benchmark, generated inside
+the cache), :func:`prepare_chestxdet` (ChestX-Det's JSON layout) and :func:`prepare_table` (CSV
+annotations as downloaded); :func:`prepare` picks one by ``--format``. The readers live in
+:mod:`hegl_cli.data.formats`, the cache builder in :mod:`hegl_cli.data.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from hegl_cli import __version__
+from hegl_cli.config import Config
+from hegl_cli.data.build import (
+    PrepareOptions,
+    PrepareResult,
+    build_cache,
+    file_digest,
+    fingerprint,
+    source_fingerprint,
+    up_to_date,
+)
+from hegl_cli.data.formats import FORMATS, JSON_FORMATS, TABLE_FORMATS, format_classes
+from hegl_cli.data.formats.chestxdet import find_source_layout
+from hegl_cli.data.formats.nih import read_nih
+from hegl_cli.data.formats.rsna import read_rsna
+from hegl_cli.data.formats.siim import read_siim
+from hegl_cli.data.formats.synthetic import (
+    CUE_NAMES,
+    SYNTHETIC_CLASSES,
+    SyntheticSpec,
+    write_synthetic_source,
+)
+from hegl_cli.data.formats.vindr import read_vindr
+from hegl_cli.data.records import SplitSource
+from hegl_cli.errors import UserError
+
+
+def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = None, source: Path | None = None,
+            annotations: dict[str, Path] | None = None, images: dict[str, Path] | None = None) -> PrepareResult:
+    """Build the cache of ``--format fmt`` at ``out`` (default ``data/<fmt>``) from the ``data`` config."""
+    target = out or Path("data") / fmt
+    if fmt == "synthetic":
+        if source or annotations:
+            raise UserError("--source/--annotations need --format chestxdet or chestxdet10")
+        spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
+                             size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
+        return prepare_synthetic(target, options, spec)
+    if fmt in TABLE_FORMATS:
+        if annotations or images:
+            raise UserError(f"--format {fmt} reads the official layout: pass --source DIR")
+        return prepare_table(fmt, target, options, source, cfg.data.classes, cfg.data.label_fusion)
+    return prepare_chestxdet(fmt, target, options, source, annotations, images, classes=cfg.data.classes)
+
+
+def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
+    """``data.classes`` (a subset, in the format's order) or every class of the format."""
+    known = list(format_classes(fmt))
+    if not wanted:
+        return known
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise UserError(f"config key 'data.classes': {unknown[0]!r} is not a class of --format {fmt} "
+                        f"(classes: {', '.join(known)})")
+    return [c for c in known if c in wanted]
+
+
+def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | None,
+                  classes: list[str] | None = None, fusion: str = "any") -> PrepareResult:
+    """Import a CSV-described dataset as downloaded: ``nih``, ``rsna``, ``vindr`` or ``siim`` (one
+    module each in :mod:`hegl_cli.data.formats`)."""
+    if source is None:
+        raise UserError(f"--format {fmt} needs --source DIR (the unpacked official download)")
+    chosen = select_classes(fmt, classes)
+    readers = {"nih": read_nih, "rsna": read_rsna, "siim": read_siim,
+               "vindr": lambda src, cls, seed: read_vindr(src, cls, seed, fusion)}
+    records, problems, files = readers[fmt](Path(source), tuple(chosen), options.seed)
+    sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
+    identity = fingerprint([source_fingerprint(fmt, sources, options, chosen), fusion,
+                            *[file_digest(f) for f in files.values()],
+                            {name: [r.file_name for r in recs] for name, recs in records.items()}])
+    done = up_to_date(out, identity, options.force)
+    if done is not None:
+        return done
+    description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
+    return build_cache(fmt, sources, out, options, classes=chosen, source_description=description,
+                       extra_manifest={"fingerprint": identity, **({"label_fusion": fusion} if fmt == "vindr" else {})},
+                       reader_problems=problems)
+
+
+def prepare_chestxdet(
+    fmt: str, out: Path, options: PrepareOptions, source: Path | None = None,
+    annotations: dict[str, Path] | None = None, images: dict[str, Path] | None = None,
+    classes: list[str] | None = None,
+) -> PrepareResult:
+    """Import the official ChestX-Det / ChestX-Det10 download (folder layout or explicit files)."""
+    if fmt not in JSON_FORMATS:
+        raise UserError(f"unknown format '{fmt}' (valid: {', '.join(FORMATS)})")
+    if annotations:
+        missing = set(annotations) ^ set(images or {})
+        if missing:
+            raise UserError(f"--annotations and --images must name the same splits (mismatch: {', '.join(sorted(missing))})")
+        layout = {split: (Path(annotations[split]), Path(images[split])) for split in annotations}  # type: ignore[index]
+    elif source is not None:
+        layout = find_source_layout(Path(source), fmt)
+    else:
+        raise UserError(f"--format {fmt} needs --source DIR (or --annotations/--images per split)")
+    sources = [SplitSource(name, ann, img) for name, (ann, img) in layout.items()]
+    for src in sources:
+        if not src.annotations.is_file():
+            raise UserError(f"annotation file not found: {src.annotations}")
+    chosen = select_classes(fmt, classes)
+    done = up_to_date(out, source_fingerprint(fmt, sources, options, chosen), options.force)
+    if done is not None:
+        return done
+    return build_cache(fmt, sources, out, options, classes=chosen)
+
+
+def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -> PrepareResult:
+    """Generate the built-in dataset inside the cache folder (``source/``) and import it."""
+    identity = fingerprint([__version__, "synthetic", asdict(spec), options.image_size, options.seed,
+                            options.val_fraction, options.mask_source])
+    done = up_to_date(out, identity, options.force)
+    if done is not None:
+        return done
+    partial_sources: dict[str, SplitSource] = {}
+
+    def generate(partial: Path) -> None:
+        partial_sources.update(write_synthetic_source(spec, partial / "source", options.workers, options.progress))
+        sources[:] = [partial_sources[name] for name in ("train", "test", "test_counterfactual")]
+
+    sources: list[SplitSource] = []
+    extra = {"fingerprint": identity, "synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
+                                                    "counterfactual_of": {"test_counterfactual": "test"}}}
+    return build_cache("synthetic", sources, out, options, classes=list(SYNTHETIC_CLASSES),
+                       source_description="builtin:synthetic", extra_manifest=extra, before_build=generate)

@@ -1,0 +1,274 @@
+"""Run folders and ablation folders: every file hegl keeps in them, named here and nowhere else.
+
+``runs/<name>/`` holds the resolved config, the checkpoints and every output of one run, and
+``runs/latest`` points at the newest. A run folder is marked as hegl's by ``hegl-run.json`` (written
+when it is created); ``--force`` only ever deletes a folder that carries the marker and that no
+process is using. A run name is one path component. ``history.jsonl`` records every start and resume
+of the run with what changed. An ablation folder (``ablations/<name>/``) holds one run folder per
+(cell, seed) under ``runs/`` and the tables and figures across them, marked by ``hegl-ablation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from hegl_cli import __version__
+from hegl_cli.errors import UserError
+from hegl_cli.fs.locks import FolderLock, is_locked
+
+RUNS_DIR = Path("runs")
+LATEST = "latest"
+CHECKPOINTS = ("best", "last")
+LOCK = ".hegl-lock"
+ROBUSTNESS_JSON, ROBUSTNESS_PNG = "robustness.json", "robustness.png"  # in a run folder or any --out folder
+
+
+def write_marker(path: Path) -> None:
+    """Write the small JSON file that marks a folder as hegl's (kept when it exists)."""
+    if not path.is_file():
+        path.write_text(json.dumps({"hegl": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+
+
+class HeglFolder:
+    """A folder hegl makes and marks as its own: its marker file and its lock."""
+
+    MARKER = ""  # the marker's file name, per kind of folder
+    KIND = ""  # how the lock names the folder to a second process
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def marker(self) -> Path:
+        return self.path / self.MARKER
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def lock(self) -> FolderLock:
+        return FolderLock(self.lock_file, f"{self.KIND} {self.path}")
+
+    def write_marker(self) -> None:
+        write_marker(self.marker)
+
+    def _is_folder(self) -> bool:
+        return not self.path.is_symlink() and self.path.is_dir()
+
+
+class RunFolder(HeglFolder):
+    """One run's folder; ``RunFolder(path).metrics`` and the like are its files."""
+
+    MARKER = "hegl-run.json"
+    KIND = "run folder"
+
+    # -- what training writes ---------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        """The resolved config the run was trained with."""
+        return self.path / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        """Everything an exact resume needs (model, optimizer, RNGs, ...), rewritten every epoch."""
+        return self.path / "state.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per finished epoch."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def history(self) -> Path:
+        """One JSON line per start or resume."""
+        return self.path / "history.jsonl"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def weights(self, which: str) -> Path:
+        return self.path / f"{which}.safetensors"
+
+    def meta(self, which: str) -> Path:
+        return self.path / f"{which}.json"
+
+    # -- what the other commands write ------------------------------------------------------
+    def eval_report(self, split: str) -> Path:
+        return self.path / "eval" / f"{split}.json"
+
+    def eval_table(self, split: str) -> Path:
+        return self.path / "eval" / f"{split}.csv"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.path / "explain"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def cell(self) -> Path:
+        """An ablation run's numbers, written when the (cell, seed) is done."""
+        return self.path / "cell.json"
+
+    # -- the folder as a whole --------------------------------------------------------------
+    def is_hegl_run(self) -> bool:
+        """A folder hegl made for a run (0.1.0 runs, made before the marker, have a config and a state)."""
+        return self._is_folder() and (self.marker.is_file() or (self.config.is_file() and self.state.is_file()))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The epochs of ``metrics.jsonl`` ([] when there is none)."""
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def append_history(self, event: str, **fields: Any) -> None:
+        """One line per start/resume: time, event, the command line and what changed."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": event, "argv": sys.argv[1:], **fields}
+        with open(self.history, "a") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def robustness_files(folder: Path) -> tuple[Path, Path]:
+    """(``robustness.json``, ``robustness.png``) in ``folder`` (a run folder or the user's --out)."""
+    return Path(folder) / ROBUSTNESS_JSON, Path(folder) / ROBUSTNESS_PNG
+
+
+class AblationFolder(HeglFolder):
+    """``ablations/<name>/``: a run folder per (cell, seed) under ``runs/``, tables and figures across them."""
+
+    MARKER = "hegl-ablation.json"
+    KIND = "ablation folder"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.runs_dir / name)
+
+    @property
+    def results_csv(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def results_md(self) -> Path:
+        return self.path / "results.md"
+
+    @property
+    def results_png(self) -> Path:
+        return self.path / "results.png"
+
+    @property
+    def runs_json(self) -> Path:
+        return self.path / "runs.json"
+
+    @property
+    def context_vs_twin(self) -> Path:
+        return self.path / "context_vs_twin.png"
+
+    def is_ablation(self) -> bool:
+        """The one rule: the marker (or, from before the marker, the results table next to runs/)."""
+        return self._is_folder() and (self.marker.is_file() or (self.results_csv.is_file() and self.runs_dir.is_dir()))
+
+
+def validate_run_name(name: str) -> str:
+    """A run name is one plain path component (no separators, not '.', '..' or 'latest')."""
+    text = str(name)
+    parts_posix, parts_windows = PurePosixPath(text).parts, PureWindowsPath(text).parts
+    if (text.strip() in ("", ".", "..", LATEST) or "\0" in text or len(parts_posix) != 1
+            or len(parts_windows) != 1 or text.startswith("-")):
+        raise UserError(f"invalid run name {text!r}: a run name is one folder name such as 'baseline-1' "
+                        "(no '/', '..' or absolute paths; use --runs-dir to choose where runs live)")
+    return text
+
+
+def is_hegl_run(folder: Path) -> bool:
+    return RunFolder(folder).is_hegl_run()
+
+
+def create_run_dir(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = False) -> Path:
+    """Make ``runs_dir/<name>`` (a timestamp when no name) for a new run and mark it as hegl's.
+
+    An existing non-empty folder is refused, or with ``force`` replaced, but only when it is a hegl
+    run that no process holds; anything else is never deleted.
+    """
+    run = RunFolder(Path(runs_dir) / validate_run_name(time.strftime("%Y%m%d-%H%M%S") if name is None else name))
+    path = run.path
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; refusing to use it as a run folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
+                            "start it over, or another --name")
+        if not run.is_hegl_run():
+            raise UserError(f"{path} is not a hegl run folder (no {RunFolder.MARKER}); --force only replaces "
+                            "runs that hegl made, so it was left alone: choose another --name")
+        if is_locked(run.lock_file):
+            run.lock().acquire()  # raises, naming the holder
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run.write_marker()
+    return path
+
+
+def remove_if_unused(run: Path) -> None:
+    """Remove a run folder that holds nothing but hegl's marker and lock (a run that never started)."""
+    folder = RunFolder(run)
+    if folder.path.is_dir() and {p.name for p in folder.path.iterdir()} <= {RunFolder.MARKER, LOCK}:
+        shutil.rmtree(folder.path)
+
+
+def mark_latest(run: Path) -> None:
+    """Point ``<runs>/latest`` at ``run`` (a relative symlink, or a pointer file where links fail)."""
+    link = run.parent / LATEST
+    tmp = run.parent / f".{LATEST}.{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run.name, tmp)
+    except OSError:
+        tmp.write_text(run.name)
+    os.replace(tmp, link)
+
+
+def resolve_run(run: Path | str | None, runs_dir: Path = RUNS_DIR) -> Path:
+    """The run folder named, or the latest one; a clear error when there is none."""
+    if run is None:
+        link = Path(runs_dir) / LATEST
+        if link.is_symlink():
+            target = link.resolve()
+        elif link.is_file():
+            target = Path(runs_dir) / link.read_text().strip()
+        else:
+            raise UserError(f"no run given and no {link}; train one with `hegl train` or pass a run folder")
+        run = target
+    run = Path(run)
+    if not run.is_dir():
+        candidate = Path(runs_dir) / run
+        if candidate.is_dir():
+            run = candidate
+        else:
+            raise UserError(f"run folder not found: {run}")
+    return run

@@ -1,0 +1,80 @@
+"""The run folder as one object (hegl_cli.engine.run_folder): every file of a run is named there, and
+nowhere else in the package."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from hegl_cli.cli.app import app
+from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_files
+
+runner = CliRunner()
+PACKAGE = Path(__file__).resolve().parents[1] / "hegl_cli"
+RUN_FILE_NAMES = (
+    "hegl-run.json", ".hegl-lock", "config.yaml", "state.pt", "metrics.jsonl", "history.jsonl", "curves.png",
+    "best.safetensors", "best.json", "last.safetensors", "last.json", "robustness.json", "robustness.png",
+    "report.html", "cell.json", "hegl-ablation.json", "results.csv", "results.md", "results.png", "runs.json",
+    "context_vs_twin.png",
+)
+
+
+def test_no_module_but_the_run_folder_spells_a_run_file_name():
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "run_folder.py":
+            continue
+        text = path.read_text()
+        spelled += [f"{path.relative_to(PACKAGE)}: {name}" for name in RUN_FILE_NAMES
+                    if re.search(rf"(?<![\w/.-]){re.escape(name)}", text)]
+    assert not spelled, spelled
+
+
+def test_every_file_of_a_used_run_is_one_the_run_folder_names(trained_run, tmp_path):
+    """Train (fixture), evaluate, robustness, explain and report one run: every file in it is a path
+    of its RunFolder (or lies in the folders it names for explanations, evaluations and TensorBoard)."""
+    for argv in (["evaluate", str(trained_run)], ["robustness", str(trained_run), "--sigma", "0.1"],
+                 ["report", str(trained_run), "--gallery", "1"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+    folder = RunFolder(trained_run)
+    png = tmp_path / "x.png"
+    Image.new("L", (40, 40), 90).save(png)
+    assert runner.invoke(app, ["explain", str(png), "--run", str(trained_run)]).exit_code == 0
+    named = {folder.marker, folder.lock_file, folder.config, folder.state, folder.metrics, folder.history,
+             folder.curves, folder.report, folder.eval_report("test"), folder.eval_table("test"),
+             *robustness_files(folder.path), *(p for w in ("best", "last") for p in (folder.weights(w), folder.meta(w)))}
+    under = (folder.explain_dir, folder.tensorboard)
+    stray = [p for p in folder.path.rglob("*") if p.is_file() and p not in named
+             and not any(parent in p.parents for parent in under)]
+    assert not stray, stray
+    assert (folder.explain_dir / "x" / "predictions.json").is_file()
+    assert folder.read_metrics() and all("epoch" in m for m in folder.read_metrics())
+
+
+def test_one_rule_says_what_an_ablation_folder_is(tmp_path):
+    from hegl_cli.apps.ablation import prepare_ablation_folder
+    from hegl_cli.apps.report import is_ablation
+
+    marked = tmp_path / "marked"
+    AblationFolder(marked).path.mkdir()
+    AblationFolder(marked).write_marker()
+    legacy = tmp_path / "legacy"
+    (legacy / "runs").mkdir(parents=True)
+    (legacy / "results.csv").write_text("cell\n")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "results.csv").write_text("my own table\n")
+    for path, expected in ((marked, True), (legacy, True), (user, False), (tmp_path / "missing", False)):
+        assert AblationFolder(path).is_ablation() is expected and is_ablation(path) is expected, path
+    assert prepare_ablation_folder(legacy).is_ablation()  # an ablation hegl made may be resumed
+    try:
+        prepare_ablation_folder(user)
+    except Exception as exc:  # noqa: BLE001 - the one-line refusal
+        assert "is not a hegl ablation folder" in str(exc)
+    else:
+        raise AssertionError("a user's folder was taken for an ablation")
+    assert (user / "results.csv").read_text() == "my own table\n"
