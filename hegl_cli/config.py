@@ -27,7 +27,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hegl_cli.errors import UserError, first_line
+from hegl_cli.errors import UserError
+from hegl_cli.fs.yamlfile import YamlTooLarge, load_yaml
+from hegl_cli.fs.yamlfile import read_yaml as load_yaml_file
 
 MAX_IMAGE_SIZE = 2048
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -57,6 +59,9 @@ class DataConfig:
     classes: list[str] = field(default_factory=list)  # a subset of the dataset's classes ([] = all)
     # VinDr-CXR's three radiologists per image: any (one marked it; union of boxes) | majority
     label_fusion: Literal["any", "majority"] = "any"
+    # A patient whose images the data puts in two splits (official lists can): move them all to the
+    # held-out split (test, then val) and name them in skipped.txt | refuse the prepare.
+    patient_overlap: Literal["move", "refuse"] = "move"
     # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
     max_pixels: int = opt(64_000_000, ge=1)
     # Built-in synthetic dataset (used by `hegl prepare` with no --source).
@@ -326,8 +331,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+    except YamlTooLarge:
+        raise  # an oversized or alias-bomb value is refused, not read as text
+    except UserError:
         value = raw
     if value is None:
         value = raw
@@ -349,12 +356,8 @@ def packaged_config(name: str) -> Path:
 
 
 def read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML ({first_line(exc, 10_000)})") from exc
+    """A YAML file through the one bounded loader (:mod:`hegl_cli.fs.yamlfile`); an empty file is {}."""
+    return load_yaml_file(Path(path)) or {}
 
 
 def config_layers(

@@ -50,7 +50,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_val):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -71,5 +71,5 @@ def plot_robustness(records: list[dict[str, Any]], path: Path, metrics: tuple[st
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

@@ -129,7 +129,15 @@ def test_nih_official_lists_and_class_subset(nih_source, tmp_path):
     out = tmp_path / "cache"
     manifest = prepare("nih", source, out, "--set", "data.classes=[Nodule, Mass, Hernia]")
     assert manifest["classes"] == ["Mass", "Nodule", "Hernia"]  # the format's order
-    assert {Path(f).name for f in CachedSplit(out, "test").files} == test
+    # These lists put a patient in both splits (every 4th image): the patient's train images move to test
+    # and are named (issue 21); no patient is in two splits whatever the lists say.
+    cached_test = {Path(f).name for f in CachedSplit(out, "test").files}
+    patient = {e["Image Index"]: e["Patient ID"] for e in entries}
+    assert cached_test >= test and {patient[n] for n in cached_test - test} <= {patient[n] for n in test}
+    moved = (out / "skipped.txt").read_text().count("moved there")
+    assert moved == len(cached_test - test) > 0
+    train_val = {Path(f).name for s in ("train", "val") for f in CachedSplit(out, s).files}
+    assert not {patient[n] for n in train_val} & {patient[n] for n in cached_test}
     labels = {e["Image Index"]: set(e["Finding Labels"].split("|")) for e in entries}
     hernia = sum("Hernia" in labels[n] for n in present if n not in test)
     if hernia == 0:

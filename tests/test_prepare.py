@@ -46,4 +46,5 @@ def test_a_killed_prepare_leaves_nothing_that_lasts(tmp_path, monkeypatch):
                                  "data.synthetic_source_size=64"])
     assert result.exit_code == 0, result.output
     assert not stale.exists() and alive.exists()
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["synthetic", alive.name]
+    # the lock file stays (a lock file is never deleted: issue 21)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".synthetic.lock", "synthetic", alive.name]

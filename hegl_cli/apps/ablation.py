@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import re
 import time
 from collections.abc import Callable
@@ -20,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from hegl_cli.config import Config, apply_layer, parse_override
+from hegl_cli.config import Config, all_keys, apply_layer, parse_override
 from hegl_cli.engine.run_folder import AblationFolder
 from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json, atomic_write_text
+from hegl_cli.fs.outputs import safe_name
+from hegl_cli.fs.tables import read_json
 
 METRICS: tuple[tuple[str, str], ...] = (
     ("auc", "test macro AUC"), ("val_test_gap", "val-test gap"), ("f1", "test macro F1"),
@@ -43,13 +44,23 @@ class CellSpec:
 
     @property
     def name(self) -> str:
+        """The cell's run-folder name: alpha, beta and each override, by its key alone where no other
+        section has a key of that name (``train.batch_size`` and ``eval.batch_size`` keep theirs)."""
         base = f"a{self.alpha:g}_b{self.beta:g}"
-        extra = "".join("-" + re.sub(r"[^A-Za-z0-9_.=]", "", o.split(".", 1)[-1]) for o in self.overrides)
-        return base + extra
+        extra = "".join("-" + re.sub(r"[^A-Za-z0-9_.=]", "", _short_key(o)) for o in self.overrides)
+        return safe_name(base + extra, fallback=base)
 
     @property
     def label(self) -> str:
         return f"alpha={self.alpha:g}, beta={self.beta:g}" + "".join(f", {o}" for o in self.overrides)
+
+
+def _short_key(override: str) -> str:
+    """``section.key=value`` -> ``key=value`` when ``key`` names one config key only, else as given."""
+    dotted = override.split("=", 1)[0].strip()
+    key = dotted.split(".", 1)[-1]
+    shared = sum(1 for k in all_keys() if k.split(".", 1)[1] == key) > 1
+    return override.strip() if shared else override.split(".", 1)[-1]
 
 
 def parse_grid(text: str) -> list[CellSpec]:
@@ -64,6 +75,12 @@ def parse_grid(text: str) -> list[CellSpec]:
         cells.append(CellSpec(alpha, beta, overrides))
     if not cells:
         raise UserError("--grid is empty")
+    by_name: dict[str, CellSpec] = {}
+    for cell in cells:
+        other = by_name.setdefault(cell.name, cell)
+        if other is not cell and other.label != cell.label:
+            raise UserError(f"--grid cells {other.label!r} and {cell.label!r} would share the run folder "
+                            f"{cell.name!r}; write their values so that they differ in letters or digits")
     return cells
 
 
@@ -87,7 +104,7 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
 
     result = train(cfg, name=run_name, force=True, runs_dir=runs_dir, progress=progress, log=log)
     report = evaluate_run(result.run, "test", "best", device=cfg.train.device)
-    noise = robustness_runs([result.run], [sigma], result.run, "test", cfg.eval.robustness_draws, 0, "best",
+    noise = robustness_runs([result.run], [sigma], None, "test", cfg.eval.robustness_draws, 0, "best",
                             device=cfg.train.device, progress=False)
     at_sigma = next(r for r in noise if r["sigma"] == sigma)
     faith = report.get("faithfulness", {})
@@ -143,7 +160,7 @@ def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: fl
             done_file = out.run(run_name).cell
             if done_file.is_file():
                 log(f"cell {cell.label}, seed {seed}: done already, skipped")
-                rows.append(json.loads(done_file.read_text()))
+                rows.append(read_cell(done_file))
                 continue
             log(f"cell {cell.label}, seed {seed}: training")
             t0 = time.perf_counter()
@@ -156,6 +173,14 @@ def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: fl
     table = aggregate(rows, cells)
     write_results(out, table, rows, sigma, time.perf_counter() - start)
     return table
+
+
+def read_cell(path: Path) -> dict[str, Any]:
+    """A finished (cell, seed)'s numbers; a damaged file is one line saying how to run the cell again."""
+    row = read_json(path, "ablation cell record")
+    if not isinstance(row, dict) or not {"cell", "seed", "auc"} <= set(row):
+        raise UserError(f"{path}: not a finished ablation cell (damaged); delete it to run that cell again")
+    return row
 
 
 def aggregate(rows: list[dict[str, Any]], cells: list[CellSpec]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from hegl_cli.evaluation.alignment import alignment_scores
 from hegl_cli.evaluation.classification import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
 from hegl_cli.evaluation.context_audit import context_audit
 from hegl_cli.evaluation.faithfulness import faithfulness_scores, shortcut_reliance
-from hegl_cli.fs.atomic import atomic_write, atomic_write_json
+from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import Predictions, predict_split
 
 
@@ -41,7 +41,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate a run on a split; writes the run's evaluation report (JSON) and per-class table (CSV) of
     that split; returns the report."""
-    loaded = load_run(run, which, data, device, split, eval_layers, "hegl evaluate")
+    with load_run(run, which, data, device, split, eval_layers, "hegl evaluate") as loaded:
+        return _evaluate(loaded, run, split, which, threshold_metric, faithfulness)
+
+
+def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_metric: str | None,
+              faithfulness: bool) -> dict[str, Any]:
     cached, cfg, classes = loaded.split, loaded.cfg, loaded.classes
     assert cached is not None
     if len(cached) == 0:
@@ -62,9 +67,9 @@ def evaluate_run(
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
-    folder = RunFolder(run)
-    atomic_write_json(folder.eval_report(split), report)
-    write_per_class_csv(folder.eval_table(split), report)
+    run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
+    outputs.write_json(run_folder.eval_report(split).relative_to(run_folder.path), report)
+    outputs.write(run_folder.eval_table(split).relative_to(run_folder.path), lambda tmp: write_per_class_csv(tmp, report))
     return report
 
 
@@ -90,20 +95,17 @@ def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Co
 
 
 def write_per_class_csv(path: Path, report: dict[str, Any]) -> None:
+    """The report's per-class rows (and the macro row) as a CSV at ``path``."""
     attention = report["attention"]["per_class"]
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["class", "auc", "f1", "mcc", "threshold", "positives", "n", "pointing_game",
-                             "energy_in_mask", "dice", "iou"])
-            for name, row in report["per_class"].items():
-                a = attention.get(name, {})
-                writer.writerow([name, row["auc"], row["f1"], row["mcc"], row["threshold"], row["positives"], row["n"],
-                                 a.get("pointing_game"), a.get("energy_in_mask"), a.get("dice"), a.get("iou")])
-            m = report["macro"]
-            o = report["attention"]["overall"]
-            writer.writerow(["macro", m["auc"], m["f1"], m["mcc"], "", "", "", o["pointing_game"], o["energy_in_mask"],
-                             o["dice"], o["iou"]])
-
-    atomic_write(path, write)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "auc", "f1", "mcc", "threshold", "positives", "n", "pointing_game",
+                         "energy_in_mask", "dice", "iou"])
+        for name, row in report["per_class"].items():
+            a = attention.get(name, {})
+            writer.writerow([name, row["auc"], row["f1"], row["mcc"], row["threshold"], row["positives"], row["n"],
+                             a.get("pointing_game"), a.get("energy_in_mask"), a.get("dice"), a.get("iou")])
+        m = report["macro"]
+        o = report["attention"]["overall"]
+        writer.writerow(["macro", m["auc"], m["f1"], m["mcc"], "", "", "", o["pointing_game"], o["energy_in_mask"],
+                         o["dice"], o["iou"]])

@@ -1,11 +1,14 @@
 """`hegl explain`: class probabilities, decisions and attention overlays for any X-ray file.
 
 The image is preprocessed exactly as in training (:func:`hegl_cli.data.images.preprocess_array`),
-and the model is rebuilt from the checkpoint alone.
+and the model is rebuilt from the checkpoint alone. Every file is written through an
+:class:`~hegl_cli.fs.outputs.OutputFolder`: names derived from the inputs are made safe, and a
+file the user has in ``--out`` is never replaced (``--force`` replaces only what hegl wrote there).
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +18,14 @@ import torch
 from hegl_cli.data.images import collect_image_files, load_image, preprocess_array, square_and_resize
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import RunFolder
-from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import atomic_write_json
+from hegl_cli.errors import UserError, first_line
+from hegl_cli.fs.outputs import OutputFolder, safe_name, unique_names
 from hegl_cli.models.inference import predict_images
 from hegl_cli.plots import draw_heatmap, plt, upsample
 
 DISPLAY_SIZE = 512
+GRID, PREDICTIONS = "grid.png", "predictions.json"
+MAPS_PATCH, MAPS_IMAGE = "attention_patch.npy", "attention_image.npy"
 
 
 @dataclass
@@ -40,15 +45,22 @@ class ExplainResult:
 
 
 def output_names(files: list[Path]) -> list[str]:
-    """A distinct output folder name per file: the stem, then stem_suffix, then a counter."""
-    stems = [f.stem for f in files]
-    names = [f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files]
-    seen: dict[str, int] = {}
-    unique = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return unique
+    """A distinct, safe output folder name per file: the stem, then stem_suffix, then a counter."""
+    stems = [safe_name(f.stem, fallback="image") for f in files]
+    names = [stem if stems.count(stem) == 1 else safe_name(f"{stem}_{f.suffix.lstrip('.').lower()}", fallback="image")
+             for stem, f in zip(stems, files)]
+    return unique_names(names)
+
+
+def overlay_names(classes: list[str]) -> list[str]:
+    """``overlay_<class>.png`` per class, distinct and safe whatever the class names are."""
+    slugs = unique_names([safe_name(_slug(name), fallback=f"class{c}") for c, name in enumerate(classes)])
+    return [f"overlay_{slug}.png" for slug in slugs]
+
+
+def planned_files(classes: list[str], class_idx: list[int]) -> list[str]:
+    overlays = overlay_names(classes)
+    return [*(overlays[c] for c in class_idx), GRID, MAPS_PATCH, MAPS_IMAGE, PREDICTIONS]
 
 
 def select_classes(all_classes: list[str], wanted: list[str] | None) -> list[int]:
@@ -63,8 +75,21 @@ def select_classes(all_classes: list[str], wanted: list[str] | None) -> list[int
     return out
 
 
-def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], out_dir: Path) -> Explanation:
-    """Predict one image and write overlays, a grid, predictions.json and the raw maps into ``out_dir``."""
+def _save_figure(folder: OutputFolder, relative: str, fig) -> None:
+    folder.write(relative, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _save_array(folder: OutputFolder, relative: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    folder.write(relative, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], folder: OutputFolder,
+                  prefix: str = "") -> Explanation:
+    """Predict one image and write overlays, a grid, predictions.json and the raw maps into
+    ``folder/prefix``."""
     size, classes, thresholds = loaded.image_size, loaded.classes, loaded.thresholds
     raw = load_image(path, loaded.cfg.data.max_pixels)  # decoded once: model input and display
     pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
@@ -73,29 +98,29 @@ def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], out_dir: 
     probs, maps = probs_t[0].numpy(), maps_t[0].numpy()  # (C,), (C, h, w)
     display, _ = square_and_resize(raw, min(DISPLAY_SIZE, max(size, 256)))
     heat = upsample(maps, display.shape[0])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    overlays = overlay_names(classes)
     for c in class_idx:
         fig, ax = plt.subplots(figsize=(5, 5))
         verdict = "positive" if probs[c] >= thresholds[c] else "negative"
         draw_heatmap(ax, display, heat[c], f"{classes[c]}  p={probs[c]:.2f}  ({verdict}, t={thresholds[c]:.2f})")
         fig.tight_layout()
-        fig.savefig(out_dir / f"overlay_{_slug(classes[c])}.png", dpi=100)
-        plt.close(fig)
-    _grid(display, heat, probs, thresholds, classes, class_idx, out_dir / "grid.png", path.name)
-    np.save(out_dir / "attention_patch.npy", maps.astype(np.float32))
-    np.save(out_dir / "attention_image.npy", upsample(maps, size).astype(np.float32))
+        _save_figure(folder, prefix + overlays[c], fig)
+    _save_figure(folder, prefix + GRID, _grid(display, heat, probs, thresholds, classes, class_idx, path.name))
+    _save_array(folder, prefix + MAPS_PATCH, maps.astype(np.float32))
+    _save_array(folder, prefix + MAPS_IMAGE, upsample(maps, size).astype(np.float32))
     record = {
         "image": str(path), "model_input_size": size, "grid": list(maps.shape[-2:]),
         "checkpoint": loaded.which, "epoch": loaded.meta.get("epoch"),
         "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
                                  "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
     }
-    atomic_write_json(out_dir / "predictions.json", record)
-    return Explanation(path, out_dir, {classes[c]: float(probs[c]) for c in class_idx},
+    folder.write_json(prefix + PREDICTIONS, record)
+    return Explanation(path, folder.root / prefix if prefix else folder.root,
+                       {classes[c]: float(probs[c]) for c in class_idx},
                        {classes[c]: bool(probs[c] >= thresholds[c]) for c in class_idx})
 
 
-def _grid(display, heat, probs, thresholds, classes, class_idx, path: Path, title: str) -> None:
+def _grid(display, heat, probs, thresholds, classes, class_idx, title: str):
     n = len(class_idx) + 1
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
@@ -110,8 +135,7 @@ def _grid(display, heat, probs, thresholds, classes, class_idx, path: Path, titl
     for ax in axes[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _slug(name: str) -> str:
@@ -120,23 +144,31 @@ def _slug(name: str) -> str:
 
 def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[str] | None = None,
             out: Path | None = None, device: str = "auto", log=lambda *_: None,
-            eval_layers: list | None = None) -> ExplainResult:
-    """Explain every readable image in ``inputs``; an unreadable one is reported and skipped.
+            eval_layers: list | None = None, force: bool = False) -> ExplainResult:
+    """Explain every readable image in ``inputs``; an unreadable one is reported and skipped, and the
+    next one is explained whatever went wrong with it.
 
-    Output per image in ``out/<name>`` (or the run folder's explain folder), ``<name>`` distinct per
-    file; a single file with ``out`` writes into ``out`` itself.
+    Output per image in ``out/<name>`` (or the run folder's explain folder), ``<name>`` safe and
+    distinct per file; a single file with ``out`` writes into ``out`` itself. Every file that would
+    be written is checked before the first image is read.
     """
     files, failed = collect_image_files(inputs, recursive=False)
-    loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain")
-    class_idx = select_classes(loaded.classes, classes)
-    base = out or RunFolder(run).explain_dir
-    single = len(files) == 1 and len(inputs) == 1 and out is not None and not inputs[0].is_dir()
-    results = []
-    for path, name in zip(files, output_names(files)):
-        target = base if single else base / name
-        try:
-            results.append(explain_image(loaded, path, class_idx, target))
-        except UserError as exc:
-            failed.append(str(exc))
-            log(f"skipped: {exc}")
+    with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain") as loaded:
+        class_idx = select_classes(loaded.classes, classes)
+        folder = OutputFolder(out, force=force) if out is not None else OutputFolder(RunFolder(run).explain_dir,
+                                                                                        owned=True)
+        single = len(files) == 1 and len(inputs) == 1 and out is not None and not inputs[0].is_dir()
+        prefixes = [""] if single else [f"{name}/" for name in output_names(files)]
+        planned = planned_files(loaded.classes, class_idx)
+        folder.claim(prefix + name for prefix in prefixes for name in planned)
+        results = []
+        for path, prefix in zip(files, prefixes):
+            try:
+                results.append(explain_image(loaded, path, class_idx, folder, prefix))
+            except UserError as exc:
+                failed.append(str(exc))
+                log(f"skipped: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one odd file must not end a folder of them
+                failed.append(f"cannot explain {path}: {type(exc).__name__}: {first_line(exc)}")
+                log(f"skipped: {failed[-1]}")
     return ExplainResult(results, failed)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from hegl_cli.data.images import DEFAULT_MAX_PIXELS, collect_image_files, preprocess_file
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import atomic_write
+from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import predict_images
 
 
@@ -93,24 +93,26 @@ def is_predictions_csv(path: Path) -> bool:
 def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", device: str = "auto",
             batch_size: int = 32, workers: int = 0, force: bool = False, progress: bool = True,
             eval_layers: list | None = None, log: Callable[[str], None] = lambda *_: None) -> PredictResult:
-    """Predict every readable image in ``inputs`` and write ``out`` (CSV) atomically."""
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to replace it (or choose another --out)")
-    if out.exists() and not is_predictions_csv(out):
-        raise UserError(f"{out} exists and is not a predictions CSV written by hegl; it was left alone, "
-                        "--force included: choose another --out")
+    """Predict every readable image in ``inputs`` and write ``out`` (CSV) atomically; nothing is
+    written when no image could be read."""
+    folder = OutputFolder(out.parent, force=force, recognise=is_predictions_csv, kind="predictions CSV")
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out {out} names no file")
+    folder.claim([out.name])
     files, failed = collect_image_files(inputs, recursive=True)
     if not files:
         raise UserError(f"no readable image among the inputs ({failed[0] if failed else 'nothing given'})")
-    loaded = load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict")
-    classes, thresholds = loaded.classes, loaded.thresholds
-    rows: list[list[Any]] = []
-    for indices, probs, errors in predict_batches(loaded, files, batch_size, workers, progress):
-        for line in errors:
-            failed.append(line)
-            log(line)
-        for i, p in zip(indices, probs):
-            rows.append([str(files[i]), *[f"{v:.6f}" for v in p], *[int(v >= t) for v, t in zip(p, thresholds)]])
+    with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
+        classes, thresholds = loaded.classes, loaded.thresholds
+        rows: list[list[Any]] = []
+        for indices, probs, errors in predict_batches(loaded, files, batch_size, workers, progress):
+            for line in errors:
+                failed.append(line)
+                log(line)
+            for i, p in zip(indices, probs):
+                rows.append([str(files[i]), *[f"{v:.6f}" for v in p], *[int(v >= t) for v, t in zip(p, thresholds)]])
+    if not rows:
+        raise UserError(f"none of the {len(files)} image(s) could be read ({failed[0]}); {out} was not written")
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
@@ -118,5 +120,5 @@ def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", devic
             writer.writerow(["file", *[f"p_{c}" for c in classes], *[f"positive_{c}" for c in classes]])
             writer.writerows(rows)
 
-    atomic_write(out, write)
+    folder.write(out.name, write)
     return PredictResult(out, len(rows), failed, classes)

@@ -8,22 +8,23 @@ annotations as downloaded); :func:`prepare` picks one by ``--format``. The reade
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from hegl_cli import __version__
 from hegl_cli.config import Config
 from hegl_cli.data.build import (
+    Identity,
     PrepareOptions,
     PrepareResult,
     build_cache,
-    file_digest,
+    content_fingerprint,
     fingerprint,
-    source_fingerprint,
     up_to_date,
 )
 from hegl_cli.data.formats import FORMATS, JSON_FORMATS, TABLE_FORMATS, format_classes
-from hegl_cli.data.formats.chestxdet import find_source_layout
+from hegl_cli.data.formats.chestxdet import find_source_layout, parse_records
 from hegl_cli.data.formats.nih import read_nih
 from hegl_cli.data.formats.rsna import read_rsna
 from hegl_cli.data.formats.siim import read_siim
@@ -78,16 +79,14 @@ def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | N
                "vindr": lambda src, cls, seed: read_vindr(src, cls, seed, fusion)}
     records, problems, files = readers[fmt](Path(source), tuple(chosen), options.seed)
     sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
-    identity = fingerprint([source_fingerprint(fmt, sources, options, chosen), fusion,
-                            *[file_digest(f) for f in files.values()],
-                            {name: [r.file_name for r in recs] for name, recs in records.items()}])
+    identity = identify(fmt, sources, options, chosen, [str(Path(source).resolve()), fusion], files.values())
     done = up_to_date(out, identity, options.force)
     if done is not None:
         return done
     description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
     return build_cache(fmt, sources, out, options, classes=chosen, source_description=description,
-                       extra_manifest={"fingerprint": identity, **({"label_fusion": fusion} if fmt == "vindr" else {})},
-                       reader_problems=problems)
+                       extra_manifest={"label_fusion": fusion} if fmt == "vindr" else None,
+                       reader_problems=problems, identity=identity)
 
 
 def prepare_chestxdet(
@@ -107,21 +106,32 @@ def prepare_chestxdet(
         layout = find_source_layout(Path(source), fmt)
     else:
         raise UserError(f"--format {fmt} needs --source DIR (or --annotations/--images per split)")
-    sources = [SplitSource(name, ann, img) for name, (ann, img) in layout.items()]
-    for src in sources:
-        if not src.annotations.is_file():
-            raise UserError(f"annotation file not found: {src.annotations}")
+    for annotation, _ in layout.values():
+        if not annotation.is_file():
+            raise UserError(f"annotation file not found: {annotation}")
     chosen = select_classes(fmt, classes)
-    done = up_to_date(out, source_fingerprint(fmt, sources, options, chosen), options.force)
+    problems: list[str] = []
+    sources = [SplitSource(name, ann, img, records=parse_records(ann, format_classes(fmt), problems))
+               for name, (ann, img) in layout.items()]
+    identity = identify(fmt, sources, options, chosen, [str(s.images.resolve()) for s in sources])
+    done = up_to_date(out, identity, options.force)
     if done is not None:
         return done
-    return build_cache(fmt, sources, out, options, classes=chosen)
+    return build_cache(fmt, sources, out, options, classes=chosen, reader_problems=problems, identity=identity)
+
+
+def identify(fmt: str, sources: list[SplitSource], options: PrepareOptions, classes: list[str], where: list[str],
+             files: Iterable[Path] = ()) -> Identity:
+    """The cache's identity: its inputs (format, classes, options, where the data is) and their content."""
+    inputs = fingerprint([__version__, fmt, classes, options.shaping(), where,
+                          [[s.name, str(s.annotations.resolve())] for s in sources]])
+    return Identity(inputs, content_fingerprint(sources, files)[0])
 
 
 def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -> PrepareResult:
-    """Generate the built-in dataset inside the cache folder (``source/``) and import it."""
-    identity = fingerprint([__version__, "synthetic", asdict(spec), options.image_size, options.seed,
-                            options.val_fraction, options.mask_source])
+    """Generate the built-in dataset inside the cache folder (``source/``) and import it; its content is
+    its spec (the generator is deterministic), so the inputs fingerprint is the whole identity."""
+    identity = Identity(fingerprint([__version__, "synthetic", asdict(spec), options.shaping()]), "generated")
     done = up_to_date(out, identity, options.force)
     if done is not None:
         return done
@@ -132,7 +142,8 @@ def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -
         sources[:] = [partial_sources[name] for name in ("train", "test", "test_counterfactual")]
 
     sources: list[SplitSource] = []
-    extra = {"fingerprint": identity, "synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
-                                                    "counterfactual_of": {"test_counterfactual": "test"}}}
+    extra = {"synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
+                           "counterfactual_of": {"test_counterfactual": "test"}}}
     return build_cache("synthetic", sources, out, options, classes=list(SYNTHETIC_CLASSES),
-                       source_description="builtin:synthetic", extra_manifest=extra, before_build=generate)
+                       source_description="builtin:synthetic", extra_manifest=extra, before_build=generate,
+                       identity=identity)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,8 @@ from hegl_cli.data.labels import annotated_positives
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_files
 from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import atomic_write_text
+from hegl_cli.fs.outputs import OutputFolder
+from hegl_cli.fs.tables import read_json
 from hegl_cli.models.inference import predict_split
 from hegl_cli.plots import draw_heatmap, plot_training_curves, plt, upsample
 
@@ -84,17 +84,23 @@ def table(header: list[str] | None, rows: list[list[Any]], css: str = "") -> str
     return f"<table class='{css}'>{head}<tbody>{body}</tbody></table>"
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: corrupt JSON ({exc})") from exc
+def read_output(path: Path, what: str, keys: tuple[str, ...] = (), kind: type = dict) -> Any:
+    """An earlier command's JSON output, or None when there is none; a damaged one is one line that
+    says which command writes it again."""
+    value = read_json(path, what, missing_ok=True)
+    if value is None:
+        return None
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if not isinstance(value, kind) or missing:
+        raise UserError(f"{path}: not a hegl {what} (missing {', '.join(repr(k) for k in missing) or 'its contents'}); "
+                        "run the command that writes it again")
+    return value
 
 
 # --- sections of one run --------------------------------------------------------------------------
 def run_header(loaded: LoadedRun) -> str:
     cfg, meta = loaded.cfg, loaded.meta
-    marker = read_json(RunFolder(loaded.folder).marker) or {}
+    marker = read_output(RunFolder(loaded.folder).marker, "run marker") or {}
     facts = [["run folder", str(loaded.folder)], ["created", marker.get("created", "–")],
              ["checkpoint", f"{loaded.which} (epoch {meta.get('epoch')}, val macro AUC {fmt(meta.get('val_auc'))})"],
              ["encoder", f"{cfg.model.encoder} {cfg.model.encoder_kwargs or ''} at {cfg.data.image_size} px"],
@@ -184,7 +190,7 @@ def results_section(report: dict[str, Any] | None) -> str:
 
 def robustness_section(folder: Path) -> str:
     json_path, picture = robustness_files(folder)
-    data = read_json(json_path)
+    data = read_output(json_path, "robustness record", ("records",))
     if data is None:
         return f"<p class=note>no {esc(json_path.name)}: run <code>hegl robustness RUN</code></p>"
     rows = [[r["run"], r["sigma"], *(r[k]["mean"] if r.get(k) else None for k in ("auc", "f1", "mcc", "energy_in_mask"))]
@@ -231,8 +237,8 @@ def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
                            for k in order[::-1][:per_kind]])]
     twin_name = counterfactual_split(split.manifest, split.split)
     if twin_name:
-        twin = load_run(loaded.folder, loaded.which, loaded.data, str(loaded.device), twin_name)
-        twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size)
+        with load_run(loaded.folder, loaded.which, loaded.data, str(loaded.device), twin_name) as twin:
+            twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size)
         diff = np.abs(preds.probs - twin_preds.probs)  # (N, C)
         flat = np.argsort(-diff.reshape(-1), kind="stable")[:per_kind]
         kinds.append(("Most shortcut-driven (probability moves when only the shortcut is toggled)",
@@ -256,16 +262,17 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
         loaded = load_run(folder, which, device=device, split=split)
     except UserError:
         loaded = load_run(folder, which, device=device)
-    parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
-             "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
-             "<h3>Results</h3>", results_section(report), "<h3>Robustness under Gaussian noise</h3>",
-             robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
+    with loaded:
+        parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
+                 "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
+                 "<h3>Results</h3>", results_section(report), "<h3>Robustness under Gaussian noise</h3>",
+                 robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
     return "".join(parts)
 
 
 def ablation_section(path: Path) -> str:
     folder = AblationFolder(path)
-    rows = read_json(folder.runs_json) or []
+    rows = read_output(folder.runs_json, "ablation record", kind=list) or []
     table_md = folder.results_md.read_text() if folder.results_md.is_file() else ""
     lines = [line for line in table_md.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
@@ -292,9 +299,24 @@ def comparison(runs: list[tuple[Path, dict[str, Any] | None, dict[str, Any]]]) -
         ["run", "epoch", "val AUC", "test AUC", "test F1", "test MCC", "energy in mask", "shortcut reliance"], rows)
 
 
-def build_report(targets: list[Path], out: Path, which: str = "best", device: str = "auto", per_kind: int = 3,
-                 log: Callable[[str], None] = lambda *_: None) -> Path:
-    """Write one self-contained HTML page for ``targets`` (run or ablation folders)."""
+def is_hegl_report(path: Path) -> bool:
+    """A page `hegl report` wrote (its title says so)."""
+    try:
+        return path.is_file() and "<title>hegl report" in path.read_text(errors="replace")[:2000]
+    except OSError:
+        return False
+
+
+def build_report(targets: list[Path], out: Path | None = None, which: str = "best", device: str = "auto",
+                 per_kind: int = 3, log: Callable[[str], None] = lambda *_: None, force: bool = False) -> Path:
+    """Write one self-contained HTML page for ``targets`` (run or ablation folders) to ``out`` (default:
+    the first run's report page). A file at ``out`` that hegl did not write is never replaced; ``force``
+    replaces a report hegl wrote there. Nothing is computed before that is checked."""
+    if out is None:
+        folder, name = OutputFolder(RunFolder(targets[0]).path, owned=True), RunFolder(targets[0]).report.name
+    else:
+        folder, name = OutputFolder(Path(out).parent, force=force, recognise=is_hegl_report, kind="report"), Path(out).name
+    folder.claim([name])
     from hegl_cli.engine.checkpoint import load_meta
 
     sections, runs = [], []
@@ -303,7 +325,8 @@ def build_report(targets: list[Path], out: Path, which: str = "best", device: st
             log(f"ablation {target}")
             sections.append(ablation_section(target))
             continue
-        report = read_json(RunFolder(target).eval_report("test"))
+        report = read_output(RunFolder(target).eval_report("test"), "evaluation",
+                             ("macro", "per_class", "attention", "split", "images"))
         runs.append((target, report, load_meta(target, which)))
         log(f"run {target}")
         sections.append(run_section(target, which, device, per_kind, report))
@@ -314,5 +337,4 @@ def build_report(targets: list[Path], out: Path, which: str = "best", device: st
             f"<script>{CHECK_SCRIPT}</script></head><body><h1>{esc(title)}</h1>"
             f"<p class=muted>made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"
             f"</p>{head}{''.join(sections)}</body></html>")
-    atomic_write_text(out, page)
-    return out
+    return folder.write_text(name, page)

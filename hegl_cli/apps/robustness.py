@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hegl_cli.engine.checkpoint import load_run
+from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import robustness_files
 from hegl_cli.evaluation.alignment import alignment_scores
 from hegl_cli.evaluation.classification import summarize
-from hegl_cli.fs.atomic import atomic_write_json
+from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import predict_split
 from hegl_cli.plots import plot_robustness
 
@@ -46,22 +46,39 @@ def _stats(values: list[float | None]) -> dict[str, float] | None:
 
 
 def robustness_runs(
-    runs: list[Path], sigmas: list[float] | None, out_dir: Path, split: str = "test", draws: int | None = None,
-    seed: int = 0, which: str = "best", data: Path | None = None, device: str = "auto", progress: bool = True,
-    eval_layers: list | None = None,
+    runs: list[Path], sigmas: list[float] | None, out_dir: Path | None = None, split: str = "test",
+    draws: int | None = None, seed: int = 0, which: str = "best", data: Path | None = None, device: str = "auto",
+    progress: bool = True, eval_layers: list | None = None, force: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate every run at every sigma; write the robustness JSON and plot (:func:`robustness_files`)
-    into ``out_dir``.
+    into ``out_dir`` (default: the first run's folder). A file in ``out_dir`` that hegl did not write
+    is never replaced; ``force`` replaces what hegl wrote there.
 
     ``sigmas`` / ``draws`` default to each run's ``eval.sigmas`` / ``eval.robustness_draws``.
     """
-    loaded_runs = [load_run(run, which, data, device, split, eval_layers, "hegl robustness") for run in runs]
+    folder = OutputFolder(out_dir, force=force) if out_dir is not None else OutputFolder(runs[0], owned=True)
+    names = [p.name for p in robustness_files(folder.root)]
+    folder.claim(names)
+    loaded_runs: list[LoadedRun] = []
+    try:
+        for run in runs:
+            loaded_runs.append(load_run(run, which, data, device, split, eval_layers, "hegl robustness"))
+        records, sigmas, draws = _measure(loaded_runs, sigmas, split, draws, seed, progress)
+    finally:
+        for loaded in loaded_runs:
+            loaded.close()
+    folder.write_json(names[0], {"split": split, "seed": seed, "sigmas": sigmas, "draws": draws, "records": records})
+    folder.write(names[1], lambda tmp: plot_robustness(records, tmp))
+    return records
+
+
+def _measure(loaded_runs: list[LoadedRun], sigmas: list[float] | None, split: str, draws: int | None, seed: int,
+             progress: bool) -> tuple[list[dict[str, Any]], list[float], int]:
     first = loaded_runs[0].cfg.eval
     sigmas = sorted({0.0, *map(float, first.sigmas if sigmas is None else sigmas)})
     draws = first.robustness_draws if draws is None else draws
     records: list[dict[str, Any]] = []
-    jobs = [(run, s) for run in runs for s in sigmas]
-    bar = tqdm(total=len(jobs), desc="robustness", disable=not progress, leave=False)
+    bar = tqdm(total=len(loaded_runs) * len(sigmas), desc="robustness", disable=not progress, leave=False)
     for loaded in loaded_runs:
         run, model, cfg, cached, classes = loaded.folder, loaded.model, loaded.cfg, loaded.split, loaded.classes
         for sigma in sigmas:
@@ -80,8 +97,4 @@ def robustness_runs(
                             "draws": len(per_draw["auc"]), **{k: _stats(v) for k, v in per_draw.items()}})
             bar.update()
     bar.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = robustness_files(out_dir)
-    atomic_write_json(json_path, {"split": split, "seed": seed, "sigmas": sigmas, "draws": draws, "records": records})
-    plot_robustness(records, png_path)
-    return records
+    return records, sigmas, draws

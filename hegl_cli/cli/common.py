@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import traceback
@@ -47,6 +48,12 @@ def handles_errors(func: F) -> F:
         except (UserError, TrainingDiverged) as exc:
             _report(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if exc.errno not in USER_FIXABLE_ERRNOS:
+                _report(exc, unexpected=True)
+                raise typer.Exit(1) from None
+            _report(UserError(os_error_line(exc)))
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None
@@ -55,6 +62,18 @@ def handles_errors(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What a user fixes (a full or read-only disk, a path through a file, a name too long, no permission):
+# one line naming the path and exit 2. Atomic writes leave nothing half-written that looks complete.
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR, errno.EACCES,
+                       errno.EPERM, errno.EDQUOT, errno.ENOENT, errno.EEXIST, errno.ELOOP, errno.EFBIG}
+
+
+def os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else "a file"
+    target = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"cannot use {where}{target}: {exc.strerror or type(exc).__name__}"
 
 
 def _report(exc: BaseException, unexpected: bool = False) -> None:

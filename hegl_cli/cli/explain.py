@@ -31,6 +31,7 @@ def explain(
     checkpoint: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    force: Annotated[bool, typer.Option("--force", help="Replace files hegl wrote before in --out (never others).")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -42,7 +43,8 @@ def explain(
     from hegl_cli.engine.run_folder import resolve_run
 
     folder = resolve_run(run, runs_dir)
-    result = run_explain(images, folder, checkpoint, classes, out_dir, device, eval_layers=eval_layers(config, overrides))
+    result = run_explain(images, folder, checkpoint, classes, out_dir, device,
+                         eval_layers=eval_layers(config, overrides), force=force)
     for item in result.explained:
         table = Table(title=Text(str(item.image)))
         table.add_column("class")

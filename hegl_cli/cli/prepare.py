@@ -17,6 +17,7 @@ from hegl_cli.cli.common import (
     info,
     resolve_config,
 )
+from hegl_cli.data.cache import SKIPPED
 from hegl_cli.data.formats import FORMATS
 from hegl_cli.errors import UserError
 
@@ -65,6 +66,8 @@ def print_summary(result) -> None:
     if result.skipped:
         info(f"{result.out} is up to date ({m['format']}, {m['image_size']} px); nothing to do (--force rebuilds)")
         return
+    if result.stale:
+        info(f"{result.out}: its source changed since it was prepared (an annotation file or an image); rebuilt")
     splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
     info(f"prepared {m['format']} -> {result.out}  [{splits}]  {len(m['classes'])} classes, "
          f"{m['image_size']} px, {result.seconds:.1f}s")
@@ -82,4 +85,4 @@ def print_summary(result) -> None:
         for line in result.problems[:20]:
             info(f"  {line}")
         if len(result.problems) > 20:
-            info(f"  ... and {len(result.problems) - 20} more (all in {result.out}/skipped.txt)")
+            info(f"  ... and {len(result.problems) - 20} more (all in {result.out / SKIPPED})")

@@ -23,16 +23,8 @@ def report(
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,
     shortcut audit and a gallery, in one HTML file with no outside links."""
     from hegl_cli.apps.report import build_report, is_ablation
-    from hegl_cli.engine.run_folder import RunFolder, resolve_run
-    from hegl_cli.errors import UserError
+    from hegl_cli.engine.run_folder import resolve_run
 
     folders = [t if (t is not None and is_ablation(t)) else resolve_run(t, runs_dir) for t in (targets or [None])]
-    target = out or RunFolder(folders[0]).report
-    if out is not None and out.exists():
-        made_by_hegl = out.is_file() and "<title>hegl report" in out.read_text(errors="replace")[:2000]
-        if not made_by_hegl:
-            raise UserError(f"{out} exists and is not a report hegl wrote; it was left alone: choose another --out")
-        if not force:
-            raise UserError(f"{out} already exists; pass --force to replace it")
-    path = build_report(folders, target, checkpoint, device, gallery, log=info)
+    path = build_report(folders, out, checkpoint, device, gallery, log=info, force=force)
     result_line(f"wrote {path}")

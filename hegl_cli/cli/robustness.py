@@ -35,6 +35,7 @@ def robustness(
     data: Annotated[Path | None, typer.Option(help="Prepared cache (default: the one each run trained on).")] = None,
     device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    force: Annotated[bool, typer.Option("--force", help="Replace robustness files hegl wrote before in --out.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -49,8 +50,8 @@ def robustness(
     if draws is not None and draws < 1:
         raise UserError("--draws must be at least 1")
     target = out_dir or folders[0]
-    records = robustness_runs(folders, sigma, target, split, draws, seed, checkpoint, data, device,
-                              progress=not State.quiet, eval_layers=eval_layers(config, overrides))
+    records = robustness_runs(folders, sigma, out_dir, split, draws, seed, checkpoint, data, device,
+                              progress=not State.quiet, eval_layers=eval_layers(config, overrides), force=force)
     table = Table(title=f"robustness on {split}")
     for col in ("run", "sigma", "AUC", "F1", "MCC", "energy in mask"):
         table.add_column(col)

@@ -1,7 +1,17 @@
 """Records + images -> a validated, memory-mappable cache (what `hegl prepare` does after reading a format).
 
-The cache is written to ``<out>.partial-<pid>`` and renamed when complete, so an interrupted
-prepare never leaves a folder that looks done. Re-running with the same inputs is a no-op.
+The cache is written to ``<out>.partial-<pid>`` and moved into place when complete, without ever
+replacing whatever appeared at ``<out>`` meanwhile, so an interrupted prepare never leaves a folder
+that looks done and a folder a user made is never lost. The cache's identity is two fingerprints:
+what it was made from and how (``inputs``: format, paths, classes, options) and the content of those
+inputs (``content``: the annotation files' bytes and every image's size and modification time, and
+its bytes when the images are few). Re-running with the same identity does nothing; a cache whose
+inputs are the same but whose content changed (an image replaced) is stale and is rebuilt; other
+inputs need ``--force``.
+
+Whatever the format, the builder checks the dataset before it decodes an image: each image is in one
+split only, no patient is in two splits (``data.patient_overlap``: move its images to the held-out
+split, or refuse), and every record it leaves out is named in ``skipped.txt``.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import numpy as np
 
 from hegl_cli import __version__
 from hegl_cli.config import DataConfig
-from hegl_cli.data.cache import MANIFEST, SplitWriter, commit_folder, pack_masks
+from hegl_cli.data.cache import MANIFEST, SKIPPED, SplitWriter, cache_lock, pack_masks, read_manifest
 from hegl_cli.data.formats import format_classes
 from hegl_cli.data.formats.chestxdet import parse_records
 from hegl_cli.data.images import preprocess_file
@@ -29,7 +39,11 @@ from hegl_cli.data.parallel import parallel_map
 from hegl_cli.data.records import Finding, Record, SplitSource
 from hegl_cli.data.splits import split_by_group
 from hegl_cli.errors import UserError, first_line
-from hegl_cli.fs.locks import FolderLock, pid_alive
+from hegl_cli.fs.atomic import rename_no_replace
+from hegl_cli.fs.locks import pid_alive
+
+HASH_IMAGES_UP_TO = 512 << 20  # bytes of images under which the content fingerprint hashes them all
+HELD_OUT_ORDER = ("test", "val", "train")  # a patient in two splits goes to the first of these it is in
 
 
 @dataclass
@@ -45,12 +59,18 @@ class PrepareOptions:
     workers: int = 0  # 0 = one per CPU core
     progress: bool = True
     max_pixels: int = DataConfig.max_pixels  # larger images are skipped and reported
+    patient_overlap: str = DataConfig.patient_overlap
 
     @classmethod
     def from_config(cls, data: DataConfig, **run: Any) -> PrepareOptions:
         """The options of the ``data`` config section, plus how to run (strict, force, workers, progress)."""
         return cls(image_size=data.image_size, seed=data.seed, val_fraction=data.val_fraction,
-                   mask_source=data.mask_source, max_pixels=data.max_pixels, **run)
+                   mask_source=data.mask_source, max_pixels=data.max_pixels, patient_overlap=data.patient_overlap,
+                   **run)
+
+    def shaping(self) -> list[Any]:
+        """The options that change what the cache holds (not how it is built)."""
+        return [self.image_size, self.seed, self.val_fraction, self.mask_source, self.max_pixels, self.patient_overlap]
 
 
 @dataclass
@@ -64,6 +84,19 @@ class PrepareResult:
     clipped_boxes: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    stale: bool = False  # True when an existing cache of the same inputs was rebuilt because they changed
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a cache was made from and how (``inputs``), and what those inputs held (``content``)."""
+
+    inputs: str
+    content: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint([self.inputs, self.content])
 
 
 def fingerprint(parts: Iterable[Any]) -> str:
@@ -75,32 +108,53 @@ def fingerprint(parts: Iterable[Any]) -> str:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _image_stamp(folder: Path) -> list[tuple[str, int, int]]:
-    if not folder.is_dir():
-        return []
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+def image_paths(sources: list[SplitSource]) -> list[Path]:
+    return [src.images / r.file_name for src in sources for r in (src.records or [])]
 
 
-def source_fingerprint(fmt: str, sources: list[SplitSource], options: PrepareOptions, classes: list[str]) -> str:
-    parts: list[Any] = [__version__, fmt, classes, options.image_size, options.seed, options.val_fraction,
-                        options.mask_source]
-    for src in sources:
-        parts += [src.name, file_digest(src.annotations) if src.annotations.is_file() else None,
-                  _image_stamp(src.images), src.cue]
-    return fingerprint(parts)
+def content_fingerprint(sources: list[SplitSource], extra_files: Iterable[Path] = ()) -> tuple[str, str]:
+    """(fingerprint, how) of what the inputs hold: the annotation files' bytes, and every image's size
+    and modification time, or its bytes when all images together are at most :data:`HASH_IMAGES_UP_TO`."""
+    files = sorted({str(p) for p in [*(s.annotations for s in sources), *extra_files] if Path(p).is_file()})
+    parts: list[Any] = [[f, file_digest(Path(f))] for f in files]
+    stamps = []
+    for path in image_paths(sources):
+        try:
+            stat = path.stat()
+            stamps.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stamps.append((str(path), None, None))
+    total = sum(s[1] or 0 for s in stamps)
+    how = "sha256" if total <= HASH_IMAGES_UP_TO else "size+mtime"
+    if how == "sha256":
+        stamps = [(name, file_digest(Path(name)) if size is not None else None) for name, size, _ in stamps]
+    return fingerprint([*parts, stamps]), how
 
 
-def existing_fingerprint(out: Path) -> str | None:
-    path = out / MANIFEST
-    if not path.is_file():
+def cache_identity(out: Path) -> Identity | None:
+    """The identity recorded in the manifest of a cache at ``out`` (None when there is none)."""
+    if not (Path(out) / MANIFEST).is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("fingerprint")
-    except json.JSONDecodeError:
+        manifest = read_manifest(out)
+    except UserError:
         return None
+    identity = manifest.get("identity") or {}
+    return Identity(identity.get("inputs", ""), identity.get("content", "")) if identity else None
+
+
+def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | None:
+    """The existing cache's result when it was made from exactly these inputs (and no --force)."""
+    if not force and cache_identity(out) == identity:
+        return PrepareResult(out=out, manifest=read_manifest(out), skipped=True)
+    return None
 
 
 def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int]) -> tuple[Any, ...]:
@@ -114,6 +168,17 @@ def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int]) -> tu
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a prepare of thousands
         return ("error", f"cannot read image {path}: {type(exc).__name__}: {first_line(exc, 160)}")
     return ("ok", image, pack_masks(masks), has_mask, clipped)
+
+
+def record_labels(record: Record, index: dict[str, int]) -> np.ndarray:
+    """(C,) float32: 1 for the record's labels, NaN for the classes it leaves unknown, 0 for the rest."""
+    labels = np.zeros(len(index), dtype=np.float32)
+    for label in record.unknown:
+        if label in index:
+            labels[index[label]] = np.nan
+    for label in record.labels:
+        labels[index[label]] = 1.0
+    return labels
 
 
 def decode_split(
@@ -138,11 +203,8 @@ def decode_split(
             continue
         _, image, packed, has_mask, clipped = result
         clipped_total += clipped
-        labels = np.zeros(len(classes), dtype=np.float32)
-        for label in record.labels:
-            labels[index[label]] = 1.0
         cue = source.cue.get(record.file_name, 0) if source.cue is not None else 0
-        writer.append(image, labels, packed, has_mask, record.file_name, cue)
+        writer.append(image, record_labels(record, index), packed, has_mask, record.file_name, cue)
     if records and not len(writer):
         raise UserError(f"none of the {len(records)} images of split '{name}' could be read from "
                         f"{source.images} ({problems[-1] if problems else 'no image'}); is --images/--source right?")
@@ -150,6 +212,95 @@ def decode_split(
     return writer, clipped_total
 
 
+# --- the dataset checked as a whole ------------------------------------------------------------------
+def one_split_per_image(plan: list[tuple[str, SplitSource, list[Record]]], problems: list[str]
+                        ) -> list[tuple[str, SplitSource, list[Record]]]:
+    """Each image file in one split only (its first place, the others named), whatever the format."""
+    seen: dict[str, str] = {}
+    kept_plan = []
+    for name, src, records in plan:
+        kept = []
+        for record in records:
+            key = os.path.normpath(os.path.abspath(src.images / record.file_name))
+            if key in seen:
+                where = "again" if seen[key] == name else f"also in split '{seen[key]}'"
+                problems.append(f"{src.name}: {record.file_name}: the same image is listed {where}; its first "
+                                "place is kept")
+                continue
+            seen[key] = name
+            kept.append(record)
+        kept_plan.append((name, src, kept))
+    return kept_plan
+
+
+def one_split_per_patient(plan: list[tuple[str, SplitSource, list[Record]]], policy: str, problems: list[str]
+                          ) -> list[tuple[str, SplitSource, list[Record]]]:
+    """No patient in two splits, whatever the official lists say: ``move`` puts every image of such a
+    patient into the most held-out of its splits (test, then val) and names the images moved;
+    ``refuse`` stops with one line."""
+    splits_of: dict[str, set[str]] = {}
+    for name, _, records in plan:
+        for record in records:
+            if record.patient is not None:
+                splits_of.setdefault(record.patient, set()).add(name)
+    shared = {p: s for p, s in splits_of.items() if len(s) > 1}
+    if not shared:
+        return plan
+    if policy == "refuse":
+        patient, splits = sorted(shared.items())[0]
+        raise UserError(f"patient {patient!r} has images in the splits {', '.join(sorted(splits))} "
+                        f"({len(shared)} patient(s) in all); data.patient_overlap=refuse: fix the split lists, or "
+                        "set data.patient_overlap=move")
+    home = {p: next(n for n in [*HELD_OUT_ORDER, *sorted(s)] if n in s) for p, s in shared.items()}
+    moved: dict[str, list[Record]] = {name: [] for name, _, _ in plan}
+    kept_plan = []
+    for name, src, records in plan:
+        kept = []
+        for record in records:
+            target = home.get(record.patient) if record.patient is not None else None
+            if target is not None and target != name:
+                problems.append(f"{src.name}: {record.file_name}: patient {record.patient!r} is also in split "
+                                f"'{target}'; moved there (data.patient_overlap=move)")
+                moved[target].append(record)
+                continue
+            kept.append(record)
+        kept_plan.append((name, src, kept))
+    return [(name, src, records + moved[name]) for name, src, records in kept_plan]
+
+
+def plan_splits(parsed: dict[str, tuple[SplitSource, list[Record]]], options: PrepareOptions, problems: list[str],
+                twins: set[str]) -> list[tuple[str, SplitSource, list[Record]]]:
+    """The splits to write: the named ones checked as a whole, then val carved from train by patient.
+
+    ``twins``: splits that show other splits' images on purpose (the benchmark's counterfactual twin):
+    left out of the checks and kept as they are.
+    """
+    plan = [(name, src, records) for name, (src, records) in parsed.items() if name not in twins]
+    plan = one_split_per_patient(one_split_per_image(plan, problems), options.patient_overlap, problems)
+    carved = []
+    for name, src, records in plan:
+        if name == "train" and "val" not in parsed and options.val_fraction > 0:
+            train_records, val_records = split_by_group(records, options.val_fraction, options.seed)
+            carved += [("train", src, train_records), ("val", src, val_records)]
+        else:
+            carved.append((name, src, records))
+    return carved + [(name, src, records) for name, (src, records) in parsed.items() if name in twins]
+
+
+def check_disjoint(partial: Path, splits: dict[str, SplitSource], twins: set[str]) -> None:
+    """The invariant every cache keeps: no image file in two splits (twins aside). A violation is a bug."""
+    owner: dict[str, str] = {}
+    for name, src in splits.items():
+        if name in twins:
+            continue
+        for file_name in json.loads((partial / name / "files.json").read_text()):
+            key = os.path.normpath(os.path.abspath(src.images / file_name))
+            if key in owner:
+                raise RuntimeError(f"internal error: {file_name} is in the splits {owner[key]} and {name}")
+            owner[key] = name
+
+
+# --- building and committing -------------------------------------------------------------------------
 def build_cache(
     fmt: str,
     sources: list[SplitSource],
@@ -160,17 +311,21 @@ def build_cache(
     extra_manifest: dict[str, Any] | None = None,
     before_build: Callable[[Path], None] | None = None,
     reader_problems: list[str] | None = None,
+    identity: Identity | None = None,
 ) -> PrepareResult:
-    """Import ``sources`` into a cache at ``out`` (atomic; no-op when already up to date).
+    """Import ``sources`` into a cache at ``out``, atomically, never replacing anything but a hegl cache.
 
     ``before_build(partial_dir)`` may write files (e.g. a generated source) into the partial folder
-    before the import; ``sources`` may point inside it.
+    before the import; ``sources`` may point inside it. ``identity`` is recorded in the manifest; an
+    existing cache with the same ``inputs`` but other ``content`` is stale and replaced without ``force``.
     """
     start = time.perf_counter()
     classes = list(classes or format_classes(fmt))
     out = Path(out)
-    check_output_folder(out, [p for src in sources for p in (src.annotations, src.images)], options.force)
-    with FolderLock(lock_path(out), f"prepare output {out}"):
+    existing = cache_identity(out)
+    stale = identity is not None and existing is not None and existing.inputs == identity.inputs
+    check_output_folder(out, [p for src in sources for p in (src.annotations, src.images)], options.force or stale)
+    with cache_lock(out):
         remove_stale_partials(out)
         partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
@@ -179,13 +334,13 @@ def build_cache(
             if before_build is not None:
                 before_build(partial)
             result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest,
-                                 reader_problems)
-            commit_folder(partial, out, force=True)
+                                 reader_problems, identity)
+            commit_cache(partial, out, replace_cache=options.force or stale)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    lock_path(out).unlink(missing_ok=True)
     result.seconds = time.perf_counter() - start
+    result.stale = stale and not options.force
     return result
 
 
@@ -196,13 +351,13 @@ def is_hegl_cache(folder: Path) -> bool:
         return False
     try:
         return "hegl_version" in json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, OSError):
         return False
 
 
-def check_output_folder(out: Path, inputs: list[Path], force: bool) -> None:
+def check_output_folder(out: Path, inputs: list[Path], replace_cache: bool) -> None:
     """Refuse an output that would overwrite the user's files: an input (or a folder holding or inside
-    one), a link, or anything but an empty folder or a hegl cache; a hegl cache needs ``force``."""
+    one), a link, or anything but an empty folder or a hegl cache; a hegl cache needs ``replace_cache``."""
     target = out.resolve()
     for path in inputs:
         src = Path(path).resolve()
@@ -217,15 +372,45 @@ def check_output_folder(out: Path, inputs: list[Path], force: bool) -> None:
     if not any(out.iterdir()):
         return
     if not is_hegl_cache(out):
-        raise UserError(f"{out} exists and is not a hegl cache (no manifest.json from `hegl prepare`); it was "
+        raise UserError(f"{out} exists and is not a hegl cache (no {MANIFEST} from `hegl prepare`); it was "
                         "left alone, --force included: choose another --out")
-    if not force:
+    if not replace_cache:
         raise UserError(f"{out} already holds a dataset prepared from other inputs or settings; pass --force "
                         "to replace it")
 
 
-def lock_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.lock")
+def commit_cache(partial: Path, out: Path, replace_cache: bool) -> None:
+    """Move the finished ``partial`` to ``out`` without replacing anything that is not a hegl cache.
+
+    Nothing there (or an empty folder): a no-replace rename, so a folder or file that appears at
+    ``out`` in the meantime is refused and kept. A hegl cache (``replace_cache``): moved aside first,
+    checked to be the cache it was, then removed once the new one is in place.
+    """
+    appeared = UserError(f"{out} appeared while prepare ran (someone else made it); it was left alone and "
+                         "nothing was written: choose another --out")
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        try:
+            out.rmdir()  # an empty folder: nothing to lose, and a rename cannot replace it without a race
+        except OSError:
+            raise appeared from None
+    aside = None
+    if out.exists() or out.is_symlink():
+        if not (replace_cache and is_hegl_cache(out)):
+            raise appeared
+        aside = out.with_name(f"{out.name}.old-{os.getpid()}")
+        rename_no_replace(out, aside)
+        if not is_hegl_cache(aside):  # replaced by something else between the check and the move
+            rename_no_replace(aside, out)
+            raise appeared
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        rename_no_replace(partial, out)
+    except FileExistsError:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise appeared from None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_stale_partials(out: Path) -> list[Path]:
@@ -246,47 +431,50 @@ def keep_classes(records: list[Record], classes: list[str]) -> list[Record]:
         record.findings = [f for f in record.findings if f.label in wanted]
         if record.image_labels is not None:
             record.image_labels &= wanted
+        record.unknown &= wanted
     return records
+
+
+def _twins(extra_manifest: dict[str, Any] | None) -> set[str]:
+    return set(((extra_manifest or {}).get("synthetic") or {}).get("counterfactual_of", {}))
 
 
 def _build_into(
     fmt: str, sources: list[SplitSource], partial: Path, out: Path, options: PrepareOptions,
     classes: list[str], source_description: str | None, extra_manifest: dict[str, Any] | None,
-    reader_problems: list[str] | None = None,
+    reader_problems: list[str] | None = None, identity: Identity | None = None,
 ) -> PrepareResult:
     read_problems = list(reader_problems or [])
     known = format_classes(fmt) or tuple(classes)
-    parsed = {src.name: keep_classes(src.records if src.records is not None
-                                     else parse_records(src.annotations, known, read_problems), classes)
+    parsed = {src.name: (src, keep_classes(src.records if src.records is not None
+                                           else parse_records(src.annotations, known, read_problems), classes))
               for src in sources}
     for src in sources:
         if not src.images.is_dir():
             raise UserError(f"images folder for split '{src.name}' not found: {src.images}")
     for src in sources:
-        if not parsed[src.name]:
+        if not parsed[src.name][1]:
             why = f" ({read_problems[0]})" if read_problems else ""
             raise UserError(f"{src.annotations}: no usable record for split '{src.name}'{why}")
+    twins = _twins(extra_manifest)
+    plan = plan_splits(parsed, options, read_problems, twins)
     if options.strict and read_problems:
         raise UserError(f"--strict: {read_problems[0]} ({len(read_problems)} problem(s) in all)")
     problems = list(read_problems)
-    plan: list[tuple[str, SplitSource, list[Record]]] = []
-    for src in sources:
-        records = parsed[src.name]
-        if src.name == "train" and "val" not in parsed and options.val_fraction > 0:
-            train_records, val_records = split_by_group(records, options.val_fraction, options.seed)
-            plan += [("train", src, train_records), ("val", src, val_records)]
-        else:
-            plan.append((src.name, src, records))
     writers: dict[str, SplitWriter] = {}
     clipped = 0
     for name, src, records in plan:
         writers[name], n_clipped = decode_split(src, records, classes, options, problems, partial / name, name)
         clipped += n_clipped
+    check_disjoint(partial, {name: src for name, src, _ in plan}, twins)
     if options.strict and len(problems) > len(read_problems):
         raise UserError(f"--strict: {problems[len(read_problems)]} ({len(problems)} problem(s) in all)")
     counts = {name: w.counts(classes) for name, w in writers.items()}
     warnings = [f"class '{c}' has no positive image in train: its query learns nothing"
                 for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
+    identity = identity or Identity(fingerprint([__version__, fmt, classes, options.shaping(),
+                                                 [str(s.annotations) for s in sources]]),
+                                    content_fingerprint(sources)[0])
     manifest = {
         "format": fmt,
         "classes": classes,
@@ -299,25 +487,16 @@ def _build_into(
         "mask_source": options.mask_source,
         "seed": options.seed,
         "val_fraction": options.val_fraction,
+        "patient_overlap": options.patient_overlap,
         "clipped_boxes": clipped,
         "skipped": len(problems),
         "warnings": warnings,
         "hegl_version": __version__,
-        "fingerprint": source_fingerprint(fmt, sources, options, classes) if extra_manifest is None
-        or "fingerprint" not in extra_manifest else extra_manifest["fingerprint"],
-        **{k: v for k, v in (extra_manifest or {}).items() if k != "fingerprint"},
+        "fingerprint": identity.fingerprint,
+        "identity": {"inputs": identity.inputs, "content": identity.content},
+        **(extra_manifest or {}),
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if problems:
-        (partial / "skipped.txt").write_text("".join(line + "\n" for line in problems))
+        (partial / SKIPPED).write_text("".join(line + "\n" for line in problems))
     return PrepareResult(out=out, manifest=manifest, problems=problems, clipped_boxes=clipped, warnings=warnings)
-
-
-def up_to_date(out: Path, expected: str, force: bool) -> PrepareResult | None:
-    """The existing cache's result when it already matches ``expected`` (and no --force)."""
-    if not force and existing_fingerprint(out) == expected:
-        manifest = json.loads((out / MANIFEST).read_text())
-        return PrepareResult(out=out, manifest=manifest, skipped=True)
-    return None
-
-

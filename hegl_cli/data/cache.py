@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,22 @@ import numpy as np
 
 from hegl_cli.data.labels import annotated_positives, positive
 from hegl_cli.errors import UserError, first_line
+from hegl_cli.fs.locks import FolderLock
+from hegl_cli.fs.tables import read_json
 
 MANIFEST = "manifest.json"
+SKIPPED = "skipped.txt"  # one line per record or image the prepare left out, and why
+
+
+def lock_path(cache: Path) -> Path:
+    """The cache's lock file, beside it (the cache folder itself is replaced as a whole)."""
+    cache = Path(cache)
+    return cache.with_name(f".{cache.name}.lock")
+
+
+def cache_lock(cache: Path, shared: bool = False) -> FolderLock:
+    """Exclusive for `hegl prepare` writing ``cache``; shared for every command that reads it."""
+    return FolderLock(lock_path(cache), f"prepared cache {cache}" if shared else f"prepare output {cache}", shared)
 
 
 class SplitWriter:
@@ -135,12 +148,9 @@ def _write_header(path: Path, shape: tuple[int, ...]) -> int:
 def read_manifest(cache: Path) -> dict[str, Any]:
     """The manifest of a finished cache; a clear error if ``cache`` is not one."""
     path = Path(cache) / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise UserError(f"no prepared dataset at {cache} (missing {MANIFEST}); run `hegl prepare` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: corrupt manifest ({exc})") from exc
+    manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise UserError(f"{path}: not a hegl manifest (no 'splits')")
     return manifest
@@ -220,21 +230,6 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
     """(..., S, S) 0/1 -> (..., ceil(S*S/8)) uint8."""
     flat = masks.reshape(*masks.shape[:-2], -1).astype(bool)
     return np.packbits(flat, axis=-1)
-
-
-def commit_folder(partial: Path, final: Path, force: bool) -> None:
-    """Move a finished ``partial`` folder to ``final``; an old ``final`` is replaced only after."""
-    if final.exists():
-        if not force:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise UserError(f"{final} already exists; pass --force to replace it")
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, final)
 
 
 def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:

@@ -6,9 +6,10 @@ Every path that feeds the model (prepare, explain) goes through :func:`load_imag
 
 from __future__ import annotations
 
-import csv
+import math
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hegl_cli.config import DataConfig
 from hegl_cli.errors import UserError, first_line
+from hegl_cli.fs.tables import read_table
 
 DEFAULT_MAX_PIXELS: int = DataConfig.max_pixels  # a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -44,17 +46,14 @@ def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
 
 
 def _paths_from_csv(path: Path) -> list[Path]:
-    """Image paths listed in a CSV (column ``path`` or ``file``, else the first), relative to the CSV's folder."""
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read the list of images {path}: {exc}") from exc
-    if not rows:
+    """Image paths listed in a CSV (column ``path``, ``file``, ``filename`` or ``image``, else the first,
+    any case), relative to the CSV's folder."""
+    table = read_table(path, "list of images", header=False)
+    if not table.rows:
         return []
-    header = [c.strip().lower() for c in rows[0]]
-    column = next((header.index(n) for n in ("path", "file", "filename", "image") if n in header), None)
-    body = rows[1:] if column is not None else rows
+    first = [cell.strip().lower() for cell in table.rows[0]]
+    column = next((first.index(n) for n in ("path", "file", "filename", "image") if n in first), None)
+    body = table.rows[1:] if column is not None else table.rows
     column = column or 0
     return [(path.parent / row[column].strip()) for row in body if len(row) > column and row[column].strip()]
 
@@ -93,8 +92,13 @@ def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    if is_dicom(path):
-        return _load_dicom(path, max_pixels)
+    image = _load_dicom(path, max_pixels) if is_dicom(path) else _load_pil(path, max_pixels)
+    if not np.isfinite(image).all():
+        raise UserError(f"cannot read image {path}: it has pixels that are not numbers (NaN or infinity)")
+    return image
+
+
+def _load_pil(path: Path, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -174,8 +178,27 @@ class Geometry:
     pad_y: int
     scale: float
 
+    @property
+    def side(self) -> int:
+        """The padded square's side in original pixels."""
+        return max(self.height, self.width)
+
+    @property
+    def size(self) -> int:
+        """The cache's side in pixels."""
+        return round(self.scale * self.side)
+
     def transform_xy(self, x: float, y: float) -> tuple[float, float]:
         return (x + self.pad_x) * self.scale, (y + self.pad_y) * self.scale
+
+    def pixel_span(self, low: float, high: float, axis: str) -> tuple[int, int]:
+        """The first and last cache pixel that the original interval [low, high) of ``axis`` ("x" or
+        "y") overlaps, in exact rational arithmetic (``(x + pad) * size / side`` in floating point puts
+        an edge that lands on a pixel boundary at 62.99999999999999 and fills a pixel too many)."""
+        pad = self.pad_x if axis == "x" else self.pad_y
+        start = (Fraction(low) + pad) * self.size / self.side
+        end = (Fraction(high) + pad) * self.size / self.side
+        return math.floor(start), math.ceil(end) - 1
 
 
 def square_and_resize(img: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:

@@ -1,4 +1,4 @@
-"""Expert annotations (boxes, polygons) -> per-class binary masks in cache coordinates."""
+"""Expert annotations (boxes, polygons, run-length pixel masks) -> per-class binary masks in cache coordinates."""
 
 from __future__ import annotations
 
@@ -17,15 +17,24 @@ def clip_box(box: tuple[float, float, float, float], width: int, height: int) ->
     return clipped, clipped != tuple(box)
 
 
+def run_lengths(rle: str) -> np.ndarray:
+    """SIIM's ``offset length offset length ...`` as int64 (2K,); ValueError for anything else."""
+    try:
+        values = np.array(rle.split(), dtype=np.int64)
+    except (ValueError, OverflowError):
+        raise ValueError("run-length mask is not pairs of non-negative numbers") from None
+    if len(values) % 2 or (values < 0).any() or not len(values):
+        raise ValueError("run-length mask is not pairs of non-negative numbers")
+    return values
+
+
 def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
     """SIIM's relative run-length encoding -> bool (height, width).
 
     Pairs ``offset length``: each offset counts pixels since the end of the previous run, over the
     column-major flattened image (the first run's offset counts from pixel 0).
     """
-    values = np.array(rle.split(), dtype=np.int64)
-    if len(values) % 2 or (values < 0).any():
-        raise ValueError("run-length mask is not pairs of non-negative numbers")
+    values = run_lengths(rle)
     flat = np.zeros(width * height, bool)
     position = 0
     for offset, length in values.reshape(-1, 2):
@@ -37,15 +46,38 @@ def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
     return flat.reshape(width, height).T  # column-major
 
 
+def area_coverage(square: np.ndarray, size: int) -> np.ndarray:
+    """(side, side) 0/1 -> (size, size) float64: the exact share of each cache pixel's area that the mask
+    covers, every original pixel a unit square. The integral image of a pixel-constant mask is
+    bilinear between integer knots, so its value at every cache pixel boundary is an interpolation."""
+    side = square.shape[0]
+    integral = np.zeros((side + 1, side + 1), np.float64)
+    integral[1:, 1:] = square.astype(np.float64).cumsum(0).cumsum(1)
+    bounds = np.arange(size + 1, dtype=np.float64) * side / size
+    low = np.minimum(np.floor(bounds).astype(np.int64), side - 1)
+    frac = bounds - low
+
+    def along(a: np.ndarray, axis: int) -> np.ndarray:
+        first, second = np.take(a, low, axis=axis), np.take(a, low + 1, axis=axis)
+        shape = [1, 1]
+        shape[axis] = -1
+        return first * (1 - frac.reshape(shape)) + second * frac.reshape(shape)
+
+    at_bounds = along(along(integral, 0), 1)  # (size + 1, size + 1)
+    area = at_bounds[1:, 1:] - at_bounds[:-1, 1:] - at_bounds[1:, :-1] + at_bounds[:-1, :-1]
+    return area / (side / size) ** 2
+
+
 def resample_mask(mask: np.ndarray, geometry: Geometry, size: int) -> np.ndarray:
-    """A pixel mask in original coordinates -> (size, size) uint8 in cache coordinates: padded like
-    the image, then a cache pixel is in the mask when at least half of its area is (area average)."""
+    """A pixel mask in original coordinates -> (size, size) uint8 in cache coordinates: padded like the
+    image, then a cache pixel is in the mask when at least half of its area is (exactly: see
+    :func:`area_coverage`)."""
     side = max(geometry.height, geometry.width)
-    square = np.zeros((side, side), np.float32)
+    square = np.zeros((side, side), np.uint8)
     square[geometry.pad_y : geometry.pad_y + geometry.height, geometry.pad_x : geometry.pad_x + geometry.width] = mask
-    if side != size:
-        square = np.asarray(Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BOX))
-    return (square >= 0.5).astype(np.uint8)
+    if side == size:
+        return square
+    return (area_coverage(square, size) >= 0.5 - 1e-9).astype(np.uint8)
 
 
 def clip_polygon(points: list[tuple[float, float]], low: float, high: float) -> list[tuple[float, float]]:
@@ -82,8 +114,9 @@ def rasterize_findings(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw each class's findings into a (size, size) mask.
 
-    Pixel masks (run-length encoded) are used as they are; polygons where present and
-    ``mask_source == "polygon"``; boxes otherwise.
+    Pixel masks (run-length encoded) are used as they are, a class's masks united before they are
+    resampled (the README's union rule); polygons where present and ``mask_source == "polygon"``;
+    boxes otherwise.
 
     Returns:
         masks: uint8 (C, size, size) of 0/1.
@@ -94,12 +127,12 @@ def rasterize_findings(
     has_mask = np.zeros(len(classes), dtype=bool)
     clipped_count = 0
     index = {name: i for i, name in enumerate(classes)}
+    pixel_masks: dict[int, np.ndarray] = {}
     for finding in findings:
         c = index[finding.label]
-        if finding.rle is not None:  # a pixel mask (SIIM): no box to clip
-            pixels = resample_mask(decode_rle(finding.rle, geometry.width, geometry.height), geometry, size)
-            canvases[c] = Image.fromarray(np.maximum(np.asarray(canvases[c]), pixels))
-            has_mask[c] = True
+        if finding.rle is not None:  # a pixel mask (SIIM): united at full resolution, resampled once below
+            decoded = decode_rle(finding.rle, geometry.width, geometry.height)
+            pixel_masks[c] = decoded if c not in pixel_masks else pixel_masks[c] | decoded
             continue
         box, clipped = clip_box(finding.box, geometry.width, geometry.height)
         clipped_count += int(clipped)
@@ -112,9 +145,12 @@ def rasterize_findings(
         else:
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue  # entirely outside the image
-            (x1, y1), (x2, y2) = geometry.transform_xy(box[0], box[1]), geometry.transform_xy(box[2], box[3])
-            # Pixel i covers [i, i+1): fill every pixel the box overlaps.
-            draw.rectangle([int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)) - 1, int(np.ceil(y2)) - 1], fill=1)
+            # Pixel i covers [i, i+1): fill every pixel the box overlaps, edges computed exactly.
+            (x1, x2), (y1, y2) = geometry.pixel_span(box[0], box[2], "x"), geometry.pixel_span(box[1], box[3], "y")
+            draw.rectangle([x1, y1, x2, y2], fill=1)
+        has_mask[c] = True
+    for c, union in pixel_masks.items():
+        canvases[c] = Image.fromarray(np.maximum(np.asarray(canvases[c]), resample_mask(union, geometry, size)))
         has_mask[c] = True
     masks = np.stack([np.asarray(canvas, dtype=np.uint8) for canvas in canvases]) if classes else np.zeros(
         (0, size, size), np.uint8)

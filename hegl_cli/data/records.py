@@ -32,6 +32,8 @@ class Record:
     findings: list[Finding] = field(default_factory=list)
     image_labels: set[str] | None = None  # labels of the whole image; None: the findings' labels
     patient: str | None = None  # images of one patient stay in one split
+    unknown: set[str] = field(default_factory=set)  # classes whose label is not known (NaN in the cache)
+    split: str | None = None  # the split the data names for the image, if any
 
     @property
     def labels(self) -> set[str]:

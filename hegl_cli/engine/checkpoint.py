@@ -9,9 +9,8 @@ data, no hub access.
 
 from __future__ import annotations
 
-import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
-from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.cache import CachedSplit, cache_lock
 from hegl_cli.engine.device import select_device
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json
+from hegl_cli.fs.locks import FolderLock
+from hegl_cli.fs.tables import read_json
 from hegl_cli.models.model import HEGLModel, build_model
 
 
@@ -65,10 +66,7 @@ def checkpoint_paths(run: Path, which: str) -> tuple[Path, Path]:
 
 def load_meta(run: Path, which: str = "best") -> dict[str, Any]:
     _, meta = checkpoint_paths(run, which)
-    try:
-        data = json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta}: corrupt checkpoint metadata ({exc})") from exc
+    data = read_json(meta, "checkpoint metadata")
     missing = [k for k in ("config", "classes") if not isinstance(data, dict) or k not in data]
     if missing:
         raise UserError(f"{meta}: not a hegl checkpoint description (missing {', '.join(missing)})")
@@ -124,7 +122,12 @@ def open_split(data: Path | str, split: str, classes: list[str], image_size: int
 
 @dataclass
 class LoadedRun:
-    """A trained run ready to predict: its model, metadata, config, device and (optionally) a split."""
+    """A trained run ready to predict: its model, metadata, config, device and (optionally) a split.
+
+    It holds reader locks on the run folder (and the cache, with a split) until :meth:`close`: no
+    ``hegl train --force`` or ``hegl prepare --force`` replaces them while it reads. Use it in a
+    ``with`` block, or close it.
+    """
 
     folder: Path
     which: str
@@ -135,6 +138,18 @@ class LoadedRun:
     data: Path
     split: CachedSplit | None
     thresholds: np.ndarray  # (C,) chosen on validation during training
+    locks: list[FolderLock] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks.clear()
+
+    def __enter__(self) -> LoadedRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def classes(self) -> list[str]:
@@ -154,9 +169,17 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
     keys may change a trained run's config.
     """
     dev = select_device(device)
-    model, meta, cfg = load_model(run, which, dev)
-    apply_eval_layers(cfg, eval_layers or [], command)
-    folder = Path(data or meta.get("data") or cfg.data.path)
-    cached = open_split(folder, split, meta["classes"], cfg.data.image_size) if split else None
+    locks = [RunFolder(run).lock(shared=True).acquire()]
+    try:
+        model, meta, cfg = load_model(run, which, dev)
+        apply_eval_layers(cfg, eval_layers or [], command)
+        folder = Path(data or meta.get("data") or cfg.data.path)
+        if split:
+            locks.append(cache_lock(folder, shared=True).acquire())
+        cached = open_split(folder, split, meta["classes"], cfg.data.image_size) if split else None
+    except BaseException:
+        for lock in reversed(locks):
+            lock.release()
+        raise
     thresholds = np.asarray(meta.get("thresholds", [0.5] * len(meta["classes"])), dtype=np.float64)
-    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds)
+    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks)

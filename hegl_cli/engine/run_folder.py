@@ -20,7 +20,7 @@ from typing import Any
 
 from hegl_cli import __version__
 from hegl_cli.errors import UserError
-from hegl_cli.fs.locks import FolderLock, is_locked
+from hegl_cli.fs.locks import FolderLock
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
@@ -59,8 +59,9 @@ class HeglFolder:
     def lock_file(self) -> Path:
         return self.path / LOCK
 
-    def lock(self) -> FolderLock:
-        return FolderLock(self.lock_file, f"{self.KIND} {self.path}")
+    def lock(self, shared: bool = False) -> FolderLock:
+        """Exclusive for the command that writes the folder; shared for the ones that read it."""
+        return FolderLock(self.lock_file, f"{self.KIND} {self.path}", shared=shared)
 
     def write_marker(self) -> None:
         write_marker(self.marker)
@@ -136,10 +137,34 @@ class RunFolder(HeglFolder):
         return self._is_folder() and (self.marker.is_file() or (self.config.is_file() and self.state.is_file()))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The epochs of ``metrics.jsonl`` ([] when there is none)."""
+        """The finished epochs ([] when there is none); a damaged line is a UserError naming it."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        epochs = []
+        for number, line in enumerate(self.metrics.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                epoch = json.loads(line)
+            except ValueError:
+                epoch = None
+            if not isinstance(epoch, dict) or "epoch" not in epoch:
+                raise UserError(f"{self.metrics}: line {number} is not an epoch record (the file is damaged); "
+                                "resume the run or train it again")
+            epochs.append(epoch)
+        return epochs
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """Every start and resume of the run ([] when there is none; a torn line is skipped)."""
+        if not self.history.is_file():
+            return []
+        records = []
+        for line in self.history.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in records if isinstance(r, dict)]
 
     def append_history(self, event: str, **fields: Any) -> None:
         """One line per start/resume: time, event, the command line and what changed."""
@@ -191,14 +216,20 @@ class AblationFolder(HeglFolder):
         return self._is_folder() and (self.marker.is_file() or (self.results_csv.is_file() and self.runs_dir.is_dir()))
 
 
+MAX_NAME_BYTES = 255  # one path component on every common file system
+
+
 def validate_run_name(name: str) -> str:
-    """A run name is one plain path component (no separators, not '.', '..' or 'latest')."""
+    """A run name is one plain path component (no separators, not '.', '..' or 'latest', at most 255 bytes)."""
     text = str(name)
     parts_posix, parts_windows = PurePosixPath(text).parts, PureWindowsPath(text).parts
     if (text.strip() in ("", ".", "..", LATEST) or "\0" in text or len(parts_posix) != 1
-            or len(parts_windows) != 1 or text.startswith("-")):
+            or len(parts_windows) != 1 or text.startswith("-") or not text.isprintable()):
         raise UserError(f"invalid run name {text!r}: a run name is one folder name such as 'baseline-1' "
                         "(no '/', '..' or absolute paths; use --runs-dir to choose where runs live)")
+    if len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        raise UserError(f"invalid run name {text[:40]!r}...: {len(text.encode('utf-8'))} bytes, over the "
+                        f"{MAX_NAME_BYTES} a folder name may have")
     return text
 
 
@@ -206,31 +237,60 @@ def is_hegl_run(folder: Path) -> bool:
     return RunFolder(folder).is_hegl_run()
 
 
-def create_run_dir(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = False) -> Path:
-    """Make ``runs_dir/<name>`` (a timestamp when no name) for a new run and mark it as hegl's.
+def check_runs_dir(runs_dir: Path) -> None:
+    """``runs_dir`` is a folder (or not there yet), and its ``latest`` is hegl's pointer or absent."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UserError(f"--runs-dir {runs_dir} is not a folder")
+    latest = runs_dir / LATEST
+    if latest.is_symlink() or not latest.exists():
+        return
+    if latest.is_file() and latest.stat().st_size < 300:
+        try:
+            validate_run_name(latest.read_text().strip())
+            return
+        except (UserError, UnicodeDecodeError):
+            pass
+    raise UserError(f"{latest} is not hegl's pointer to the newest run (hegl did not make it); it was left "
+                    "alone: rename it, or choose another --runs-dir")
 
-    An existing non-empty folder is refused, or with ``force`` replaced, but only when it is a hegl
-    run that no process holds; anything else is never deleted.
+
+def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = False) -> tuple[Path, FolderLock]:
+    """Make ``runs_dir/<name>`` (a timestamp when no name) for a new run, mark it as hegl's, and hold
+    its lock (returned; release it when the run ends).
+
+    An existing non-empty folder is refused, or with ``force`` emptied (keeping its lock file, so no
+    reader can slip in), but only when it is a hegl run that no process uses; anything else is never
+    deleted.
     """
+    check_runs_dir(runs_dir)
     run = RunFolder(Path(runs_dir) / validate_run_name(time.strftime("%Y%m%d-%H%M%S") if name is None else name))
     path = run.path
     if path.is_symlink():
         raise UserError(f"{path} is a symbolic link; refusing to use it as a run folder")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
+    existed = path.is_dir() and any(p.name != LOCK for p in path.iterdir())
+    if existed and not force:
+        raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
+                        "start it over, or another --name")
+    if existed and not run.is_hegl_run():
+        raise UserError(f"{path} is not a hegl run folder (no {RunFolder.MARKER}); --force only replaces "
+                        "runs that hegl made, so it was left alone: choose another --name")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = run.lock().acquire()  # raises, naming the holder, while any process writes or reads the run
+    try:
+        left = [p for p in path.iterdir() if p.name != LOCK]
+        if left and not existed:
             raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
                             "start it over, or another --name")
-        if not run.is_hegl_run():
-            raise UserError(f"{path} is not a hegl run folder (no {RunFolder.MARKER}); --force only replaces "
-                            "runs that hegl made, so it was left alone: choose another --name")
-        if is_locked(run.lock_file):
-            run.lock().acquire()  # raises, naming the holder
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    run.write_marker()
-    return path
+        for entry in left:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        run.write_marker()
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
 
 
 def remove_if_unused(run: Path) -> None:
@@ -242,6 +302,7 @@ def remove_if_unused(run: Path) -> None:
 
 def mark_latest(run: Path) -> None:
     """Point ``<runs>/latest`` at ``run`` (a relative symlink, or a pointer file where links fail)."""
+    check_runs_dir(run.parent)
     link = run.parent / LATEST
     tmp = run.parent / f".{LATEST}.{os.getpid()}"
     try:

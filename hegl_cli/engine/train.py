@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
-from hegl_cli.data.cache import CachedSplit, supervision_counts
+from hegl_cli.data.cache import CachedSplit, cache_lock, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
 from hegl_cli.data.swap import context_swap
@@ -43,8 +43,8 @@ from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
 from hegl_cli.engine.run_folder import (
     RunFolder,
-    create_run_dir,
     mark_latest,
+    open_new_run,
     remove_if_unused,
     validate_run_name,
 )
@@ -207,6 +207,16 @@ def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
     cfg.data.classes = list(split.classes)  # data.classes chooses classes at prepare; a model learns the cache's
 
 
+def check_augmentation(dataset: XrayDataset, cfg: Config) -> None:
+    """Refuse an augmentation that could never apply to this train split (the run would say it
+    trained with it)."""
+    if cfg.data.augment == "background_swap" and (len(dataset.donors) == 0 or not dataset.swappable.any()):
+        raise UserError(f"{cfg.data.path}: data.augment=background_swap needs finding-free train images to take the "
+                        f"background from and images whose findings all have masks; this train split has "
+                        f"{len(dataset.donors)} finding-free and {int(dataset.swappable.sum())} such images "
+                        "(set data.augment=none)")
+
+
 def _val_context_swap(val: CachedSplit, cfg: Config):
     """The val split's context swap (see :mod:`hegl_cli.data.swap`), or None when it cannot be built.
 
@@ -251,6 +261,7 @@ class Trainer:
         if self.criterion.needs_input_grad:
             self.model.set_fused_attention(False)  # double backward has no fused CPU kernel
         self.dataset = XrayDataset(self.train_split, cfg.data.augment, seed=cfg.train.seed)
+        check_augmentation(self.dataset, cfg)
         self.loader, self.sampler = make_loader(self.dataset, cfg.train.batch_size, cfg.train.seed,
                                                 self.dist.rank, self.dist.world_size, cfg.train.workers,
                                                 pin_memory=self.device.type == "cuda")
@@ -294,6 +305,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.stopper = EarlyStopping(**state["stopper"])
+        self.stopper.patience = self.cfg.train.patience  # a resume may change it (RESUME_SAFE_KEYS)
         self.history = list(state["history"])
         self.best_thresholds = np.asarray(state.get("best_thresholds", state.get("thresholds")), dtype=np.float64)
         self.start_epoch = int(state["epoch"]) + 1
@@ -510,12 +522,14 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
 
     A new run refuses an existing, non-empty folder unless ``force``, which replaces it only when it
     is a hegl run no process is using. ``resume`` continues the run found there from its last
-    finished epoch, with the run's own config (``cfg`` must equal it but for safe keys). The run
-    folder is locked while training: a second process on the same run gets a UserError.
+    finished epoch, with the run's own config (``cfg`` must equal it but for safe keys) and the same
+    cache it started with. The run folder is locked while training (a second process on the same run,
+    reader or writer, gets a UserError), and the cache is locked for reading.
     """
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
     changes: dict[str, list[Any]] = {}
+    lock = None
     if resume:
         if name is None:
             raise UserError("--resume needs --name of the run to continue")
@@ -524,25 +538,51 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
             raise UserError(f"nothing to resume: run folder {run} not found")
         if not RunFolder(run).is_hegl_run():
             raise UserError(f"nothing to resume in {run}: not a hegl run (no {RunFolder(run).state.name})")
-        changes = check_resume_config(run, cfg)
+        lock = RunFolder(run).lock().acquire() if main else None
     elif main:
-        run = create_run_dir(name, Path(runs_dir), force=force)
+        run, lock = open_new_run(name, Path(runs_dir), force=force)
     else:  # other DDP ranks only read the run folder that rank 0 makes
         run = Path(runs_dir) / validate_run_name(name if name is not None else time.strftime("%Y%m%d-%H%M%S"))
-    lock = RunFolder(run).lock() if main else None
     try:
-        if lock is not None:
-            lock.acquire()
-        return _train_locked(cfg, run, resume, changes, progress, log if main else (lambda *_: None), main)
+        if resume:
+            changes = check_resume_config(run, cfg)
+        with cache_lock(Path(cfg.data.path), shared=True):
+            return _train_locked(cfg, run, resume, changes, progress, log if main else (lambda *_: None), main)
     finally:
         if lock is not None:
             lock.release()
+
+
+def data_facts(split: CachedSplit) -> dict[str, Any]:
+    """What a run's history records of the cache it trains on (to refuse a resume on another one)."""
+    manifest = split.manifest
+    return {"data": str(split.root), "data_fingerprint": manifest.get("fingerprint"),
+            "data_classes": list(split.classes), "data_image_size": split.image_size,
+            "data_splits": manifest.get("splits")}
+
+
+def check_resume_data(run: Path, split: CachedSplit) -> None:
+    """Refuse to resume on a cache other than the one the run started with, naming what changed."""
+    started = next((r for r in reversed(RunFolder(run).read_history()) if r.get("event") == "start"), None)
+    if started is None or started.get("data_fingerprint") is None:
+        return  # a run from before the history recorded its cache
+    now = data_facts(split)
+    if started.get("data_fingerprint") == now["data_fingerprint"]:
+        return
+    changed = [f"{key[5:]} {started[key]!r} -> {now[key]!r}" for key in ("data_classes", "data_image_size", "data_splits")
+               if key in started and started[key] != now[key]]
+    detail = "; ".join(changed) if changed else "its images or annotations changed (fingerprint " \
+        f"{started['data_fingerprint']} -> {now['data_fingerprint']})"
+    raise UserError(f"--resume: the cache {split.root} is not the one {run} started with ({detail}); a run trains "
+                    "on one dataset: start a new run")
 
 
 def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[Any]], progress: bool, log,
                   main: bool) -> TrainResult:
     try:
         trainer = Trainer(cfg, run, resume, progress, log=log)
+        if resume:
+            check_resume_data(run, trainer.train_split)
     except BaseException:
         if main and not resume:
             remove_if_unused(run)  # leave no empty run folder behind a run that never started
@@ -553,7 +593,7 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
             trainer.folder.write_marker()
             cfg.dump(trainer.folder.config)
             trainer.folder.append_history("resume" if resume else "start", epoch=trainer.start_epoch + 1,
-                           changed=changes, data=str(cfg.data.path), data_fingerprint=trainer.train_split.manifest.get("fingerprint"))
+                                          changed=changes, **data_facts(trainer.train_split))
             mark_latest(run)
         return trainer.fit()
     finally:

@@ -32,6 +32,7 @@ def create_timm_backbone(
     """Build a headless timm model; ``pretrained`` is False, True (hub) or a local weights file."""
     if name not in timm.list_models() and not timm.is_model(name):
         raise UserError(f"unknown timm model '{name}'{_closest_models(name)}")
+    check_encoder_kwargs(extra or {})
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans, **(extra or {})}
     if isinstance(pretrained, str) and pretrained.lower() in ("true", "false"):
         pretrained = pretrained.lower() == "true"
@@ -53,13 +54,26 @@ def create_timm_backbone(
         raise
     except TypeError as exc:  # an encoder_kwargs key this architecture does not take
         raise UserError(f"model.encoder_kwargs {extra or {}} do not fit '{name}' ({first_line(exc, 120)})") from exc
-    except (OSError, RuntimeError, ValueError, AssertionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - timm, torch and safetensors each raise their own types
+        if isinstance(pretrained, str):
+            raise UserError(f"cannot load pretrained weights from {pretrained} ({first_line(exc, 160)}); it must be "
+                            f"a checkpoint of '{name}' (.safetensors or .pth)") from exc
         if pretrained is True:
             raise UserError(
                 f"cannot load pretrained weights for '{name}' ({first_line(exc, 160)}); "
                 "offline, pass model.pretrained=path/to/weights.safetensors or model.pretrained=false"
             ) from exc
         raise UserError(f"cannot build timm model '{name}' with {kwargs} ({first_line(exc, 160)})") from exc
+
+
+def check_encoder_kwargs(extra: dict) -> None:
+    """Every ``model.encoder_kwargs`` key has a value: timm drops keys whose value is None without a word,
+    and ``{depth:1}`` (no space) is YAML for a key ``depth:1`` with no value. Keys the encoder does not
+    take are refused when it is built (timm's TypeError)."""
+    for key, value in extra.items():
+        if value is None:
+            hint = f"; write '{key.split(':')[0]}: {key.split(':', 1)[1]}' with a space" if ":" in str(key) else ""
+            raise UserError(f"config key 'model.encoder_kwargs': {key!r} has no value{hint}")
 
 
 class ImageEncoder(nn.Module):

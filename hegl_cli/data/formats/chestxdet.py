@@ -6,13 +6,13 @@ lists are parallel (one entry per finding). ChestX-Det10 has no ``polygons``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from hegl_cli.data.records import Finding, Record, safe_file_name
 from hegl_cli.errors import UserError
+from hegl_cli.fs.tables import read_json
 
 CHESTXDET_CLASSES: tuple[str, ...] = (
     "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "Diffuse Nodule", "Effusion",
@@ -39,12 +39,7 @@ IMAGE_DIRS: dict[str, list[str]] = {"train": ["train", "train_data"], "test": ["
 
 def read_annotation_file(path: Path) -> list[Any]:
     """Load the JSON list; a file that is not a JSON list is a user error naming the file."""
-    if not path.is_file():
-        raise UserError(f"annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, "annotation file")
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data

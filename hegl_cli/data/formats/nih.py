@@ -10,15 +10,15 @@ carved from train by patient as well, so no patient is in two splits.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
 
-from hegl_cli.data.formats.files import find_file, open_text
+from hegl_cli.data.formats.files import find_file
 from hegl_cli.data.records import Finding, Record
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
+from hegl_cli.fs.tables import read_lines, read_table
 
 NIH_CLASSES: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -47,34 +47,34 @@ def read_boxes(path: Path | None, classes: tuple[str, ...], problems: list[str])
     boxes: dict[str, list[Finding]] = {}
     if path is None:
         return boxes
-    with open_text(path) as handle:
-        rows = csv.reader(handle)
-        next(rows, None)
-        for line, row in enumerate(rows, start=2):
-            try:
-                name, label = row[0].strip(), BOX_ALIASES.get(row[1].strip(), row[1].strip())
-                x, y, w, h = (float(v) for v in row[2:6])
-            except (IndexError, ValueError):
-                problems.append(f"{path.name}: line {line}: not 'Image Index, Finding Label, x, y, w, h'")
-                continue
-            if label not in classes:
-                continue  # a class left out by data.classes
-            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-                problems.append(f"{path.name}: line {line} ({name}): box {row[2:6]} is not finite with area")
-                continue
-            boxes.setdefault(name, []).append(Finding(label, (x, y, x + w, y + h)))
+    table = read_table(path, "box list")
+    for line, row in zip(table.lines, table.rows):
+        try:
+            name, label = row[0].strip(), BOX_ALIASES.get(row[1].strip(), row[1].strip())
+            x, y, w, h = (float(v) for v in row[2:6])
+        except (IndexError, ValueError):
+            problems.append(f"{path.name}: line {line}: not 'Image Index, Finding Label, x, y, w, h'")
+            continue
+        if label not in classes:
+            continue  # a class left out by data.classes
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            problems.append(f"{path.name}: line {line} ({name}): box {row[2:6]} is not finite with area")
+            continue
+        boxes.setdefault(name, []).append(Finding(label, (x, y, x + w, y + h)))
     return boxes
 
 
 def read_list(path: Path | None) -> set[str] | None:
-    if path is None:
-        return None
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    return None if path is None else set(read_lines(path, "image list"))
 
 
 def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fraction: float = 0.2
              ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
-    """({train, test}: records, problems, the annotation files read)."""
+    """({train, test}: records, problems, the annotation files read).
+
+    A row repeated (the same image twice, whatever its Patient ID) keeps its first line and names the
+    others; with the official lists, a labelled image in neither list is named and left out.
+    """
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
     entries = find_file(source, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], "label file Data_Entry_2017.csv")
@@ -86,26 +86,35 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
     located = image_index(source)
     records: list[Record] = []
     wanted = set(classes)
-    with open_text(entries) as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"Image Index", "Finding Labels", "Patient ID"} <= set(reader.fieldnames):
-            raise UserError(f"{entries}: expected the columns 'Image Index', 'Finding Labels', 'Patient ID'")
-        for line, row in enumerate(reader, start=2):
-            name = (row["Image Index"] or "").strip()
-            labels = {v.strip() for v in (row["Finding Labels"] or "").split("|") if v.strip()} - {NO_FINDING}
-            unknown = labels - set(NIH_CLASSES)
-            if not name or unknown:
-                problems.append(f"{entries.name}: line {line} ({name}): unknown finding {sorted(unknown)}")
+    first_line: dict[str, int] = {}
+    table = read_table(entries, "label file", {"Image Index", "Finding Labels", "Patient ID"})
+    for line, row in zip(table.lines, table.dicts()):
+        name = row["Image Index"].strip()
+        labels = {v.strip() for v in row["Finding Labels"].split("|") if v.strip()} - {NO_FINDING}
+        unknown = labels - set(NIH_CLASSES)
+        if not name or unknown:
+            problems.append(f"{entries.name}: line {line} ({name}): unknown finding {sorted(unknown)}")
+            continue
+        if name in first_line:
+            problems.append(f"{entries.name}: line {line} ({name}): the image is listed again (first on line "
+                            f"{first_line[name]}); the first line is kept")
+            continue
+        first_line[name] = line
+        if name not in located:
+            problems.append(f"image not found: {name} (in images/ or images_0XX/images/)")
+            continue
+        split = None
+        if test_list is not None:
+            split = "test" if name in test_list else "train" if (train_list is None or name in train_list) else None
+            if split is None:
+                problems.append(f"{entries.name}: line {line} ({name}): in neither test_list.txt nor "
+                                "train_val_list.txt; left out")
                 continue
-            if name not in located:
-                problems.append(f"image not found: {name} (in images/ or images_0XX/images/)")
-                continue
-            records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
-                                  patient=(row["Patient ID"] or "").strip() or None))
-    by_name = {Path(r.file_name).name: r for r in records}
+        records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
+                              patient=row["Patient ID"].strip() or None, split=split))
     if test_list is not None:
-        test = [r for n, r in by_name.items() if n in test_list]
-        train = [r for n, r in by_name.items() if n not in test_list and (train_list is None or n in train_list)]
+        test = [r for r in records if r.split == "test"]
+        train = [r for r in records if r.split == "train"]
     else:
         train, test = hold_out_test(records, seed, test_fraction)
     files = {"labels": entries, **({"boxes": bbox} if bbox else {})}

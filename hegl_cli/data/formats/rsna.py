@@ -21,6 +21,9 @@ RSNA_CLASSES: tuple[str, ...] = ("Pneumonia",)
 
 def read_rsna(source: Path, classes: tuple[str, ...], seed: int = 0
               ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
+    """({train, test}: records, problems, files read). A patient with a row that cannot be read (a
+    ``Target`` other than 0 or 1, a positive row without a usable box) is named and left out: a label
+    that cannot be read never becomes a negative."""
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
     labels = find_file(source, ["stage_2_train_labels.csv", "stage_2_train_labels.csv.zip",
@@ -32,17 +35,26 @@ def read_rsna(source: Path, classes: tuple[str, ...], seed: int = 0
     problems: list[str] = []
     boxes: dict[str, list[Finding]] = defaultdict(list)
     positive: dict[str, bool] = {}
-    for line, row in enumerate(read_rows(labels, {"patientId", "x", "y", "width", "height", "Target"}), start=2):
+    unreadable: set[str] = set()
+    for line, row in read_rows(labels, {"patientId", "x", "y", "width", "height", "Target"}):
         pid = row["patientId"].strip()
-        target = row["Target"].strip() == "1"
-        positive[pid] = positive.get(pid, False) or target
-        if target:
+        value = row["Target"].strip()
+        if not pid or value not in ("0", "1"):
+            problems.append(f"{labels.name}: line {line} ({pid}): Target {value!r} is neither 0 nor 1; the patient "
+                            "is left out")
+            unreadable.add(pid)
+            continue
+        positive[pid] = positive.get(pid, False) or value == "1"
+        if value == "1":
             try:
                 boxes[pid].append(Finding("Pneumonia", box_from_columns(row, ("x", "y", "width", "height"), xywh=True)))
             except (ValueError, KeyError) as exc:
-                problems.append(f"{labels.name}: line {line} ({pid}): {exc}")
+                problems.append(f"{labels.name}: line {line} ({pid}): {exc}; the patient is left out")
+                unreadable.add(pid)
     records = []
     for pid, is_positive in positive.items():
+        if pid in unreadable:
+            continue
         if pid not in present:
             problems.append(f"image not found: {pid} (in {folder.name}/)")
             continue

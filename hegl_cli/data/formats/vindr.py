@@ -26,27 +26,35 @@ VINDR_CLASSES: tuple[str, ...] = (
 NO_FINDING = "No finding"
 
 
-def fuse(rows: list[dict[str, str]], classes: tuple[str, ...], fusion: str, problems: list[str], name: str
-         ) -> dict[str, tuple[set[str], list[Finding]]]:
-    """Image id -> (positive classes, findings) from every radiologist's rows."""
+def fuse(rows: list[tuple[int, dict[str, str]]], classes: tuple[str, ...], fusion: str, problems: list[str],
+         name: str) -> dict[str, tuple[set[str], list[Finding]]]:
+    """Image id -> (positive classes, findings) from every radiologist's rows.
+
+    A row whose class is not VinDr's leaves its image out (named): what the radiologist marked cannot
+    be told, so the image is not finding-free. A row of a known class whose box cannot be read still
+    marks the class (positive, without that box).
+    """
     marks: dict[str, dict[str, dict[str, list[tuple[float, ...]]]]] = defaultdict(lambda: defaultdict(dict))
     readers: dict[str, set[str]] = defaultdict(set)
-    for line, row in enumerate(rows, start=2):
-        image, label, rad = row["image_id"].strip(), row["class_name"].strip(), (row.get("rad_id") or "").strip()
+    unreadable: set[str] = set()
+    for line, row in rows:
+        image, label, rad = row["image_id"].strip(), row["class_name"].strip(), row.get("rad_id", "").strip()
         readers[image].add(rad)
         if label == NO_FINDING:
             continue
         if label not in VINDR_CLASSES:
-            problems.append(f"{name}: line {line} ({image}): unknown class {label!r}")
+            problems.append(f"{name}: line {line} ({image}): unknown class {label!r}; the image is left out")
+            unreadable.add(image)
             continue
+        boxes = marks[image][label].setdefault(rad, [])
         try:
-            box = box_from_columns(row, ("x_min", "y_min", "x_max", "y_max"), xywh=False)
+            boxes.append(box_from_columns(row, ("x_min", "y_min", "x_max", "y_max"), xywh=False))
         except (ValueError, KeyError) as exc:
-            problems.append(f"{name}: line {line} ({image}): {exc}")
-            continue
-        marks[image][label].setdefault(rad, []).append(box)
+            problems.append(f"{name}: line {line} ({image}): {exc}; {label} is kept without this box")
     fused: dict[str, tuple[set[str], list[Finding]]] = {}
     for image, rads in readers.items():
+        if image in unreadable:
+            continue
         positive, findings = set(), []
         for label, by_rad in marks[image].items():
             needed = 1 if fusion == "any" else len(rads) // 2 + 1
