@@ -372,3 +372,120 @@ def test_records_with_any_numbers_are_finite_or_refused(box, polygon):
     finding = record.findings[0]
     assert all(math.isfinite(v) for v in finding.box)
     assert finding.polygon is None or all(math.isfinite(v) for p in finding.polygon for v in p)
+
+
+# --- issue 21: what the readers and the builder refuse to guess, on real rows --------------------------
+def test_nih_repeated_rows_and_images_in_neither_list_are_named(nih_source, tmp_path):
+    """The real label file with one row repeated exactly and one under another Patient ID: each image is
+    cached once; with the official lists, an image in neither list is named and left out."""
+    root, present = nih_source
+    entries, _ = nih_rows()
+    source = tmp_path / "src"
+    source.mkdir()
+    for item in root.iterdir():
+        if not item.name.startswith("Data_Entry"):
+            (source / item.name).symlink_to(item)
+    rows = [e for e in entries if e["Image Index"] in present]
+    twice, other_patient = rows[0], {**rows[1], "Patient ID": "99999"}
+    fields = list(entries[0])
+    with open(source / "Data_Entry_2017.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows([*rows, twice, other_patient])
+    listed = sorted(present)
+    neither = listed[45]
+    (source / "test_list.txt").write_text("\n".join(listed[:40]))
+    (source / "train_val_list.txt").write_text("\n".join(n for n in listed[40:] if n != neither))
+    out = tmp_path / "cache"
+    manifest = prepare("nih", source, out)
+    cached = [Path(f).name for name in manifest["splits"] for f in CachedSplit(out, name).files]
+    assert len(cached) == len(set(cached)) == len(present) - 1 and neither not in cached
+    skipped = (out / "skipped.txt").read_text()
+    assert skipped.count("is listed again") == 2 and f"({twice['Image Index']}): the image is listed again" in skipped
+    assert f"({neither}): in neither test_list.txt nor train_val_list.txt" in skipped
+
+
+def _vindr_source(tmp_path: Path, extra_rows: list[dict]) -> tuple[Path, list[str]]:
+    with gzip.open(shared_data("annotations", "vindr_cxr_train.csv.gz"), "rt", newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    images = sorted({r["image_id"] for r in rows})[:6]
+    kept = [r for r in rows if r["image_id"] in images]
+    source = tmp_path / "vindr"
+    for image in images:
+        write_dicom(source / "train" / f"{image}.dicom", 3000, 3000)
+    with open(source / "train.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(kept + [{**{k: "" for k in fields}, **row} for row in extra_rows])
+    return source, images
+
+
+def test_vindr_a_label_that_cannot_be_read_never_becomes_a_negative(tmp_path):
+    """Real rows plus one image whose only finding has a class VinDr does not have, and one box drawn
+    backwards: the first image is left out (not cached as finding-free), the second keeps its class."""
+    source, images = _vindr_source(tmp_path, [
+        {"image_id": "unknownclass", "class_name": "Tumour", "rad_id": "R1", "x_min": "1", "y_min": "1",
+         "x_max": "9", "y_max": "9"},
+        {"image_id": "inverted", "class_name": "Nodule/Mass", "rad_id": "R1", "x_min": "90", "y_min": "90",
+         "x_max": "10", "y_max": "10"},
+    ])
+    for image in ("unknownclass", "inverted"):
+        write_dicom(source / "train" / f"{image}.dicom", 200, 200)
+    out = tmp_path / "cache"
+    manifest = prepare("vindr", source, out)
+    found = {Path(f).stem: (split, i) for split in manifest["splits"] for i, f in enumerate(CachedSplit(out, split).files)}
+    assert "unknownclass" not in found and set(images) <= set(found)
+    split, i = found["inverted"]
+    c = manifest["classes"].index("Nodule/Mass")
+    assert CachedSplit(out, split).labels[i, c] == 1 and not CachedSplit(out, split).has_mask[i, c]
+    skipped = (out / "skipped.txt").read_text()
+    assert "(unknownclass): unknown class 'Tumour'; the image is left out" in skipped
+    assert "(inverted): box" in skipped and "Nodule/Mass is kept without this box" in skipped
+
+
+def test_rsna_a_target_other_than_0_or_1_leaves_the_patient_out(tmp_path):
+    import zipfile
+
+    archive = shared_data("annotations", "rsna_pneumonia_train_labels.csv.zip")
+    with zipfile.ZipFile(archive) as z:
+        text = z.read(z.namelist()[0]).decode()
+    rows = list(csv.DictReader(text.splitlines()))
+    negatives = sorted({r["patientId"] for r in rows if r["Target"] == "0"})[:6]
+    bad = negatives[0]
+    kept = [r for r in rows if r["patientId"] in negatives]
+    kept = [{**r, "Target": "2"} if r["patientId"] == bad else r for r in kept]
+    source = tmp_path / "rsna"
+    for pid in negatives:
+        write_dicom(source / "stage_2_train_images" / f"{pid}.dcm", 64, 64)
+    with open(source / "stage_2_train_labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    out = tmp_path / "cache"
+    manifest = prepare("rsna", source, out)
+    cached = {Path(f).stem for split in manifest["splits"] for f in CachedSplit(out, split).files}
+    assert bad not in cached and cached == set(negatives[1:])
+    assert f"({bad}): Target '2' is neither 0 nor 1" in (out / "skipped.txt").read_text()
+
+
+def test_siim_an_empty_mask_or_an_image_found_twice_is_named(tmp_path):
+    with gzip.open(shared_data("annotations", "siim_pneumothorax_train_rle.csv.gz"), "rt", newline="") as handle:
+        rows = [(r[0].strip(), r[1].strip()) for r in list(csv.reader(handle))[1:]]
+    negatives = [i for i, p in rows if p == "-1"][:5]
+    empty, twice = "1.2.3.empty", negatives[0]
+    source = tmp_path / "siim"
+    for k, image in enumerate(negatives + [empty]):
+        write_dicom(source / "dicom-images-train" / f"study{k}" / f"series{k}" / f"{image}.dcm", 64, 64)
+    write_dicom(source / "dicom-images-train" / "other" / "series" / f"{twice}.dcm", 64, 64)
+    with open(source / "train-rle.csv", "w", newline="") as handle:
+        handle.write("ImageId, EncodedPixels\n")
+        handle.writelines(f"{i}, -1\n" for i in negatives)
+        handle.write(f"{empty}, 10 0 30 0\n")
+    out = tmp_path / "cache"
+    manifest = prepare("siim", source, out)
+    cached = {Path(f).stem for split in manifest["splits"] for f in CachedSplit(out, split).files}
+    assert cached == set(negatives[1:])
+    skipped = (out / "skipped.txt").read_text()
+    assert f"({empty}): the mask covers no pixel; the image is left out" in skipped
+    assert f"{twice}: two files carry this ImageId" in skipped

@@ -27,7 +27,7 @@ from conftest import TINY_OVERRIDES
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
-HEGL_OWN = {".hegl-lock"}  # lock files hegl rewrites while it holds them
+HEGL_OWN = {".hegl-lock", ".hegl-outputs.jsonl"}  # files hegl rewrites or appends to as it works
 
 
 @dataclass
@@ -476,6 +476,135 @@ CASES = [
                         {**json.loads((e.cache / "manifest.json").read_text()),
                          "splits": {"train": 41, "test": 16, "test_counterfactual": 16}})))),
 ]
+
+
+# --- issue 21: promises held by mechanisms, not case by case ------------------------------------------
+def user_file(relative: str, text: str = "mine") -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        path = e.tmp / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return setup
+
+
+def user_image(relative: str) -> Callable[[Env], None]:
+    return lambda e: write_png(e.tmp / relative)
+
+
+ALIAS_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else ', '.join(['lol'] * 9)}]\n"
+                     for i in range(9))
+
+
+def huge_yaml(e: Env) -> None:
+    (e.tmp / "c.yaml").write_text("train:\n  epochs: 3\n# " + "x" * (50 << 20) + "\n")
+
+
+def nan_tiff(path: Path) -> None:
+    pixels = np.full((20, 20), 0.5, np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels, mode="F").save(path)
+
+
+def torn(path_of: Callable[[Env], Path], text: str) -> Callable[[Env], None]:
+    def setup(e: Env) -> None:
+        path = path_of(e)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return setup
+
+
+def finished_ablation(e: Env) -> None:
+    """An ablation folder hegl made with one finished cell whose record was torn since."""
+    folder = e.tmp / "abl"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "hegl-ablation.json").write_text("{}")
+    shutil.copytree(e.run, folder / "runs" / "a0_b0_s0")
+    (folder / "runs" / "a0_b0_s0" / "cell.json").write_text('{"cell": "a0_b0", "se')
+
+
+MECHANISM_CASES = [
+    # -- no file the user made is ever touched -----------------------------------------------------------
+    Case("explain-out-keeps-user-grid", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--out", "{e.tmp}/figs"),
+         "grid.png exists and is not a file hegl wrote", user_file("figs/grid.png")),
+    Case("explain-out-keeps-user-grid-force", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--out",
+                                                  "{e.tmp}/figs", "--force"),
+         "grid.png exists and is not a file hegl wrote", user_file("figs/grid.png")),
+    Case("explain-out-keeps-user-predictions", cmd("explain", "{e.src}/train", "--run", "{e.run}", "--out", "{e.tmp}/figs"),
+         "predictions.json exists and is not a file hegl wrote", user_file("figs/a/predictions.json")),
+    Case("robustness-out-keeps-user-json", cmd("robustness", "{e.run}", "--out", "{e.tmp}/paper", "--force"),
+         "robustness.json exists and is not a file hegl wrote", user_file("paper/robustness.json")),
+    Case("robustness-out-keeps-user-png", cmd("robustness", "{e.run}", "--out", "{e.tmp}/paper"),
+         "robustness.png exists and is not a file hegl wrote", user_file("paper/robustness.png")),
+    Case("explain-out-is-a-file", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--out",
+                                      "{e.precious}/thesis.txt"), "is not a folder"),
+    Case("explain-out-under-a-file", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--out",
+                                         "{e.precious}/thesis.txt/figs"), "thesis.txt"),
+    Case("explain-out-symlink", cmd("explain", "{e.src}/train/a.png", "--run", "{e.run}", "--out", "{e.tmp}/figlink"),
+         "symbolic link", lambda e: os.symlink(e.precious, e.tmp / "figlink")),
+    Case("report-out-keeps-user-html", cmd("report", "{e.run}", "--out", "{e.precious}/page.html", "--force"),
+         "is not a report hegl wrote", user_file("precious/page.html", "<html>mine</html>")),
+    Case("predict-out-keeps-user-csv", cmd("predict", "{e.src}/train/a.png", "--run", "{e.run}", "--out",
+                                           "{e.precious}/sub/data.csv", "--force"), "not a predictions CSV"),
+    Case("predict-every-input-unreadable", cmd("predict", "{e.tmp}/inbox/bad.png", "--run", "{e.run}", "--out",
+                                               "{e.tmp}/p.csv"), "was not written",
+         bad_image("bad.png", lambda p: p.write_text("not an image")),
+         after=lambda e: None if not (e.tmp / "p.csv").exists() else pytest.fail("a header-only CSV was written")),
+    # -- no input hangs -----------------------------------------------------------------------------------
+    Case("yaml-alias-bomb", cmd("config", "show", "--config", "{e.tmp}/c.yaml"), "expands to more than",
+         write_config(ALIAS_BOMB)),
+    Case("yaml-alias-bomb-train", train("--config", "{e.tmp}/c.yaml"), "expands to more than", write_config(ALIAS_BOMB),
+         after=no_run_created("new")),
+    Case("yaml-50-mb", cmd("config", "show", "--config", "{e.tmp}/c.yaml"), "MB of YAML", huge_yaml),
+    Case("yaml-alias-bomb-in-set", cmd("config", "show", "--set", "model.prompts=" + ALIAS_BOMB.replace("\n", ", ")
+                                       .join("{}")), "expands to more than"),
+    Case("yaml-recursive-alias", cmd("config", "show", "--config", "{e.tmp}/c.yaml"), "refers to itself",
+         write_config("a: &a [1, *a]\n")),
+    Case("yaml-is-a-folder", cmd("config", "show", "--config", "{e.precious}"), "is a folder"),
+    # -- user tables and lists ------------------------------------------------------------------------------
+    Case("list-binary", cmd("predict", "{e.tmp}/l.csv", "--run", "{e.run}", "--out", "{e.tmp}/p.csv"),
+         "a binary file, not a list of images", lambda e: (e.tmp / "l.csv").write_bytes(b"\x89PNG\0\0\x01")),
+    Case("list-huge-field", cmd("predict", "{e.tmp}/l.csv", "--run", "{e.run}", "--out", "{e.tmp}/p.csv"),
+         "not a readable list of images", lambda e: (e.tmp / "l.csv").write_text("path\n\"" + "a" * (2 << 20) + "\"\n")),
+    Case("list-not-utf8", cmd("predict", "{e.tmp}/l.csv", "--run", "{e.run}", "--out", "{e.tmp}/p.csv"),
+         "not UTF-8 text", lambda e: (e.tmp / "l.csv").write_bytes(b"path\nb\xe9b\xe9.png\n")),
+    Case("annotations-is-a-folder", lambda e: ["prepare", "--format", "chestxdet", "--annotations", f"train={e.precious}",
+                                               "--images", f"train={e.src}/train", "--out", f"{e.tmp}/o"], "is a folder"),
+    # -- damaged records of earlier commands ----------------------------------------------------------------
+    Case("report-torn-metrics", cmd("report", "{e.run}", "--out", "{e.tmp}/r.html"), "metrics.jsonl: line 2",
+         torn(lambda e: e.run / "metrics.jsonl", '{"epoch": 1, "val_auc": 0.5}\n{"epoch": 2, "val_')),
+    Case("report-empty-evaluation", cmd("report", "{e.run}", "--out", "{e.tmp}/r.html"), "not a hegl evaluation",
+         torn(lambda e: e.run / "eval" / "test.json", "{}")),
+    Case("report-torn-evaluation", cmd("report", "{e.run}", "--out", "{e.tmp}/r.html"), "not valid JSON",
+         torn(lambda e: e.run / "eval" / "test.json", '{"macro": ')),
+    Case("ablation-torn-cell", cmd("ablation", "--name", "abl", "--out-root", "{e.tmp}", "--grid", "0,0", "--seeds", "1",
+                                   *[a for o in TINY_OVERRIDES for a in ("--set", o)]),
+         "not valid JSON", finished_ablation),
+    # -- names, folders and files the user can fix ------------------------------------------------------------
+    Case("run-name-300-chars", train(name="r" * 300), "over the 255 a folder name may have"),
+    Case("runs-dir-is-a-file", lambda e: [*train(name="n")(e)[:3], "--runs-dir", str(e.precious / "thesis.txt"),
+                                          *train(name="n")(e)[5:]], "is not a folder"),
+    Case("runs-latest-is-a-user-folder", train(name="fresh"), "is not hegl's pointer to the newest run",
+         lambda e: ((e.runs / "latest").unlink(), shutil.copytree(e.precious, e.runs / "latest")),
+         after=no_run_created("fresh")),
+    Case("pretrained-not-a-checkpoint", train("--set", "model.pretrained={e.precious}/thesis.txt"),
+         "cannot load pretrained weights from"),
+    Case("encoder-kwargs-without-value", train("--set", "model.encoder_kwargs={patch_size: 8, depth:1}"),
+         "'depth:1' has no value"),
+    Case("tiff-with-nan-pixels", explain_image, "not numbers", bad_image("nan.tiff", nan_tiff)),
+    Case("background-swap-without-donors", train("--data", "{e.tmp}/nofree", "--set", "data.augment=background_swap"),
+         "background_swap needs finding-free train images",
+         lambda e: _cache_without_finding_free(e.cache, e.tmp / "nofree"), after=no_run_created("new")),
+]
+
+
+def _cache_without_finding_free(cache: Path, out: Path) -> None:
+    shutil.copytree(cache, out)
+    labels = np.load(out / "train" / "labels.npy")
+    labels[:, 0] = 1.0  # every train image now has a finding
+    np.save(out / "train" / "labels.npy", labels)
+
+
+CASES += MECHANISM_CASES
 
 
 def test_the_catalogue_has_at_least_95_cases():

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from test_fault_catalogue import RECORDS, make_source, write_png
 from typer.testing import CliRunner
 
@@ -48,3 +50,78 @@ def test_a_killed_prepare_leaves_nothing_that_lasts(tmp_path, monkeypatch):
     assert not stale.exists() and alive.exists()
     # the lock file stays (a lock file is never deleted: issue 21)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".synthetic.lock", "synthetic", alive.name]
+
+
+# --- issue 21: a cache knows what it was made from -------------------------------------------------
+def _chestxdet_source(root: Path, n: int = 12) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    records = []
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            name = f"{split}{i:02d}.png"
+            Image.fromarray(np.full((40, 40), 30 + 10 * i, np.uint8)).save(root / split / name)
+            rows.append({"file_name": name, "syms": ["Nodule"] if i % 2 else [], "boxes": [[5, 5, 20, 20]] if i % 2 else [],
+                         "polygons": [[[5, 5], [20, 5], [20, 20]]] if i % 2 else []})
+        (root / f"ChestX_Det_{split}.json").write_text(json.dumps(rows))
+        records.append(rows)
+    return root
+
+
+def test_a_replaced_source_image_makes_the_cache_stale_and_it_is_rebuilt(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hegl_cli.data.cache import CachedSplit
+
+    source = _chestxdet_source(tmp_path / "src")
+    args = ["-q", "prepare", "--format", "chestxdet", "--source", str(source), "--out", str(tmp_path / "c"),
+            "--image-size", "16", "--workers", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    index = CachedSplit(tmp_path / "c", "test").files.index("test03.png")
+    before = CachedSplit(tmp_path / "c", "test").image(index).copy()
+    again = runner.invoke(app, [*args[1:]])
+    assert again.exit_code == 0 and "up to date" in again.output
+    Image.fromarray(np.full((40, 40), 250, np.uint8)).save(source / "test" / "test03.png")  # same size, new pixels
+    rebuilt = runner.invoke(app, [*args[1:]])
+    assert rebuilt.exit_code == 0 and "source changed" in rebuilt.output, rebuilt.output
+    after = CachedSplit(tmp_path / "c", "test").image(index)
+    assert before.mean() < 0.5 < after.mean()
+    other = runner.invoke(app, [*args, "--set", "data.mask_source=box"])  # other inputs: a new dataset
+    assert other.exit_code == 2 and "pass --force" in other.output
+
+
+def test_patient_overlap_can_be_refused(tmp_path):
+    from hegl_cli.data.build import PrepareOptions, one_split_per_patient
+    from hegl_cli.data.records import Record, SplitSource
+    from hegl_cli.errors import UserError
+
+    src = SplitSource("train", tmp_path / "a.json", tmp_path)
+    plan = [("train", src, [Record("a.png", patient="p1"), Record("b.png", patient="p2")]),
+            ("test", src, [Record("c.png", patient="p1")])]
+    problems: list[str] = []
+    moved = one_split_per_patient(plan, "move", problems)
+    assert [[r.file_name for r in recs] for _, _, recs in moved] == [["b.png"], ["c.png", "a.png"]]
+    assert problems == ["train: a.png: patient 'p1' is also in split 'test'; moved there (data.patient_overlap=move)"]
+    with pytest.raises(UserError, match="patient 'p1' has images in the splits test, train"):
+        one_split_per_patient(plan, "refuse", [])
+    assert PrepareOptions().patient_overlap == "move"
+
+
+def test_the_builder_refuses_to_write_one_image_into_two_splits(tmp_path):
+    """The invariant every cache keeps (checked inside every build, so for every cache the suite makes)."""
+    import json
+
+    from hegl_cli.data.build import check_disjoint
+    from hegl_cli.data.records import SplitSource
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "files.json").write_text(json.dumps(["a.png", f"{split}.png"]))
+    src = SplitSource("all", tmp_path / "x.json", tmp_path / "images")
+    with pytest.raises(RuntimeError, match="a.png is in the splits train and test"):
+        check_disjoint(tmp_path, {"train": src, "test": src}, set())
+    check_disjoint(tmp_path, {"train": src, "test": src}, {"test"})  # a twin shows the same images on purpose

@@ -507,3 +507,54 @@ def test_the_cache_decides_the_image_size_unless_the_user_says_otherwise(tiny_ca
     with pytest.raises(UserError, match="prepared at 32 px but data.image_size is 64"):
         train(load_config(None, overrides + ["data.image_size=64"]), name="t", runs_dir=tmp_path,
               progress=False, log=lambda *_: None)
+
+
+def test_resume_refuses_a_cache_prepared_again_from_other_data(tiny_cache, tmp_path):
+    """The run started on one cache; the cache was re-prepared with other data since: --resume says what
+    changed instead of continuing on other classes (issue 21)."""
+    import shutil
+
+    from hegl_cli.config import load_config
+    from hegl_cli.engine.train import train
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={cache}", "train.epochs=1"])
+    train(cfg, name="r", runs_dir=tmp_path / "runs", progress=False, log=lambda *_: None)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["classes"] = ["Nodule", "Mass", "Effusion", "Pneumothorax"]
+    manifest["fingerprint"] = "0" * 32
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["-q", "train", "--resume", "--name", "r", "--runs-dir", str(tmp_path / "runs"),
+                                 "--epochs", "2"])
+    assert result.exit_code == 2 and "is not the one" in result.output and "Pneumothorax" in result.output
+    assert "'Consolidation'" in result.output  # the class it had
+
+
+def test_resume_applies_a_changed_patience(tiny_cache, tmp_path, monkeypatch):
+    """train.patience is a key a resume may change; it must then be the one early stopping uses."""
+    from hegl_cli.config import load_config
+    from hegl_cli.engine import train as engine
+
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=2", "train.patience=1"])
+    engine.train(cfg, name="p", runs_dir=tmp_path, progress=False, log=lambda *_: None)
+    seen = []
+    original = engine.Trainer.fit
+
+    def spy(self):
+        seen.append(self.stopper.patience)
+        return original(self)
+
+    monkeypatch.setattr(engine.Trainer, "fit", spy)
+    resumed = load_config(None, base=tmp_path / "p" / "config.yaml", overrides=["train.epochs=3", "train.patience=0"])
+    engine.train(resumed, name="p", runs_dir=tmp_path, resume=True, progress=False, log=lambda *_: None)
+    assert seen == [0]
+
+
+def test_ablation_cells_that_differ_by_section_keep_their_own_run_folders():
+    from hegl_cli.apps.ablation import parse_grid
+
+    cells = parse_grid("1,1+train.batch_size=8 1,1+eval.batch_size=8 1,1+loss.ha_layers=all")
+    assert len({c.name for c in cells}) == 3 and cells[2].name == "a1_b1-ha_layers=all"
+    with pytest.raises(UserError, match="would share the run folder"):
+        parse_grid("1,1+data.classes=[A,B] 1,1+data.classes=[A;B]")

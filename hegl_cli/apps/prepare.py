@@ -107,6 +107,8 @@ def prepare_chestxdet(
     else:
         raise UserError(f"--format {fmt} needs --source DIR (or --annotations/--images per split)")
     for annotation, _ in layout.values():
+        if annotation.is_dir():
+            raise UserError(f"{annotation} is a folder, not an annotation file (--annotations SPLIT=FILE.json)")
         if not annotation.is_file():
             raise UserError(f"annotation file not found: {annotation}")
     chosen = select_classes(fmt, classes)

@@ -546,8 +546,16 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
     try:
         if resume:
             changes = check_resume_config(run, cfg)
-        with cache_lock(Path(cfg.data.path), shared=True):
+        try:
+            reading = cache_lock(Path(cfg.data.path), shared=True).acquire()
+        except BaseException:
+            if main and not resume:
+                remove_if_unused(run)  # the run never started: leave no folder behind
+            raise
+        try:
             return _train_locked(cfg, run, resume, changes, progress, log if main else (lambda *_: None), main)
+        finally:
+            reading.release()
     finally:
         if lock is not None:
             lock.release()

@@ -86,15 +86,20 @@ class OutputFolder:
     # -- what hegl wrote here ----------------------------------------------------------------
     def _recorded(self) -> dict[str, str]:
         path = self.root / RECORD
-        if self.owned or not path.is_file():
+        if self.owned or not (path.exists() or path.is_symlink()):
             return {}
+        if path.is_symlink() or not path.is_file():
+            raise UserError(f"{path} is not hegl's record of its outputs; it was left alone: choose another --out")
         recorded: dict[str, str] = {}
-        for line in path.read_text(errors="replace").splitlines():
+        lines = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
                 entry = json.loads(line)
                 recorded[str(entry["path"])] = str(entry["sha256"])
             except (ValueError, KeyError, TypeError):
-                continue  # a torn line names nothing
+                if number < len(lines) or not recorded:  # only a last line after whole ones may be torn
+                    raise UserError(f"{path} is not hegl's record of its outputs (line {number}); it was left "
+                                    "alone: choose another --out") from None
         return recorded
 
     def _target(self, relative: str | Path) -> Path:
@@ -157,6 +162,7 @@ class OutputFolder:
     def _remember(self, relative: str | Path, target: Path) -> None:
         if self.owned:
             return
+        self._recorded()  # refuses a record that is not hegl's before appending to it
         rel = "/".join(PurePosixPath(str(relative).replace("\\", "/")).parts)
         line = json.dumps({"path": rel, "sha256": sha256_of(target), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         with open(self.root / RECORD, "a") as handle:  # one short append: whole lines, whoever else appends
