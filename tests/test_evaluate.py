@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -221,3 +222,24 @@ def test_evaluate_reports_the_context_audit(trained_run):
     audit = report["faithfulness"]["context_audit"]
     assert 0 <= audit["context_reliance"] <= 1 and -1 <= audit["lesion_necessity"] <= 1
     assert "context reliance" in result.output and "lesion necessity" in result.output
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES", "ENAMETOOLONG"])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_that_looks_complete(trained_run, monkeypatch, code):
+    """An OSError the user can fix, raised while the report is being written: exit 2, one line naming the
+    path, and no eval file that looks finished (the writes are atomic)."""
+    import errno
+    import os
+
+    import hegl_cli.fs.atomic as atomic
+
+    def full(src, dst):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    result = runner.invoke(app, ["-q", "evaluate", str(trained_run), "--no-faithfulness"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "test.json" in lines[0] and os.strerror(getattr(errno, code)) in lines[0]
+    assert not (trained_run / "eval" / "test.json").exists()
+    assert not list((trained_run / "eval").glob("*.tmp")) if (trained_run / "eval").exists() else True
