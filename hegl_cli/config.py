@@ -64,6 +64,12 @@ class DataConfig:
     patient_overlap: Literal["move", "refuse"] = "move"
     # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
     max_pixels: int = opt(64_000_000, ge=1)
+    # How intensities reach [0, 1] (README, "Images"): stored_range scales by the range the stored
+    # values can take (bit depth, window), the same for every container; min_max also stretches each
+    # image to its own minimum and maximum.
+    intensity: Literal["stored_range", "min_max"] = "stored_range"
+    # A file with several frames (multi-frame DICOM, multi-page TIFF): which one is the image.
+    frames: Literal["first", "middle", "mean", "refuse"] = "first"
     # Built-in synthetic dataset (used by `hegl prepare` with no --source).
     synthetic_train: int = opt(900, ge=8)
     synthetic_test: int = opt(300, ge=1)

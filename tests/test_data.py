@@ -222,7 +222,8 @@ def test_image_formats(tmp_path):
     gray16 = (np.arange(40 * 20, dtype=np.uint16).reshape(40, 20) * 50)
     Image.fromarray(gray16).save(tmp_path / "g16.png")
     img16 = load_image(tmp_path / "g16.png")
-    assert img16.shape == (40, 20) and img16.min() == 0.0 and img16.max() == 1.0
+    # issue 20's contract: a 16-bit image is scaled by its bit depth, not stretched to its own range
+    assert img16.shape == (40, 20) and img16.min() == 0.0 and img16.max() == np.float32(gray16.max() / 65535)
     rgb = np.zeros((10, 10, 3), np.uint8)
     rgb[..., 0] = 255
     Image.fromarray(rgb).save(tmp_path / "rgb.jpg")

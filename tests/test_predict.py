@@ -90,3 +90,35 @@ def test_ablation_table_keeps_labels_at_80_columns():
     flat = " ".join(text.split())
     assert "background_swap" in text.replace("│", "").replace(" ", "") or "background_swap" in flat
     assert "test macro AUC" in flat and "more column(s) in abl/results.md" in flat
+
+
+def test_a_folder_from_a_hospital_gives_one_row_or_one_named_refusal_per_file(trained_run, tmp_path):
+    """PNG, a JPEG tagged to be rotated, a DICOM named like a PACS export (no suffix), a multi-frame
+    colour DICOM and one that cannot be decoded: predict and explain read or name every one (issue 20)."""
+    import csv
+
+    import pydicom
+    from test_images import _dicom
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / "a.png")
+    rotated = Image.fromarray(rng.integers(0, 255, (30, 50), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(folder / "b.jpg", exif=exif.tobytes())
+    _dicom(folder / "IM000001", rng.integers(0, 4096, (36, 36)).astype(np.uint16), bits_stored=12)
+    _dicom(folder / "cine.dcm", rng.integers(0, 255, (3, 24, 24, 3)).astype(np.uint8))
+    (folder / "JPEG-lossy.dcm").write_bytes((Path(pydicom.__file__).parent / "data" / "test_files" /
+                                             "JPEG-lossy.dcm").read_bytes())
+    (folder / "notes.txt").write_text("not an image: not a candidate")
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(folder), "--run", str(trained_run), "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 2, result.output  # one file could not be read
+    rows = {Path(r["file"]).name for r in csv.DictReader(out.open())}
+    assert rows == {"a.png", "b.jpg", "IM000001", "cine.dcm"}
+    assert "JPEG-lossy.dcm" in result.output and "12-bit" in result.output
+    explained = runner.invoke(app, ["explain", str(folder), "--run", str(trained_run), "--out", str(tmp_path / "x")])
+    assert explained.exit_code == 2
+    assert {p.name for p in (tmp_path / "x").iterdir() if p.is_dir()} == {"a", "b", "IM000001", "cine"}

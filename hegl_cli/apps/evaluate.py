@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hegl_cli.config import Config
-from hegl_cli.data.cache import CachedSplit, counterfactual_split
+from hegl_cli.data.cache import CachedSplit, counterfactual_split, intensity_rule_of
 from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
 from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError
@@ -64,6 +64,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
         "attention": alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                       cfg.eval.top_share),
         "eval_config": dataclasses.asdict(cfg.eval),
+        "warnings": reading_warnings(loaded),
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
@@ -71,6 +72,15 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
     outputs.write_json(run_folder.eval_report(split).relative_to(run_folder.path), report)
     outputs.write(run_folder.eval_table(split).relative_to(run_folder.path), lambda tmp: write_per_class_csv(tmp, report))
     return report
+
+
+def reading_warnings(loaded: LoadedRun) -> list[str]:
+    """A line when the evaluated cache's images were read under another intensity rule than the run's."""
+    trained, evaluated = int(loaded.meta.get("intensity_rule", 1)), intensity_rule_of(loaded.split.manifest)
+    if trained == evaluated:
+        return []
+    return [f"{loaded.data} was read under intensity rule {evaluated} but {loaded.folder} trained on images read "
+            f"under rule {trained} (README, 'Images'): the scores mix two readings"]
 
 
 def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Config, dev: torch.device,

@@ -9,7 +9,7 @@ file the user has in ``--out`` is never replaced (``--force`` replaces only what
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class ExplainResult:
 
     explained: list[Explanation]
     failed: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -91,7 +92,8 @@ def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], folder: O
     """Predict one image and write overlays, a grid, predictions.json and the raw maps into
     ``folder/prefix``."""
     size, classes, thresholds = loaded.image_size, loaded.classes, loaded.thresholds
-    raw = load_image(path, loaded.cfg.data.max_pixels)  # decoded once: model input and display
+    data = loaded.cfg.data  # read as the run's training images were
+    raw = load_image(path, data.max_pixels, data.frames, data.intensity)  # decoded once: model input and display
     pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
     image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
     probs_t, maps_t = predict_images(loaded.model, image, loaded.device)
@@ -171,4 +173,5 @@ def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[st
             except Exception as exc:  # noqa: BLE001 - one odd file must not end a folder of them
                 failed.append(f"cannot explain {path}: {type(exc).__name__}: {first_line(exc)}")
                 log(f"skipped: {failed[-1]}")
-    return ExplainResult(results, failed)
+        warning = loaded.reading_warning()
+    return ExplainResult(results, failed, [warning] if warning else [])

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hegl_cli.data.images import DEFAULT_MAX_PIXELS, collect_image_files, preprocess_file
+from hegl_cli.config import DataConfig
+from hegl_cli.data.images import collect_image_files, preprocess_file
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import predict_images
 
@@ -29,19 +30,21 @@ from hegl_cli.models.inference import predict_images
 class ImageFiles(Dataset):
     """Item ``i``: ``{"index", "image" (1, S, S) float in [0, 1]}`` or ``{"index", "error"}``."""
 
-    def __init__(self, files: list[Path], size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.files, self.size, self.max_pixels = files, size, max_pixels
+    def __init__(self, files: list[Path], size: int, data: DataConfig | None = None):
+        self.files, self.size, self.data = files, size, data or DataConfig()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            pixels, _ = preprocess_file(self.files[index], self.size, self.max_pixels)
+            pixels, _ = preprocess_file(self.files[index], self.size, self.data.max_pixels, self.data.frames,
+                                        self.data.intensity)
         except UserError as exc:
             return {"index": index, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one bad file must not end a batch of thousands
-            return {"index": index, "error": f"cannot read image {self.files[index]}: {type(exc).__name__}: {exc}"}
+            return {"index": index, "error": f"cannot read image {self.files[index]}: {type(exc).__name__}: "
+                                             f"{first_line(exc)}"}
         return {"index": index, "image": torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(0)}
 
 
@@ -59,12 +62,13 @@ class PredictResult:
     rows: int
     failed: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def predict_batches(loaded: LoadedRun, files: list[Path], batch_size: int = 32, workers: int = 0,
                     progress: bool = True) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
     """Yield (file indices, probabilities (B, C), error lines) batch by batch."""
-    dataset = ImageFiles(files, loaded.image_size, loaded.cfg.data.max_pixels)
+    dataset = ImageFiles(files, loaded.image_size, loaded.cfg.data)  # read as the run's training images were
     pin = loaded.device.type == "cuda"
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, leave=False)
@@ -104,6 +108,7 @@ def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", devic
         raise UserError(f"no readable image among the inputs ({failed[0] if failed else 'nothing given'})")
     with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
         classes, thresholds = loaded.classes, loaded.thresholds
+        warning = loaded.reading_warning()
         rows: list[list[Any]] = []
         for indices, probs, errors in predict_batches(loaded, files, batch_size, workers, progress):
             for line in errors:
@@ -121,4 +126,4 @@ def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", devic
             writer.writerows(rows)
 
     folder.write(out.name, write)
-    return PredictResult(out, len(rows), failed, classes)
+    return PredictResult(out, len(rows), failed, classes, [warning] if warning else [])

@@ -53,6 +53,8 @@ def evaluate(
     folder = resolve_run(run, runs_dir)
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
                           eval_layers(config, overrides))
+    for line in report.get("warnings", []):
+        info(f"warning: {line}", style="yellow")
     print_evaluation(report)
     info(f"wrote {RunFolder(folder).eval_report(split)} and {RunFolder(folder).eval_table(split).name}")
 

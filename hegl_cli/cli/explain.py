@@ -45,6 +45,8 @@ def explain(
     folder = resolve_run(run, runs_dir)
     result = run_explain(images, folder, checkpoint, classes, out_dir, device,
                          eval_layers=eval_layers(config, overrides), force=force)
+    for line in result.warnings:
+        info(f"warning: {line}", style="yellow")
     for item in result.explained:
         table = Table(title=Text(str(item.image)))
         table.add_column("class")

@@ -45,6 +45,8 @@ def predict(
     folder = resolve_run(run, runs_dir)
     result = run_predict(inputs, folder, out, checkpoint, device, batch_size, workers, force,
                          progress=not State.quiet, eval_layers=eval_layers(config, overrides))
+    for line in result.warnings:
+        info(f"warning: {line}", style="yellow")
     for line in result.failed:
         error_line(line)
     result_line(f"wrote {result.rows} row(s) for {len(result.classes)} classes to {result.out}")

@@ -30,10 +30,18 @@ import numpy as np
 
 from hegl_cli import __version__
 from hegl_cli.config import DataConfig
-from hegl_cli.data.cache import MANIFEST, SKIPPED, SplitWriter, cache_lock, pack_masks, read_manifest
+from hegl_cli.data.cache import (
+    MANIFEST,
+    SKIPPED,
+    SplitWriter,
+    cache_lock,
+    intensity_rule_of,
+    pack_masks,
+    read_manifest,
+)
 from hegl_cli.data.formats import format_classes
 from hegl_cli.data.formats.chestxdet import parse_records
-from hegl_cli.data.images import preprocess_file
+from hegl_cli.data.images import INTENSITY_RULE, preprocess_file
 from hegl_cli.data.masks import rasterize_findings
 from hegl_cli.data.parallel import parallel_map
 from hegl_cli.data.records import Finding, Record, SplitSource
@@ -60,17 +68,20 @@ class PrepareOptions:
     progress: bool = True
     max_pixels: int = DataConfig.max_pixels  # larger images are skipped and reported
     patient_overlap: str = DataConfig.patient_overlap
+    intensity: str = DataConfig.intensity
+    frames: str = DataConfig.frames
 
     @classmethod
     def from_config(cls, data: DataConfig, **run: Any) -> PrepareOptions:
         """The options of the ``data`` config section, plus how to run (strict, force, workers, progress)."""
         return cls(image_size=data.image_size, seed=data.seed, val_fraction=data.val_fraction,
                    mask_source=data.mask_source, max_pixels=data.max_pixels, patient_overlap=data.patient_overlap,
-                   **run)
+                   intensity=data.intensity, frames=data.frames, **run)
 
     def shaping(self) -> list[Any]:
         """The options that change what the cache holds (not how it is built)."""
-        return [self.image_size, self.seed, self.val_fraction, self.mask_source, self.max_pixels, self.patient_overlap]
+        return [self.image_size, self.seed, self.val_fraction, self.mask_source, self.max_pixels, self.patient_overlap,
+                self.intensity, self.frames, INTENSITY_RULE]
 
 
 @dataclass
@@ -157,11 +168,11 @@ def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | No
     return None
 
 
-def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int]) -> tuple[Any, ...]:
+def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int, str, str]) -> tuple[Any, ...]:
     """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error line."""
-    path, findings, classes, size, mask_source, max_pixels = item
+    path, findings, classes, size, mask_source, max_pixels, frames, intensity = item
     try:
-        image, geometry = preprocess_file(path, size, max_pixels)
+        image, geometry = preprocess_file(path, size, max_pixels, frames, intensity)
         masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source)
     except UserError as exc:
         return ("error", str(exc))
@@ -191,8 +202,8 @@ def decode_split(
     """
     name = name or source.name
     size = options.image_size
-    items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source, options.max_pixels)
-             for r in records]
+    items = [(str(source.images / r.file_name), r.findings, classes, size, options.mask_source, options.max_pixels,
+              options.frames, options.intensity) for r in records]
     writer = SplitWriter(folder, len(records), size, len(classes), with_cue=source.cue is not None)
     clipped_total = 0
     index = {c: i for i, c in enumerate(classes)}
@@ -375,7 +386,10 @@ def check_output_folder(out: Path, inputs: list[Path], replace_cache: bool) -> N
         raise UserError(f"{out} exists and is not a hegl cache (no {MANIFEST} from `hegl prepare`); it was "
                         "left alone, --force included: choose another --out")
     if not replace_cache:
-        raise UserError(f"{out} already holds a dataset prepared from other inputs or settings; pass --force "
+        rule = intensity_rule_of(read_manifest(out))
+        why = (f" (its images were read under intensity rule {rule}; this hegl reads them under rule {INTENSITY_RULE})"
+               if rule != INTENSITY_RULE else "")
+        raise UserError(f"{out} already holds a dataset prepared from other inputs or settings{why}; pass --force "
                         "to replace it")
 
 
@@ -488,6 +502,7 @@ def _build_into(
         "seed": options.seed,
         "val_fraction": options.val_fraction,
         "patient_overlap": options.patient_overlap,
+        "intensity": {"rule": INTENSITY_RULE, "mode": options.intensity, "frames": options.frames},
         "clipped_boxes": clipped,
         "skipped": len(problems),
         "warnings": warnings,

@@ -236,3 +236,8 @@ def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
     """Name of the split that is ``split`` with only the spurious cue toggled, if the dataset has one."""
     twins = (manifest.get("synthetic") or {}).get("counterfactual_of", {})
     return next((name for name, of in twins.items() if of == split and name in manifest["splits"]), None)
+
+
+def intensity_rule_of(manifest: dict[str, Any]) -> int:
+    """The intensity contract a cache's images were read under (1: caches from before it was recorded)."""
+    return int((manifest.get("intensity") or {}).get("rule", 1))

@@ -1,7 +1,23 @@
-"""Reading chest X-rays (PNG/JPEG 8/16-bit, grayscale/RGB, DICOM) and the shared preprocessing.
+"""Reading chest X-rays from any container, by one intensity contract, and the shared preprocessing.
 
-Every path that feeds the model (prepare, explain) goes through :func:`load_image` and
-:func:`square_and_resize`, so an image is preprocessed exactly as in training.
+The contract (``INTENSITY_RULE``), the same for every container and every step (prepare, explain,
+predict): an image becomes grey intensities in [0, 1], bone bright.
+
+1. Decode the stored values: DICOM with pydicom (:mod:`hegl_cli.data.dicom`), everything else with
+   Pillow, with the EXIF orientation applied.
+2. Several frames: ``data.frames`` (``first``, the default; ``middle``; ``mean``; ``refuse``).
+3. Grey DICOM: the modality LUT (rescale or LUT), then the VOI window or VOI LUT when the file has one.
+4. Scale by the range the values can take, not by what one image happens to hold: the bit depth
+   (8-bit / 255, 16-bit / 65535, a DICOM's BitsStored, signed or not, through its rescale), or the
+   window's output range. A PNG and a DICOM of the same 8-bit (or 16-bit) pixels give the same input.
+5. Colour (RGB, RGBA, palette, every YBR_* pydicom converts, DICOM PALETTE COLOR through its colour
+   LUT): scaled by its bit depth, then ITU-R BT.601 luma, 0.299 R + 0.587 G + 0.114 B.
+6. MONOCHROME1 (high values dark) is inverted. A float image (a TIFF of floats) is kept as it is when
+   it lies in [0, 1], else stretched to its own minimum and maximum (it has no bit depth to go by).
+7. ``data.intensity: min_max`` stretches every image, after 1-6, to its own minimum and maximum.
+
+Every path that feeds the model goes through :func:`load_image` and :func:`square_and_resize`, so
+an image is preprocessed exactly as in training.
 """
 
 from __future__ import annotations
@@ -13,27 +29,40 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hegl_cli.config import DataConfig
+from hegl_cli.data.dicom import load_dicom, luma
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.tables import read_table
 
+INTENSITY_RULE = 2  # 1: 0.1-0.2 (8-bit / 255, anything deeper min/max-stretched, DICOM colour by channel mean)
 DEFAULT_MAX_PIXELS: int = DataConfig.max_pixels  # a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | DICOM_SUFFIXES
 
 
-def is_dicom(path: Path) -> bool:
-    """DICOM by suffix or by the ``DICM`` magic at byte 128."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
+def has_dicom_marker(path: Path) -> bool:
+    """The ``DICM`` marker after the 128-byte preamble: a DICOM file whatever its name."""
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
             return handle.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM by suffix or by content (the ``DICM`` marker at byte 128)."""
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_marker(path)
+
+
+def is_image_file(path: Path) -> bool:
+    """What a folder scan picks up: a known image suffix, or a DICOM by content (``IM000001``); a
+    DICOMDIR index is left out (its images are found by content)."""
+    if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or has_dicom_marker(path)
 
 
 def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
@@ -66,9 +95,9 @@ def collect_image_files(inputs: list[Path], recursive: bool = False) -> tuple[li
     for path in map(Path, inputs):
         if path.is_dir():
             pattern = path.rglob("*") if recursive else path.iterdir()
-            found = sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in pattern if p.is_file() and is_image_file(p))
             if not found:
-                failed.append(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+                failed.append(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}, or DICOM by content) in folder {path}")
             files.extend(found)
         elif path.is_file() and path.suffix.lower() == ".csv":
             listed = _paths_from_csv(path)
@@ -81,88 +110,84 @@ def collect_image_files(inputs: list[Path], recursive: bool = False) -> tuple[li
     return list(dict.fromkeys(files)), failed
 
 
-def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an X-ray as float32 intensities in [0, 1], shape (H, W), bone bright.
+def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, frames: str = DataConfig.frames,
+               intensity: str = DataConfig.intensity) -> np.ndarray:
+    """Read an X-ray as float32 intensities in [0, 1], shape (H, W), bone bright, by the contract above.
 
-    8-bit images are divided by 255; deeper images (16-bit PNG, DICOM) are scaled by their own
-    min/max after DICOM rescale and VOI windowing. RGB is converted to luminance. DICOM
-    MONOCHROME1 (high values dark) is inverted so that bone is bright like every other input.
-    An image whose header claims more than ``max_pixels`` pixels is refused before it is decoded.
+    An image whose header claims more than ``max_pixels`` pixels is refused before it is decoded; one
+    with pixels that are not numbers is refused after.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    image = _load_dicom(path, max_pixels) if is_dicom(path) else _load_pil(path, max_pixels)
+    image = load_dicom(path, max_pixels, frames) if is_dicom(path) else _load_pil(path, max_pixels, frames)
     if not np.isfinite(image).all():
         raise UserError(f"cannot read image {path}: it has pixels that are not numbers (NaN or infinity)")
-    return image
+    return _stretch(image) if intensity == "min_max" else image
 
 
-def _load_pil(path: Path, max_pixels: int) -> np.ndarray:
+def _load_pil(path: Path, max_pixels: int, frames: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 check_pixels(path, img.width, img.height, max_pixels)
-                img.load()
-                return _pil_to_float(img)
+                count = getattr(img, "n_frames", 1)
+                if count > 1:
+                    return _pil_frames(path, img, count, frames)
+                return _pil_to_float(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError:
         raise UserError(f"image {path} claims more pixels than PIL will decode, over the "
                         f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError, EOFError) as exc:
         raise UserError(f"cannot read image {path}: {first_line(exc, 10_000)}") from exc
 
 
+def _pil_frames(path: Path, img: Image.Image, count: int, frames: str) -> np.ndarray:
+    """A multi-page TIFF (or animated PNG/GIF) by ``data.frames``, like a multi-frame DICOM."""
+    if frames == "refuse":
+        raise UserError(f"cannot read image {path}: it holds {count} frames and data.frames=refuse")
+    chosen = range(count) if frames == "mean" else [0 if frames == "first" else count // 2]
+    pages = []
+    for k in chosen:
+        img.seek(k)
+        pages.append(_pil_to_float(ImageOps.exif_transpose(img.copy())))
+    return np.mean(pages, axis=0).astype(np.float32)
+
+
+BIT_DEPTH_OF_MODE = {"1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "RGB": 8, "RGBA": 8, "RGBX": 8, "CMYK": 8,
+                     "YCbCr": 8, "LAB": 8, "HSV": 8, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+
+
 def _pil_to_float(img: Image.Image) -> np.ndarray:
-    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "PA"):
-        img = img.convert("L")
+    """A Pillow image -> (H, W) float32 in [0, 1] by the contract: bit depth, then luma for colour."""
+    mode = img.mode
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        img, mode = img.convert("RGBA" if mode in ("P", "PA") else "RGB"), "RGB"
     arr = np.asarray(img)
-    if arr.ndim == 3:  # unusual multi-band modes
-        arr = arr[..., :3].mean(axis=-1)
-    if arr.dtype == np.uint8 or img.mode == "L":
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    return _minmax(arr.astype(np.float32))
+    if mode in ("RGB", "RGBA", "RGBX"):
+        return luma(arr[..., :3].astype(np.float64) / 255.0)
+    if mode in ("LA", "PA"):
+        arr = arr[..., 0]
+    if mode in BIT_DEPTH_OF_MODE:
+        return (arr.astype(np.float64) / float(2 ** BIT_DEPTH_OF_MODE[mode] - 1)).astype(np.float32)
+    if mode == "I":  # 32-bit integers: 16-bit data as most writers store it, else its own range
+        arr = arr.astype(np.float64)
+        if arr.min() >= 0 and arr.max() <= 65535:
+            return (arr / 65535.0).astype(np.float32)
+        return _stretch(arr.astype(np.float32))
+    arr = arr.astype(np.float32)  # "F": floats have no bit depth
+    if not np.isfinite(arr).all():
+        return arr
+    return arr if (arr.min() >= 0 and arr.max() <= 1) else _stretch(arr)
 
 
-def _minmax(arr: np.ndarray) -> np.ndarray:
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """An image stretched to its own minimum and maximum (a flat image becomes 0)."""
     low, high = float(arr.min()), float(arr.max())
     if high <= low:
         return np.zeros_like(arr, dtype=np.float32)
     return ((arr - low) / (high - low)).astype(np.float32)
-
-
-def _load_dicom(path: Path, max_pixels: int) -> np.ndarray:
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError as exc:  # pragma: no cover - pydicom is a dependency
-        raise UserError("reading DICOM needs pydicom: pip install pydicom") from exc
-    try:
-        ds = pydicom.dcmread(path)
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except Exception as exc:  # pydicom raises many types for bad files
-        raise UserError(f"cannot read DICOM {path}: {first_line(exc)}") from exc
-    if "PixelData" not in ds:
-        raise UserError(f"cannot read DICOM {path}: it holds no image (no PixelData)")
-    check_pixels(path, cols, rows * max(frames, 1), max_pixels)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # no decoder for a compressed transfer syntax, truncated data, ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise UserError(f"cannot decode DICOM {path}{name}: {first_line(exc)}") from exc
-    if pixels.ndim == 3:  # multi-frame or colour: take luminance of the first frame
-        pixels = pixels[0] if ds.get("SamplesPerPixel", 1) == 1 else pixels.mean(axis=-1)
-    arr = apply_modality_lut(pixels, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        arr = apply_voi_lut(arr, ds)
-    arr = _minmax(np.asarray(arr, dtype=np.float32))
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr
 
 
 @dataclass(frozen=True)
@@ -231,6 +256,7 @@ def preprocess_array(img: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     return to_uint8(square), geometry
 
 
-def preprocess_file(path: Path | str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Geometry]:
+def preprocess_file(path: Path | str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, frames: str = DataConfig.frames,
+                    intensity: str = DataConfig.intensity) -> tuple[np.ndarray, Geometry]:
     """Load and preprocess one image exactly as the cache stores it: uint8 (size, size)."""
-    return preprocess_array(load_image(path, max_pixels), size)
+    return preprocess_array(load_image(path, max_pixels, frames, intensity), size)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
 from hegl_cli.data.cache import CachedSplit, cache_lock
+from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.engine.device import select_device
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
@@ -158,6 +159,15 @@ class LoadedRun:
     @property
     def image_size(self) -> int:
         return self.cfg.data.image_size
+
+    def reading_warning(self) -> str | None:
+        """A line when new images are read under another intensity rule than the run's training data."""
+        trained = int(self.meta.get("intensity_rule", 1))
+        if trained == INTENSITY_RULE:
+            return None
+        return (f"{self.folder} was trained on images read under intensity rule {trained}, and new images are "
+                f"read under rule {INTENSITY_RULE} (README, 'Images'): predictions may shift; prepare its data "
+                "again and retrain to compare like with like")
 
 
 def load_run(run: Path, which: str = "best", data: Path | None = None, device: str = "auto",

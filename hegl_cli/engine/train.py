@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
-from hegl_cli.data.cache import CachedSplit, cache_lock, supervision_counts
+from hegl_cli.data.cache import CachedSplit, cache_lock, intensity_rule_of, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
 from hegl_cli.data.swap import context_swap
@@ -205,6 +205,14 @@ def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
                             f"or leave data.image_size unset (the cache's size is used)")
         cfg.data.image_size = split.image_size
     cfg.data.classes = list(split.classes)  # data.classes chooses classes at prepare; a model learns the cache's
+    read = split.manifest.get("intensity") or {}
+    for key, cached in (("intensity", read.get("mode")), ("frames", read.get("frames"))):
+        if cached is None or getattr(cfg.data, key) == cached:
+            continue
+        if cfg.was_set(f"data.{key}"):
+            raise UserError(f"{split.root} was prepared with data.{key}={cached} but data.{key} is "
+                            f"{getattr(cfg.data, key)}; prepare it again or leave data.{key} unset")
+        setattr(cfg.data, key, cached)  # new images (explain, predict) are then read as the cache's were
 
 
 def check_augmentation(dataset: XrayDataset, cfg: Config) -> None:
@@ -443,7 +451,7 @@ class Trainer:
         extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": np.asarray(thresholds).tolist(),
                  "threshold_metric": self.cfg.eval.threshold_metric,
                  "thresholds_chosen_on": self.cfg.train.select_on, "selected_on": self.cfg.train.select_on,
-                 "data": str(self.cfg.data.path)}
+                 "data": str(self.cfg.data.path), "intensity_rule": intensity_rule_of(self.train_split.manifest)}
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
         if improved:
             save_checkpoint(self.run, "best", self.model, self.cfg, extra)
