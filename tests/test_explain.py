@@ -45,3 +45,20 @@ def test_explain_goes_on_after_a_bad_image_and_exits_2(trained_run, tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.png" in errors[0]
     assert "1 input(s) skipped, 2 explained" in result.output
+
+
+def test_a_run_trained_under_another_intensity_rule_is_named(trained_run, tmp_path):
+    """A run whose training images were read under rule 1 (hegl 0.1) explains new images, read under
+    rule 2, with a warning that says so (issue 20)."""
+    import json
+
+    from PIL import Image
+
+    meta = json.loads((trained_run / "best.json").read_text())
+    assert meta["intensity_rule"] == 2
+    meta.pop("intensity_rule")
+    (trained_run / "best.json").write_text(json.dumps(meta))
+    Image.new("L", (32, 32), 100).save(tmp_path / "x.png")
+    result = runner.invoke(app, ["explain", str(tmp_path / "x.png"), "--run", str(trained_run), "--out",
+                                 str(tmp_path / "o")])
+    assert result.exit_code == 0 and "intensity rule 1" in result.output and "rule 2" in result.output
