@@ -57,11 +57,17 @@ class DataConfig:
     seed: int = opt(0, ge=0)
     mask_source: Literal["polygon", "box"] = "polygon"  # polygons fall back to boxes when absent
     classes: list[str] = field(default_factory=list)  # a subset of the dataset's classes ([] = all)
+    # After the names are made canonical (README, "One pathology namespace"): rename or merge classes,
+    # {old: new}; two classes mapped to one name become one (positive when either is).
+    class_map: dict = field(default_factory=dict)
     # VinDr-CXR's three radiologists per image: any (one marked it; union of boxes) | majority
     label_fusion: Literal["any", "majority"] = "any"
     # A patient whose images the data puts in two splits (official lists can): move them all to the
     # held-out split (test, then val) and name them in skipped.txt | refuse the prepare.
     patient_overlap: Literal["move", "refuse"] = "move"
+    # Keep only images of these views (their 'view' metadata: NIH's View Position, a DICOM's
+    # ViewPosition, a table's view column), e.g. [PA]; [] keeps every view (README, "Metadata and views").
+    views: list[str] = field(default_factory=list)
     # Images with more pixels than this are refused (decompression bombs; a chest X-ray is ~10 Mpx).
     max_pixels: int = opt(64_000_000, ge=1)
     # How intensities reach [0, 1] (README, "Images"): stored_range scales by the range the stored
@@ -156,6 +162,35 @@ class TrainConfig:
 
 
 @dataclass
+class TableConfig:
+    """`hegl prepare --format table`: a dataset in no public layout (README, "Your own data").
+
+    Paths are relative to the working folder (or absolute); image paths in the tables are relative to
+    ``--source`` (or absolute under it; a bare file name is looked up anywhere under it).
+    """
+
+    labels: str = ""  # CSV/TSV, one row per image (also --labels)
+    image_column: str = "image"
+    class_columns: list[str] = field(default_factory=list)  # one column per class: 1 | 0 | blank or -1 (unknown)
+    labels_column: str = ""  # or one column of findings separated by `separator` (NIH)
+    separator: str = "|"
+    no_finding: str = "No Finding"  # the labels_column value of an image without findings
+    patient_column: str = ""  # images of one patient stay in one split
+    study_column: str = ""
+    split_column: str = ""  # train | val | test per row; without it test is a seeded 20% of the patients
+    # metadata kept next to each image, {name: column}: sex, age, view, site, scanner, ... (subgroup AUCs)
+    metadata_columns: dict = field(default_factory=dict)
+    boxes: str = ""  # CSV/TSV of boxes: one row per box
+    box_image_column: str = "image"
+    box_class_column: str = "class"
+    box_columns: list[str] = field(default_factory=lambda: ["x1", "y1", "x2", "y2"])
+    box_format: Literal["xyxy", "xywh"] = "xyxy"  # x1,y1,x2,y2 or x,y,w,h, pixels of the original image
+    box_size_columns: list[str] = field(default_factory=list)  # [width, height] the boxes were drawn on
+    coco: str = ""  # COCO JSON: boxes, polygons and RLE segmentations
+    masks: str = ""  # a folder of masks/<class>/<image>.png (non-zero = the finding)
+
+
+@dataclass
 class EvalConfig:
     """Evaluation, faithfulness and robustness (``hegl evaluate/robustness/explain --set eval.KEY=V``)."""
 
@@ -178,6 +213,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    table: TableConfig = field(default_factory=TableConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from conftest import shared_data
 from hegl_cli.cli.app import app
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.formats.chestxdet import CHESTXDET_CLASSES, parse_record
+from hegl_cli.data.pathologies import canonical
 
 runner = CliRunner()
 SIZE = 64  # cache size for the tests; boxes are in 1024 px coordinates
@@ -67,7 +68,8 @@ def nih_source(tmp_path_factory):
 def naive_expectations(present: set[str]) -> dict:
     """Counts straight from the CSVs, for the images that exist."""
     entries, boxes = nih_rows()
-    labels = {e["Image Index"]: {v for v in e["Finding Labels"].split("|") if v != "No Finding"}
+    # the cache names classes canonically (Pleural_Thickening -> Pleural Thickening: issue 22)
+    labels = {e["Image Index"]: {canonical(v) for v in e["Finding Labels"].split("|") if v != "No Finding"}
               for e in entries if e["Image Index"] in present}
     patient = {e["Image Index"]: e["Patient ID"] for e in entries}
     area: dict[tuple[str, str], np.ndarray] = {}
@@ -75,7 +77,7 @@ def naive_expectations(present: set[str]) -> dict:
     for name, label, *xywh in boxes:
         if name not in present:
             continue
-        label = "Infiltration" if label == "Infiltrate" else label
+        label = canonical("Infiltration" if label == "Infiltrate" else label)
         x, y, w, h = (float(v) for v in xywh[:4])
         canvas = area.setdefault((name, label), np.zeros((SIZE, SIZE), bool))
         x1, y1, x2, y2 = (min(max(v * scale, 0), SIZE) for v in (x, y, x + w, y + h))
@@ -263,8 +265,8 @@ def test_vindr_from_its_real_rows_with_radiologist_fusion(tmp_path, fusion):
         readers = {r["rad_id"] for r in by_image[image]}
         marked: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for r in by_image[image]:
-            if r["class_name"] != "No finding":
-                marked[r["class_name"]][r["rad_id"]].append(
+            if r["class_name"] != "No finding":  # the cache names classes canonically (issue 22)
+                marked[canonical(r["class_name"])][r["rad_id"]].append(
                     tuple(float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
         for cls, by_rad in marked.items():
             if len(by_rad) >= (1 if fusion == "any" else len(readers) // 2 + 1):

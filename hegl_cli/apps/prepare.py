@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hegl_cli import __version__
-from hegl_cli.config import Config
+from hegl_cli.config import Config, TableConfig
 from hegl_cli.data.build import (
     Identity,
     PrepareOptions,
@@ -23,7 +23,7 @@ from hegl_cli.data.build import (
     fingerprint,
     up_to_date,
 )
-from hegl_cli.data.formats import FORMATS, JSON_FORMATS, TABLE_FORMATS, format_classes
+from hegl_cli.data.formats import CSV_FORMATS, FORMATS, JSON_FORMATS, format_classes
 from hegl_cli.data.formats.chestxdet import find_source_layout, parse_records
 from hegl_cli.data.formats.nih import read_nih
 from hegl_cli.data.formats.rsna import read_rsna
@@ -34,7 +34,9 @@ from hegl_cli.data.formats.synthetic import (
     SyntheticSpec,
     write_synthetic_source,
 )
+from hegl_cli.data.formats.table import read_table_dataset
 from hegl_cli.data.formats.vindr import read_vindr
+from hegl_cli.data.pathologies import canonical
 from hegl_cli.data.records import SplitSource
 from hegl_cli.errors import UserError
 
@@ -49,10 +51,14 @@ def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = N
         spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
                              size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
         return prepare_synthetic(target, options, spec)
-    if fmt in TABLE_FORMATS:
+    if fmt in CSV_FORMATS:
         if annotations or images:
             raise UserError(f"--format {fmt} reads the official layout: pass --source DIR")
         return prepare_table(fmt, target, options, source, cfg.data.classes, cfg.data.label_fusion)
+    if fmt == "table":
+        if annotations or images:
+            raise UserError("--format table reads its files from the table.* keys: pass --source DIR --labels FILE")
+        return prepare_own_table(target, options, source, cfg.table, cfg.data.classes)
     return prepare_chestxdet(fmt, target, options, source, annotations, images, classes=cfg.data.classes)
 
 
@@ -61,11 +67,12 @@ def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
     known = list(format_classes(fmt))
     if not wanted:
         return known
-    unknown = [c for c in wanted if c not in known]
+    asked = {canonical(c) for c in wanted}
+    unknown = [c for c in wanted if canonical(c) not in {canonical(k) for k in known}]
     if unknown:
         raise UserError(f"config key 'data.classes': {unknown[0]!r} is not a class of --format {fmt} "
                         f"(classes: {', '.join(known)})")
-    return [c for c in known if c in wanted]
+    return [c for c in known if canonical(c) in asked]
 
 
 def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | None,
@@ -86,6 +93,29 @@ def prepare_table(fmt: str, out: Path, options: PrepareOptions, source: Path | N
     description = {"source": str(Path(source).resolve()), **{k: str(v.resolve()) for k, v in files.items()}}
     return build_cache(fmt, sources, out, options, classes=chosen, source_description=description,
                        extra_manifest={"label_fusion": fusion} if fmt == "vindr" else None,
+                       reader_problems=problems, identity=identity)
+
+
+def prepare_own_table(out: Path, options: PrepareOptions, source: Path | None, table: TableConfig,
+                      classes: list[str] | None = None) -> PrepareResult:
+    """Import a dataset in no public layout: a labels table and any boxes, COCO file or mask images
+    (:mod:`hegl_cli.data.formats.table`), through the same builder as every public format."""
+    if source is None:
+        raise UserError("--format table needs --source DIR (the folder the table's image paths start from)")
+    records, problems, files, found = read_table_dataset(Path(source), table, list(classes or []), options.seed)
+    asked = {canonical(c) for c in classes or []}
+    chosen = [c for c in found if not asked or c in asked]
+    if asked - set(found):
+        raise UserError(f"config key 'data.classes': {sorted(asked - set(found))[0]!r} is not a class of the table "
+                        f"(classes: {', '.join(found)})")
+    sources = [SplitSource(name, files["labels"], Path(source), records=recs) for name, recs in records.items()]
+    identity = identify("table", sources, options, chosen, [str(Path(source).resolve()), asdict(table)], files.values())
+    done = up_to_date(out, identity, options.force)
+    if done is not None:
+        return done
+    description = {"source": str(Path(source).resolve()), **{k: str(Path(v).resolve()) for k, v in files.items()},
+                   "table": asdict(table)}
+    return build_cache("table", sources, out, options, classes=chosen, source_description=description,
                        reader_problems=problems, identity=identity)
 
 

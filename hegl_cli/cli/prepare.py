@@ -38,6 +38,7 @@ def prepare(
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="--format table: the labels table (table.labels).")] = None,
     out: Annotated[Path | None, typer.Option(help="Cache folder (default data/<format>).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Side length of the cached images.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the validation split (and synthetic data).")] = None,
@@ -53,7 +54,8 @@ def prepare(
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (one per core) or more, got {workers}")
-    cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed)
+    cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed,
+                         table__labels=str(labels) if labels else None)
     options = PrepareOptions.from_config(cfg.data, strict=strict, force=force, workers=workers,
                                          progress=not State.quiet)
     result = run_prepare(fmt, cfg, options, out, source, _pairs(annotations, "--annotations"),

@@ -39,11 +39,13 @@ from hegl_cli.data.cache import (
     pack_masks,
     read_manifest,
 )
+from hegl_cli.data.dicom import dicom_metadata
 from hegl_cli.data.formats import format_classes
 from hegl_cli.data.formats.chestxdet import parse_records
-from hegl_cli.data.images import INTENSITY_RULE, preprocess_file
+from hegl_cli.data.images import INTENSITY_RULE, is_dicom, preprocess_file
 from hegl_cli.data.masks import rasterize_findings
 from hegl_cli.data.parallel import parallel_map
+from hegl_cli.data.pathologies import canonical
 from hegl_cli.data.records import Finding, Record, SplitSource
 from hegl_cli.data.splits import split_by_group
 from hegl_cli.errors import UserError, first_line
@@ -70,18 +72,21 @@ class PrepareOptions:
     patient_overlap: str = DataConfig.patient_overlap
     intensity: str = DataConfig.intensity
     frames: str = DataConfig.frames
+    class_map: dict = field(default_factory=dict)
+    views: list = field(default_factory=list)
 
     @classmethod
     def from_config(cls, data: DataConfig, **run: Any) -> PrepareOptions:
         """The options of the ``data`` config section, plus how to run (strict, force, workers, progress)."""
         return cls(image_size=data.image_size, seed=data.seed, val_fraction=data.val_fraction,
                    mask_source=data.mask_source, max_pixels=data.max_pixels, patient_overlap=data.patient_overlap,
-                   intensity=data.intensity, frames=data.frames, **run)
+                   intensity=data.intensity, frames=data.frames, class_map=dict(data.class_map),
+                   views=list(data.views), **run)
 
     def shaping(self) -> list[Any]:
         """The options that change what the cache holds (not how it is built)."""
         return [self.image_size, self.seed, self.val_fraction, self.mask_source, self.max_pixels, self.patient_overlap,
-                self.intensity, self.frames, INTENSITY_RULE]
+                self.intensity, self.frames, INTENSITY_RULE, sorted(self.class_map.items()), sorted(self.views)]
 
 
 @dataclass
@@ -171,14 +176,16 @@ def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | No
 def _decode_one(item: tuple[str, list[Finding], list[str], int, str, int, str, str]) -> tuple[Any, ...]:
     """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error line."""
     path, findings, classes, size, mask_source, max_pixels, frames, intensity = item
+    notes: list[str] = []
     try:
         image, geometry = preprocess_file(path, size, max_pixels, frames, intensity)
-        masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source)
+        masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source, notes)
+        header = dicom_metadata(Path(path)) if is_dicom(Path(path)) else {}
     except UserError as exc:
         return ("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a prepare of thousands
         return ("error", f"cannot read image {path}: {type(exc).__name__}: {first_line(exc, 160)}")
-    return ("ok", image, pack_masks(masks), has_mask, clipped)
+    return ("ok", image, pack_masks(masks), has_mask, clipped, [f"{path}: {n}" for n in notes], header)
 
 
 def record_labels(record: Record, index: dict[str, int]) -> np.ndarray:
@@ -212,10 +219,12 @@ def decode_split(
         if result[0] == "error":
             problems.append(f"{source.name}: {result[1]}")
             continue
-        _, image, packed, has_mask, clipped = result
+        _, image, packed, has_mask, clipped, notes, header = result
         clipped_total += clipped
+        problems.extend(f"{source.name}: {line}" for line in notes)
         cue = source.cue.get(record.file_name, 0) if source.cue is not None else 0
-        writer.append(image, record_labels(record, index), packed, has_mask, record.file_name, cue)
+        writer.append(image, record_labels(record, index), packed, has_mask, record.file_name, cue,
+                      {**header, **record.meta})
     if records and not len(writer):
         raise UserError(f"none of the {len(records)} images of split '{name}' could be read from "
                         f"{source.images} ({problems[-1] if problems else 'no image'}); is --images/--source right?")
@@ -449,6 +458,51 @@ def keep_classes(records: list[Record], classes: list[str]) -> list[Record]:
     return records
 
 
+def class_names(classes: list[str], class_map: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(the cache's classes, original name -> cache name): each dataset name made canonical
+    (:mod:`hegl_cli.data.pathologies`), then renamed or merged by ``data.class_map`` (keys may be the
+    original or the canonical name; merged classes keep the first one's place)."""
+    mapping = {}
+    targets = {canonical(k): v for k, v in class_map.items()}
+    for name in classes:
+        mapped = canonical(name)
+        mapping[name] = canonical(targets.get(mapped, mapped))
+    known = {canonical(c) for c in classes}
+    unknown = [k for k in class_map if canonical(k) not in known]
+    if unknown:
+        raise UserError(f"config key 'data.class_map': {unknown[0]!r} is not a class of this dataset "
+                        f"(classes: {', '.join(classes)})")
+    return list(dict.fromkeys(mapping.values())), mapping
+
+
+def rename_classes(records: list[Record], mapping: dict[str, str]) -> list[Record]:
+    """Every label, finding and unknown class of ``records`` under its cache name; a label merged from
+    several is positive when any is, and unknown only when none is positive."""
+    for record in records:
+        for finding in record.findings:
+            finding.label = mapping.get(finding.label, finding.label)
+        if record.image_labels is not None:
+            record.image_labels = {mapping.get(label, label) for label in record.image_labels}
+        record.unknown = {mapping.get(label, label) for label in record.unknown} - record.labels
+    return records
+
+
+def keep_views(parsed: dict[str, tuple[SplitSource, list[Record]]], views: list[str]
+               ) -> tuple[dict[str, tuple[SplitSource, list[Record]]], int]:
+    """Only the images of ``data.views`` (by their 'view' metadata, any case); how many were left out."""
+    if not views:
+        return parsed, 0
+    wanted = {v.strip().upper() for v in views}
+    for src, records in parsed.values():
+        for record in records:  # a DICOM says its view in its header: read it now to choose
+            path = src.images / record.file_name
+            if "view" not in record.meta and is_dicom(path) and path.is_file():
+                record.meta = {**dicom_metadata(path), **record.meta}
+    kept = {name: (src, [r for r in records if r.meta.get("view", "").strip().upper() in wanted])
+            for name, (src, records) in parsed.items()}
+    return kept, sum(len(r) for _, r in parsed.values()) - sum(len(r) for _, r in kept.values())
+
+
 def _twins(extra_manifest: dict[str, Any] | None) -> set[str]:
     return set(((extra_manifest or {}).get("synthetic") or {}).get("counterfactual_of", {}))
 
@@ -460,8 +514,11 @@ def _build_into(
 ) -> PrepareResult:
     read_problems = list(reader_problems or [])
     known = format_classes(fmt) or tuple(classes)
-    parsed = {src.name: (src, keep_classes(src.records if src.records is not None
-                                           else parse_records(src.annotations, known, read_problems), classes))
+    classes, mapping = class_names(list(classes), options.class_map)
+    original_names = {name: [o for o, m in mapping.items() if m == name] for name in classes}
+    parsed = {src.name: (src, rename_classes(keep_classes(src.records if src.records is not None
+                                                          else parse_records(src.annotations, known, read_problems),
+                                                          list(mapping)), mapping))
               for src in sources}
     for src in sources:
         if not src.images.is_dir():
@@ -471,6 +528,7 @@ def _build_into(
             why = f" ({read_problems[0]})" if read_problems else ""
             raise UserError(f"{src.annotations}: no usable record for split '{src.name}'{why}")
     twins = _twins(extra_manifest)
+    parsed, by_view = keep_views(parsed, options.views)
     plan = plan_splits(parsed, options, read_problems, twins)
     if options.strict and read_problems:
         raise UserError(f"--strict: {read_problems[0]} ({len(read_problems)} problem(s) in all)")
@@ -486,12 +544,15 @@ def _build_into(
     counts = {name: w.counts(classes) for name, w in writers.items()}
     warnings = [f"class '{c}' has no positive image in train: its query learns nothing"
                 for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
+    if by_view:
+        warnings.append(f"data.views={options.views} left out {by_view} image(s) of other (or no) views")
     identity = identity or Identity(fingerprint([__version__, fmt, classes, options.shaping(),
                                                  [str(s.annotations) for s in sources]]),
                                     content_fingerprint(sources)[0])
     manifest = {
         "format": fmt,
         "classes": classes,
+        "original_names": original_names,
         "image_size": options.image_size,
         "splits": {name: len(w) for name, w in writers.items()},
         "class_counts": {name: c[0] for name, c in counts.items()},

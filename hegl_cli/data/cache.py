@@ -7,6 +7,7 @@ Layout of ``<cache>/<split>/``:
     mask_index.npy  int32 (N,)                row of the image in masks.npy, -1 = no mask at all
     masks.npy       uint8 (M, C, ceil(S*S/8)) bit-packed masks of the M images that have one
     files.json      list of N file names (relative to the source's images folder)
+    metadata.json   {column: N values}: what the data says of each image (sex, age, view, ...), if anything
     cue.npy         int8 (N,)                 synthetic data only: spurious cue present (1) or not
 
 :class:`SplitWriter` streams images into preallocated memory-mapped arrays as they are decoded, so
@@ -30,6 +31,7 @@ from hegl_cli.fs.tables import read_json
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.txt"  # one line per record or image the prepare left out, and why
+METADATA = "metadata.json"  # per split: {column: one value per image} (sex, age, view, site, ...)
 
 
 def lock_path(cache: Path) -> Path:
@@ -62,14 +64,17 @@ class SplitWriter:
         self.mask_index = np.full(self.capacity, -1, np.int32)
         self.cue = np.zeros(self.capacity, np.int8) if with_cue else None
         self.files: list[str] = []
+        self.meta: list[dict[str, str]] = []
 
     def __len__(self) -> int:
         return len(self.files)
 
     def append(self, image: np.ndarray, labels: np.ndarray, packed_masks: np.ndarray, has_mask: np.ndarray,
-               file_name: str, cue: int = 0) -> None:
-        """image uint8 (S, S); labels (C,); packed_masks uint8 (C, ceil(S*S/8)); has_mask bool (C,)."""
+               file_name: str, cue: int = 0, meta: dict[str, str] | None = None) -> None:
+        """image uint8 (S, S); labels (C,); packed_masks uint8 (C, ceil(S*S/8)); has_mask bool (C,);
+        meta: what the data says of the image (sex, age, view, site, ...)."""
         i = len(self.files)
+        self.meta.append(dict(meta or {}))
         self.images.write(image)
         self.labels[i], self.has_mask[i] = labels, has_mask
         if has_mask.any():
@@ -90,6 +95,9 @@ class SplitWriter:
         (self.folder / "files.json").write_text(json.dumps(self.files))
         if self.cue is not None:
             np.save(self.folder / "cue.npy", self.cue[:n])
+        columns = sorted({k for m in self.meta for k in m})
+        if columns:
+            (self.folder / METADATA).write_text(json.dumps({k: [str(m.get(k, "")) for m in self.meta] for k in columns}))
 
     def counts(self, classes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """(images with each finding, images with an expert mask for it), per class name."""
@@ -184,6 +192,7 @@ class CachedSplit:
             raise UserError(f"{folder / 'files.json'}: unreadable ({exc}); re-run `hegl prepare --force`") from exc
         cue_path = folder / "cue.npy"
         self.cue = _load_array(cue_path) if cue_path.is_file() else None
+        self.metadata = _load_metadata(folder / METADATA, len(self.files))
         self._check_shapes(folder)
 
     def _check_shapes(self, folder: Path) -> None:
@@ -214,6 +223,16 @@ class CachedSplit:
             return np.zeros((len(self.classes), size, size), np.uint8)
         flat = np.unpackbits(self.packed_masks[row], axis=-1, count=size * size)
         return flat.reshape(len(self.classes), size, size)
+
+
+def _load_metadata(path: Path, n: int) -> dict[str, list[str]]:
+    """{column: one value per image} ({} for a cache without metadata)."""
+    if not path.is_file():
+        return {}
+    columns = read_json(path, "metadata file")
+    if not isinstance(columns, dict) or any(not isinstance(v, list) or len(v) != n for v in columns.values()):
+        raise UserError(f"{path}: not one value per image for each column; re-run `hegl prepare --force`")
+    return {str(k): [str(x) for x in v] for k, v in columns.items()}
 
 
 def _load_array(path: Path, mmap: bool = False) -> np.ndarray:

@@ -178,3 +178,26 @@ def _load_dicom(path: Path, max_pixels: int, frames: str) -> np.ndarray:
     while pixels.ndim > one_frame_ndim:  # a stack of one frame
         pixels = pixels[0]
     return frame(ds, pixels)
+
+
+# What a DICOM header says of the patient and the view, under the names the cache keeps (a table's
+# metadata columns, when given, win over the header).
+HEADER_METADATA = {"sex": "PatientSex", "age": "PatientAge", "view": "ViewPosition"}
+
+
+def dicom_metadata(path: Path) -> dict[str, str]:
+    """Sex, age and view position from a DICOM header (empty where the header has none)."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - the image itself was read: a header we cannot reread adds nothing
+        return {}
+    out = {}
+    for name, keyword in HEADER_METADATA.items():
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            out[name] = value
+    return out

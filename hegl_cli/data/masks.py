@@ -46,6 +46,29 @@ def decode_rle(rle: str, width: int, height: int) -> np.ndarray:
     return flat.reshape(width, height).T  # column-major
 
 
+def decode_pixel_mask(finding: Finding, width: int, height: int) -> np.ndarray:
+    """bool (height, width) of a finding's pixel mask: SIIM run lengths, COCO RLE (decoded by
+    pycocotools) or a mask image; ValueError when it does not fit the image."""
+    if finding.rle is not None:
+        return decode_rle(finding.rle, width, height)
+    if finding.coco_rle is not None:
+        from pycocotools import mask as coco_mask
+
+        rle = dict(finding.coco_rle)
+        h, w = (int(v) for v in rle.get("size", (0, 0)))
+        if (h, w) != (height, width):
+            raise ValueError(f"its COCO mask is {w}x{h} but the image is {width}x{height}")
+        if isinstance(rle.get("counts"), list):  # uncompressed RLE
+            rle = coco_mask.frPyObjects(rle, h, w)
+        return coco_mask.decode(rle).astype(bool)
+    with Image.open(finding.mask_file) as img:
+        mask = np.asarray(img.convert("L")) > 0
+    if mask.shape != (height, width):
+        raise ValueError(f"its mask {finding.mask_file} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                         f"{width}x{height}")
+    return mask
+
+
 def area_coverage(square: np.ndarray, size: int) -> np.ndarray:
     """(side, side) 0/1 -> (size, size) float64: the exact share of each cache pixel's area that the mask
     covers, every original pixel a unit square. The integral image of a pixel-constant mask is
@@ -111,6 +134,7 @@ def rasterize_findings(
     geometry: Geometry,
     size: int,
     mask_source: str = "polygon",
+    notes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw each class's findings into a (size, size) mask.
 
@@ -122,6 +146,9 @@ def rasterize_findings(
         masks: uint8 (C, size, size) of 0/1.
         has_mask: bool (C,).
         clipped: how many boxes reached outside the original image and were clipped.
+
+    An annotation drawn on an image of another size (``Finding.frame``), or a pixel mask that does not
+    fit the image, is left out with a line in ``notes`` (the image and its labels are kept).
     """
     canvases = [Image.new("L", (size, size), 0) for _ in classes]
     has_mask = np.zeros(len(classes), dtype=bool)
@@ -130,8 +157,16 @@ def rasterize_findings(
     pixel_masks: dict[int, np.ndarray] = {}
     for finding in findings:
         c = index[finding.label]
-        if finding.rle is not None:  # a pixel mask (SIIM): united at full resolution, resampled once below
-            decoded = decode_rle(finding.rle, geometry.width, geometry.height)
+        if finding.frame is not None and tuple(finding.frame) != (geometry.width, geometry.height):
+            _note(notes, f"a {finding.label} annotation was drawn on a {finding.frame[0]}x{finding.frame[1]} image "
+                         f"but the image is {geometry.width}x{geometry.height}; it was left out")
+            continue
+        if finding.is_pixel_mask:  # united at full resolution, resampled once below
+            try:
+                decoded = decode_pixel_mask(finding, geometry.width, geometry.height)
+            except (ValueError, OSError) as exc:
+                _note(notes, f"a {finding.label} mask was left out: {exc}")
+                continue
             pixel_masks[c] = decoded if c not in pixel_masks else pixel_masks[c] | decoded
             continue
         box, clipped = clip_box(finding.box, geometry.width, geometry.height)
@@ -155,3 +190,9 @@ def rasterize_findings(
     masks = np.stack([np.asarray(canvas, dtype=np.uint8) for canvas in canvases]) if classes else np.zeros(
         (0, size, size), np.uint8)
     return masks, has_mask, clipped_count
+
+
+def _note(notes: list[str] | None, line: str) -> None:
+    if notes is None:
+        raise ValueError(line)
+    notes.append(line)

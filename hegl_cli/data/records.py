@@ -21,6 +21,13 @@ class Finding:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     polygon: list[tuple[float, float]] | None = None
     rle: str | None = None  # a pixel mask, run-length encoded as in SIIM (see hegl_cli.data.masks.decode_rle)
+    coco_rle: dict | None = None  # a pixel mask as COCO run-length encodes it ({"size": [h, w], "counts": ...})
+    mask_file: str | None = None  # a pixel mask as an image file the size of the X-ray (non-zero = the finding)
+    frame: tuple[int, int] | None = None  # (width, height) of the image the annotation was drawn on, if known
+
+    @property
+    def is_pixel_mask(self) -> bool:
+        return self.rle is not None or self.coco_rle is not None or self.mask_file is not None
 
 
 @dataclass
@@ -34,6 +41,7 @@ class Record:
     patient: str | None = None  # images of one patient stay in one split
     unknown: set[str] = field(default_factory=set)  # classes whose label is not known (NaN in the cache)
     split: str | None = None  # the split the data names for the image, if any
+    meta: dict[str, str] = field(default_factory=dict)  # sex, age, view, site, scanner, ... as the data gives them
 
     @property
     def labels(self) -> set[str]:

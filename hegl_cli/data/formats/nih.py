@@ -25,6 +25,7 @@ NIH_CLASSES: tuple[str, ...] = (
     "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 BOX_ALIASES = {"Infiltrate": "Infiltration"}
+METADATA_COLUMNS = {"age": "Patient Age", "sex": "Patient Gender", "view": "View Position"}  # kept with each image
 NO_FINDING = "No Finding"
 
 
@@ -110,8 +111,9 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
                 problems.append(f"{entries.name}: line {line} ({name}): in neither test_list.txt nor "
                                 "train_val_list.txt; left out")
                 continue
+        meta = {key: row[column].strip() for key, column in METADATA_COLUMNS.items() if row.get(column, "").strip()}
         records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
-                              patient=row["Patient ID"].strip() or None, split=split))
+                              patient=row["Patient ID"].strip() or None, split=split, meta=meta))
     if test_list is not None:
         test = [r for r in records if r.split == "test"]
         train = [r for r in records if r.split == "train"]

@@ -1,0 +1,296 @@
+"""`--format table`: a dataset in no public layout, described by a labels table and any localisation.
+
+- labels (``table.labels``): a CSV/TSV with an image path column and either one column per class
+  (``1`` positive, ``0`` negative, blank or ``-1`` unknown: the CheXpert convention) or one column
+  of findings separated by ``|`` (the NIH convention; ``No Finding`` or blank for none); optional
+  patient, study, split (train/val/test) and metadata columns, each named by a ``table.*`` key.
+- localisation, any of: a boxes CSV (image, class, x1,y1,x2,y2 or x,y,w,h in pixels of the original
+  image, optionally the width and height it was drawn on), a COCO JSON (boxes, polygons, RLE masks,
+  decoded by pycocotools), or a folder of per-class mask images (``masks/<class>/<image>.png``).
+
+The labels table decides the labels; a box for a class an image is not positive for is named and
+dropped. Every bad row is named and skipped; unknown labels stay unknown (NaN in the cache). What
+comes out is the same ``Record`` list every public format produces, for the same builder: the NIH
+importer and this one give identical caches on NIH's own files (tests/test_table.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
+
+from hegl_cli.config import TableConfig
+from hegl_cli.data.pathologies import canonical
+from hegl_cli.data.records import Finding, Record, box_from_columns, safe_file_name
+from hegl_cli.data.splits import hold_out_test
+from hegl_cli.errors import UserError
+from hegl_cli.fs.tables import read_json, read_table
+
+POSITIVE, NEGATIVE, UNKNOWN = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}, {"", "-1", "-1.0", "nan"}
+SPLITS = ("train", "val", "test")
+
+
+def _user_path(text: str, what: str) -> Path:
+    path = Path(text).expanduser()
+    if not text:
+        raise UserError(f"--format table needs {what}")
+    return path
+
+
+class ImageLocator:
+    """An image path from a table -> its path relative to ``source`` (None when it is not there or
+    leaves ``source``); a bare file name is looked up anywhere under ``source``."""
+
+    def __init__(self, source: Path):
+        self.source = source.resolve()
+        self._by_name: dict[str, str | None] | None = None
+
+    def __call__(self, text: str) -> str | None:
+        text = text.strip()
+        path = Path(text)
+        if path.is_absolute():
+            try:
+                relative = str(path.resolve().relative_to(self.source))
+            except ValueError:
+                return None
+        else:
+            relative = safe_file_name(text)
+            if relative is None:
+                return None
+        if (self.source / relative).is_file():
+            return relative
+        if len(PurePosixPath(relative).parts) == 1:
+            return self.by_name().get(relative)
+        return None
+
+    def by_name(self) -> dict[str, str | None]:
+        if self._by_name is None:
+            found: dict[str, str | None] = {}
+            for folder, _, names in os.walk(self.source):
+                for name in names:
+                    relative = os.path.relpath(os.path.join(folder, name), self.source)
+                    found[name] = None if name in found else relative  # a name found twice names no file
+            self._by_name = found
+        return self._by_name
+
+
+def _row_labels(row: dict[str, str], cfg: TableConfig, classes: list[str]) -> tuple[set[str], set[str]]:
+    """(positive classes, unknown classes) of one row; ValueError for a value that is no label."""
+    if cfg.class_columns:
+        positive, unknown = set(), set()
+        for column, name in zip(cfg.class_columns, classes):
+            value = row[column].strip().lower()
+            if value in POSITIVE:
+                positive.add(name)
+            elif value in UNKNOWN:
+                unknown.add(name)
+            elif value not in NEGATIVE:
+                raise ValueError(f"column {column!r} holds {row[column]!r}, not 1, 0, blank or -1")
+        return positive, unknown
+    found = {canonical(v) for v in row[cfg.labels_column].split(cfg.separator) if v.strip()}
+    return found & set(classes), set()  # a finding outside data.classes is left out, as for every format
+
+
+def table_classes(cfg: TableConfig, wanted: list[str]) -> list[str]:
+    """The dataset's classes: the class columns (canonical names), or every finding of the labels
+    column in the order first seen, or ``data.classes`` (in its order) when given."""
+    if bool(cfg.class_columns) == bool(cfg.labels_column):
+        raise UserError("--format table needs either table.class_columns (one column per class) or "
+                        "table.labels_column (one column of findings), not both")
+    if cfg.class_columns:
+        return [canonical(c) for c in cfg.class_columns]
+    if wanted:
+        return list(dict.fromkeys(canonical(c) for c in wanted))
+    table = read_table(_user_path(cfg.labels, "table.labels (or --labels FILE)"), "labels table",
+                       {cfg.labels_column})
+    seen: dict[str, None] = {}
+    for row in table.dicts():
+        for value in row[cfg.labels_column].split(cfg.separator):
+            if value.strip() and canonical(value) != canonical(cfg.no_finding):
+                seen[canonical(value)] = None
+    return list(seen)
+
+
+class Labels:
+    """The labels table read: image key (the table's image value) -> its record, in the table's order;
+    a localisation file may name an image by that key or by its file name alone."""
+
+    def __init__(self, records: dict[str, Record]):
+        self.records = records
+        names: dict[str, str | None] = {}
+        for key in records:
+            names[Path(key).name] = None if Path(key).name in names else key
+        self.by_name = names
+
+    def find(self, key: str) -> Record | None:
+        if key in self.records:
+            return self.records[key]
+        other = self.by_name.get(Path(key).name)
+        return self.records.get(other) if other else None
+
+
+def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: list[str]) -> tuple[Labels, Path]:
+    """The labels table's records (see :class:`Labels`) and its path."""
+    path = _user_path(cfg.labels, "table.labels (or --labels FILE)")
+    columns = {cfg.image_column, *cfg.class_columns, *([cfg.labels_column] if cfg.labels_column else []),
+               *(c for c in (cfg.patient_column, cfg.study_column, cfg.split_column) if c),
+               *cfg.metadata_columns.values()}
+    table = read_table(path, "labels table", columns)
+    locate = ImageLocator(source)
+    records: dict[str, Record] = {}
+    for line, row in zip(table.lines, table.dicts()):
+        key = row[cfg.image_column].strip()
+        where = f"{path.name}: line {line} ({key})"
+        if key in records:
+            problems.append(f"{where}: the image is listed again; the first line is kept")
+            continue
+        try:
+            positive, unknown = _row_labels(row, cfg, classes)
+            split = row[cfg.split_column].strip().lower() if cfg.split_column else None
+            if split is not None and split not in SPLITS:
+                raise ValueError(f"split {row[cfg.split_column]!r} is not train, val or test")
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}; the row is skipped")
+            continue
+        located = locate(key) if key else None
+        if located is None:
+            why = "escapes the source folder" if key and locate(key) is None and (
+                Path(key).is_absolute() or safe_file_name(key) is None) else "not found under the source"
+            problems.append(f"image {why}: {key} ({path.name}, line {line})")
+            continue
+        patient = row[cfg.patient_column].strip() if cfg.patient_column else ""
+        meta = {name: row[column].strip() for name, column in cfg.metadata_columns.items() if row[column].strip()}
+        if cfg.study_column and row[cfg.study_column].strip():
+            meta["study"] = row[cfg.study_column].strip()
+        records[key] = Record(located, [], image_labels=positive, patient=patient or None, unknown=unknown,
+                              split=split, meta=meta)
+    return Labels(records), path
+
+
+def _attach(labels: Labels, key: str, finding: Finding, where: str, problems: list[str]) -> None:
+    """Add a localisation to its image, if the labels make the image positive for its class."""
+    record = labels.find(key)
+    if record is None:
+        problems.append(f"{where}: image {key!r} is not in the labels table; the annotation is skipped")
+        return
+    if finding.label not in record.labels:
+        state = "unknown" if finding.label in record.unknown else "negative"
+        problems.append(f"{where}: a {finding.label} annotation on an image labelled {state} for it; it is dropped")
+        return
+    record.findings.append(finding)
+
+
+def read_boxes(cfg: TableConfig, records: Labels, classes: list[str], problems: list[str]) -> Path:
+    path = _user_path(cfg.boxes, "table.boxes")
+    columns = {cfg.box_image_column, cfg.box_class_column, *cfg.box_columns, *cfg.box_size_columns}
+    table = read_table(path, "boxes table", columns)
+    if len(cfg.box_columns) != 4:
+        raise UserError(f"config key 'table.box_columns' names {len(cfg.box_columns)} columns, not 4")
+    for line, row in zip(table.lines, table.dicts()):
+        where = f"{path.name}: line {line}"
+        label = canonical(row[cfg.box_class_column])
+        if label not in classes:
+            problems.append(f"{where}: unknown class {row[cfg.box_class_column]!r}; the box is skipped")
+            continue
+        try:
+            box = box_from_columns(row, tuple(cfg.box_columns), xywh=cfg.box_format == "xywh")
+            frame = tuple(int(float(row[c])) for c in cfg.box_size_columns) if cfg.box_size_columns else None
+        except (ValueError, KeyError) as exc:
+            problems.append(f"{where}: {exc}; the box is skipped")
+            continue
+        _attach(records, row[cfg.box_image_column].strip(), Finding(label, box, frame=frame), where, problems)
+    return path
+
+
+def read_coco(cfg: TableConfig, records: Labels, classes: list[str], problems: list[str]) -> Path:
+    """COCO's images, categories and annotations: a box, a polygon per part, or an RLE mask each."""
+    path = _user_path(cfg.coco, "table.coco")
+    data = read_json(path, "COCO file")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
+                                                                                     "categories")):
+        raise UserError(f"{path}: not a COCO file (it needs lists of 'images', 'annotations' and 'categories')")
+    images = {im.get("id"): im for im in data["images"] if isinstance(im, dict)}
+    categories = {c.get("id"): canonical(str(c.get("name", ""))) for c in data["categories"] if isinstance(c, dict)}
+    for number, ann in enumerate(data["annotations"]):
+        where = f"{path.name}: annotation {number}"
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            problems.append(f"{where}: image id {ann.get('image_id') if isinstance(ann, dict) else None!r} is not "
+                            "among its images; skipped")
+            continue
+        image = images[ann["image_id"]]
+        label = categories.get(ann.get("category_id"))
+        if label not in classes:
+            problems.append(f"{where}: category {ann.get('category_id')!r} is no class of the table; skipped")
+            continue
+        try:
+            findings = _coco_findings(ann, label, image)
+        except (ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{where}: {exc}; skipped")
+            continue
+        for finding in findings:
+            _attach(records, str(image.get("file_name", "")), finding, where, problems)
+    return path
+
+
+def _coco_findings(ann: dict, label: str, image: dict) -> list[Finding]:
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    box = box_from_columns({"x": x, "y": y, "w": w, "h": h}, ("x", "y", "w", "h"), xywh=True)
+    frame = (int(image["width"]), int(image["height"])) if "width" in image and "height" in image else None
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, dict):  # RLE, compressed or not
+        return [Finding(label, box, coco_rle=segmentation, frame=frame)]
+    if isinstance(segmentation, list) and segmentation:
+        polygons = [list(zip(part[0::2], part[1::2])) for part in segmentation if isinstance(part, list)]
+        return [Finding(label, box, polygon=[(float(a), float(b)) for a, b in p], frame=frame)
+                for p in polygons if len(p) >= 3]
+    return [Finding(label, box, frame=frame)]
+
+
+def read_mask_folder(cfg: TableConfig, records: Labels, classes: list[str], problems: list[str]) -> Path:
+    """``masks/<class>/<image file>`` (or the image's stem with any image suffix)."""
+    root = _user_path(cfg.masks, "table.masks")
+    if not root.is_dir():
+        raise UserError(f"table.masks {root} is not a folder of masks/<class>/<image>.png")
+    stems = defaultdict(list)
+    for key in records.records:
+        stems[Path(key).stem].append(key)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = canonical(folder.name)
+        for mask in sorted(p for p in folder.iterdir() if p.is_file()):
+            where = f"{mask}"
+            if label not in classes:
+                problems.append(f"{where}: folder {folder.name!r} is no class of the table; skipped")
+                break
+            keys = stems.get(mask.stem, [])
+            if len(keys) != 1:
+                problems.append(f"{where}: {'no' if not keys else 'more than one'} image of the table is named "
+                                f"{mask.stem!r}; skipped")
+                continue
+            _attach(records, keys[0], Finding(label, (0.0, 0.0, 1.0, 1.0), mask_file=str(mask)), where, problems)
+    return root
+
+
+def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: int = 0
+                       ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path], list[str]]:
+    """({split: records}, problems, the files read, the classes) of a table-described dataset."""
+    if not source.is_dir():
+        raise UserError(f"source folder not found: {source}")
+    classes = table_classes(cfg, wanted)
+    problems: list[str] = []
+    labels, labels_path = read_labels(source, cfg, classes, problems)
+    files = {"labels": labels_path}
+    readers = (("boxes", cfg.boxes, read_boxes), ("coco", cfg.coco, read_coco), ("masks", cfg.masks, read_mask_folder))
+    for name, given, reader in readers:
+        if given:
+            files[name] = reader(cfg, labels, classes, problems)
+    rows = list(labels.records.values())
+    if cfg.split_column:
+        named = {s: [r for r in rows if r.split == s] for s in SPLITS}
+        splits = {s: recs for s, recs in named.items() if recs}
+        if "test" not in splits:
+            splits["train"], splits["test"] = hold_out_test(named["train"], seed)
+    else:
+        train, test = hold_out_test(rows, seed)
+        splits = {"train": train, "test": test}
+    return splits, problems, {k: v for k, v in files.items() if v.is_file()}, classes
