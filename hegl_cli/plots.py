@@ -73,3 +73,19 @@ def plot_robustness(records: list[dict[str, Any]], path: Path, metrics: tuple[st
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def plot_reliability(curve: list[dict[str, Any]], path: Path, title: str = "reliability") -> None:
+    """Observed share of positives against the mean predicted probability, per bin (dot size: pairs)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfectly calibrated")
+    if curve:
+        pairs = np.array([b["pairs"] for b in curve], dtype=float)
+        ax.plot([b["mean_probability"] for b in curve], [b["positive_share"] for b in curve], color="C0", lw=1)
+        ax.scatter([b["mean_probability"] for b in curve], [b["positive_share"] for b in curve],
+                   s=20 + 180 * pairs / pairs.max(), color="C0", zorder=3)
+    ax.set(xlabel="mean predicted probability", ylabel="share of positives", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

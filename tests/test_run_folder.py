@@ -46,6 +46,7 @@ def test_every_file_of_a_used_run_is_one_the_run_folder_names(trained_run, tmp_p
     assert runner.invoke(app, ["explain", str(png), "--run", str(trained_run)]).exit_code == 0
     named = {folder.marker, folder.lock_file, folder.config, folder.state, folder.metrics, folder.history,
              folder.curves, folder.report, folder.eval_report("test"), folder.eval_table("test"),
+             folder.eval_reliability("test"),
              *robustness_files(folder.path), *(p for w in ("best", "last") for p in (folder.weights(w), folder.meta(w)))}
     under = (folder.explain_dir, folder.tensorboard)
     stray = [p for p in folder.path.rglob("*") if p.is_file() and p not in named

@@ -16,11 +16,13 @@ from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
 from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError
 from hegl_cli.evaluation.alignment import alignment_scores
+from hegl_cli.evaluation.calibration import reliability, subgroup_scores
 from hegl_cli.evaluation.classification import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
 from hegl_cli.evaluation.context_audit import context_audit
 from hegl_cli.evaluation.faithfulness import faithfulness_scores, shortcut_reliance
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import Predictions, predict_split
+from hegl_cli.plots import plot_reliability
 
 
 def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarray, str]:
@@ -65,12 +67,16 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
                                       cfg.eval.top_share),
         "eval_config": dataclasses.asdict(cfg.eval),
         "warnings": reading_warnings(loaded),
+        "calibration": reliability(preds.probs, cached.labels, classes),
+        "subgroups": subgroup_scores(preds.probs, cached.labels, cached.metadata, classes, cfg.eval.bootstrap),
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
     run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
     outputs.write_json(run_folder.eval_report(split).relative_to(run_folder.path), report)
     outputs.write(run_folder.eval_table(split).relative_to(run_folder.path), lambda tmp: write_per_class_csv(tmp, report))
+    outputs.write(run_folder.eval_reliability(split).relative_to(run_folder.path),
+                  lambda tmp: plot_reliability(report["calibration"]["curve"], tmp, f"{split}: reliability"))
     return report
 
 

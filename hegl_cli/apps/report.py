@@ -188,6 +188,25 @@ def results_section(report: dict[str, Any] | None) -> str:
     return out
 
 
+def calibration_section(folder: Path, report: dict[str, Any] | None) -> str:
+    """Brier score and ECE per class, the reliability diagram, and AUC per subgroup where the data says."""
+    calibration = (report or {}).get("calibration")
+    if not calibration:
+        return "<p class=note>no calibration yet: run <code>hegl evaluate RUN</code></p>"
+    rows = [[name, c["pairs"], c["brier"], c["ece"]] for name, c in calibration["per_class"].items()]
+    rows.append(["all pairs", calibration["pairs"], calibration["brier"], calibration["ece"]])
+    picture = RunFolder(folder).eval_reliability(report["split"])
+    out = (table(["class", "known pairs", "Brier score", "ECE"], rows)
+           + (img(png_uri(picture), "reliability diagram") if picture.is_file() else ""))
+    for column, entry in (report.get("subgroups") or {}).items():
+        group_rows = [[group, g["images"], g["macro_auc"],
+                       f"[{g['macro_auc_ci95'][0]:.3f}, {g['macro_auc_ci95'][1]:.3f}]" if g["macro_auc_ci95"] else "–"]
+                      for group, g in entry["groups"].items()]
+        out += (f"<h4>By {esc(column)} (gap {entry['gap']:.3f})</h4>"
+                + table([column, "images", "macro AUC", "95% CI"], group_rows))
+    return out
+
+
 def robustness_section(folder: Path) -> str:
     json_path, picture = robustness_files(folder)
     data = read_output(json_path, "robustness record", ("records",))
@@ -265,7 +284,9 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
     with loaded:
         parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
                  "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
-                 "<h3>Results</h3>", results_section(report), "<h3>Robustness under Gaussian noise</h3>",
+                 "<h3>Results</h3>", results_section(report),
+                 "<h3>Calibration and subgroups</h3>", calibration_section(folder, report),
+                 "<h3>Robustness under Gaussian noise</h3>",
                  robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
     return "".join(parts)
 

@@ -118,6 +118,9 @@ class RunFolder(HeglFolder):
     def eval_table(self, split: str) -> Path:
         return self.path / "eval" / f"{split}.csv"
 
+    def eval_reliability(self, split: str) -> Path:
+        return self.path / "eval" / f"{split}-reliability.png"
+
     @property
     def explain_dir(self) -> Path:
         return self.path / "explain"
