@@ -13,7 +13,7 @@ import torch
 from hegl_cli.config import Config
 from hegl_cli.data.cache import CachedSplit, counterfactual_split, intensity_rule_of
 from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
-from hegl_cli.engine.run_folder import RunFolder
+from hegl_cli.engine.run_folder import RunFolder, external_name
 from hegl_cli.errors import UserError
 from hegl_cli.evaluation.alignment import alignment_scores
 from hegl_cli.evaluation.calibration import reliability, subgroup_scores
@@ -31,9 +31,12 @@ def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarra
     stored_metric = loaded.meta.get("threshold_metric", "mcc")
     if metric is None or metric == stored_metric:
         return loaded.thresholds, f"validation ({stored_metric}, stored)"
-    val = open_split(loaded.data, "val", loaded.classes, loaded.image_size)
-    preds = predict_split(loaded.model, val, loaded.device, loaded.cfg.eval.batch_size)
-    return choose_thresholds(preds.probs, val.labels, metric), f"validation ({metric})"
+    # the run's own val, whichever cache is evaluated: another site's data never sets a threshold
+    val = open_split(loaded.home_data, "val", list(loaded.meta["classes"]), loaded.image_size)
+    model = loaded.model.model if loaded.external else loaded.model
+    preds = predict_split(model, val, loaded.device, loaded.cfg.eval.batch_size)
+    chosen = choose_thresholds(preds.probs, val.labels, metric)
+    return (chosen[list(loaded.match.model_index)] if loaded.external else chosen), f"validation ({metric})"
 
 
 def evaluate_run(
@@ -67,17 +70,28 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
                                       cfg.eval.top_share),
         "eval_config": dataclasses.asdict(cfg.eval),
         "warnings": reading_warnings(loaded),
+        **external_fields(loaded),
         "calibration": reliability(preds.probs, cached.labels, classes),
         "subgroups": subgroup_scores(preds.probs, cached.labels, cached.metadata, classes, cfg.eval.bootstrap),
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
     run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
-    outputs.write_json(run_folder.eval_report(split).relative_to(run_folder.path), report)
-    outputs.write(run_folder.eval_table(split).relative_to(run_folder.path), lambda tmp: write_per_class_csv(tmp, report))
-    outputs.write(run_folder.eval_reliability(split).relative_to(run_folder.path),
+    site = external_name(loaded.data) if loaded.external else None
+    where = {kind: path.relative_to(run_folder.path) for kind, path in run_folder.eval_files(split, site).items()}
+    outputs.write_json(where["report"], report)
+    outputs.write(where["table"], lambda tmp: write_per_class_csv(tmp, report))
+    outputs.write(where["reliability"],
                   lambda tmp: plot_reliability(report["calibration"]["curve"], tmp, f"{split}: reliability"))
     return report
+
+
+def external_fields(loaded: LoadedRun) -> dict[str, Any]:
+    """What an evaluation on another cache says of itself: which classes were scored, which not."""
+    if not loaded.external:
+        return {"external": False}
+    return {"external": True, "home_data": str(loaded.home_data), "scored_classes": list(loaded.match.scored),
+            "not_scored": {"model_only": list(loaded.match.model_only), "data_only": list(loaded.match.data_only)}}
 
 
 def reading_warnings(loaded: LoadedRun) -> list[str]:

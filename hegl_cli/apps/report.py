@@ -188,6 +188,30 @@ def results_section(report: dict[str, Any] | None) -> str:
     return out
 
 
+def external_section(folder: Path, home: dict[str, Any] | None) -> str:
+    """Home against every other site the run was evaluated on, over the classes both have."""
+    reports = [read_output(path, "evaluation", ("macro", "per_class", "scored_classes"))
+               for path in RunFolder(folder).external_reports()]
+    if not reports:
+        return ("<p class=muted>not evaluated on another site: <code>hegl evaluate RUN --data OTHER_CACHE</code> "
+                "scores the classes both share</p>")
+    out = []
+    for ext in reports:
+        scored = ext["scored_classes"]
+        home_auc = [((home or {}).get("per_class", {}).get(c) or {}).get("auc") for c in scored]
+        known = [a for a in home_auc if a is not None]
+        ci = ext.get("macro_ci95", {}).get("auc")
+        rows = [[c, a, (ext["per_class"].get(c) or {}).get("auc")] for c, a in zip(scored, home_auc)]
+        rows.append(["macro (these classes)", float(np.mean(known)) if known else None, ext["macro"]["auc"]])
+        not_scored = ext["not_scored"]["model_only"] + ext["not_scored"]["data_only"]
+        out.append(f"<h4>{esc(ext['data'])} ({ext['split']}, {ext['images']} images)</h4>"
+                   + table(["class", f"AUC home ({esc(Path(ext.get('home_data', '')).name)})", "AUC this site"], rows)
+                   + f"<p class=muted>macro AUC here {fmt(ext['macro']['auc'])}"
+                   + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "; thresholds from the run's own val; "
+                   + f"not scored: {esc(', '.join(not_scored)) or 'none'}</p>")
+    return "".join(out)
+
+
 def calibration_section(folder: Path, report: dict[str, Any] | None) -> str:
     """Brier score and ECE per class, the reliability diagram, and AUC per subgroup where the data says."""
     calibration = (report or {}).get("calibration")
@@ -286,6 +310,7 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
                  "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
                  "<h3>Results</h3>", results_section(report),
                  "<h3>Calibration and subgroups</h3>", calibration_section(folder, report),
+                 "<h3>External validation: other sites</h3>", external_section(folder, report),
                  "<h3>Robustness under Gaussian noise</h3>",
                  robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
     return "".join(parts)

@@ -48,7 +48,7 @@ def evaluate(
     --config/--set may change eval.* keys (bootstrap, top_share, faithfulness_images, ...).
     """
     from hegl_cli.apps.evaluate import evaluate_run
-    from hegl_cli.engine.run_folder import RunFolder, resolve_run
+    from hegl_cli.engine.run_folder import RunFolder, external_name, resolve_run
 
     folder = resolve_run(run, runs_dir)
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
@@ -56,7 +56,12 @@ def evaluate(
     for line in report.get("warnings", []):
         info(f"warning: {line}", style="yellow")
     print_evaluation(report)
-    info(f"wrote {RunFolder(folder).eval_report(split)} and {RunFolder(folder).eval_table(split).name}")
+    site = external_name(data) if report.get("external") else None
+    if site is not None:
+        info(f"scored on {data}: {', '.join(report['scored_classes'])}; not scored: "
+             f"{', '.join(report['not_scored']['model_only'] + report['not_scored']['data_only']) or 'none'}")
+    files = RunFolder(folder).eval_files(split, site)
+    info(f"wrote {files['report']} and {files['table'].name}")
 
 
 def print_evaluation(report: dict) -> None:

@@ -225,6 +225,27 @@ class CachedSplit:
         return flat.reshape(len(self.classes), size, size)
 
 
+class ClassView:
+    """A split seen through some of its classes, in a given order (external validation): labels, masks
+    and has_mask of those classes only; images, files and everything else are the split's."""
+
+    def __init__(self, split: CachedSplit, indices: list[int] | tuple[int, ...]):
+        self.base, self.indices = split, np.asarray(indices, dtype=int)
+        self.classes = [split.classes[i] for i in self.indices]
+        self.labels = split.labels[:, self.indices]
+        self.has_mask = split.has_mask[:, self.indices]
+
+    def masks(self, index: int) -> np.ndarray:
+        """uint8 (C', S, S) for the view's classes."""
+        return self.base.masks(index)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
 def _load_metadata(path: Path, n: int) -> dict[str, list[str]]:
     """{column: one value per image} ({} for a cache without metadata)."""
     if not path.is_file():

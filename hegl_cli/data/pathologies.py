@@ -10,6 +10,7 @@ a name it does not know stays as written (with its case and spacing normalised).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # canonical name -> the names datasets use for it (compared without case, spaces, '_' or '-')
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -69,3 +70,29 @@ def canonical_classes(names: list[str] | tuple[str, ...]) -> tuple[list[str], di
 
 def same_class(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How a model's classes meet a dataset's, by canonical name: the classes both have (in the model's
+    order) and where each sits on either side; what only one of them has is not scored."""
+
+    scored: tuple[str, ...]
+    model_index: tuple[int, ...]
+    data_index: tuple[int, ...]
+    model_only: tuple[str, ...]
+    data_only: tuple[str, ...]
+
+    @property
+    def identical(self) -> bool:
+        return not self.model_only and not self.data_only and list(self.data_index) == sorted(self.data_index)
+
+
+def match_classes(model_classes: list[str], data_classes: list[str]) -> ClassMatch:
+    data_at = {canonical(c): i for i, c in enumerate(data_classes)}
+    pairs = [(i, data_at[canonical(c)]) for i, c in enumerate(model_classes) if canonical(c) in data_at]
+    taken = {d for _, d in pairs}
+    return ClassMatch(scored=tuple(model_classes[i] for i, _ in pairs), model_index=tuple(i for i, _ in pairs),
+                      data_index=tuple(d for _, d in pairs),
+                      model_only=tuple(c for c in model_classes if canonical(c) not in data_at),
+                      data_only=tuple(c for i, c in enumerate(data_classes) if i not in taken))

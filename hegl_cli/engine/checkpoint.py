@@ -20,15 +20,16 @@ from safetensors.torch import load_file, save_file
 
 from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
-from hegl_cli.data.cache import CachedSplit, cache_lock
+from hegl_cli.data.cache import CachedSplit, ClassView, cache_lock
 from hegl_cli.data.images import INTENSITY_RULE
+from hegl_cli.data.pathologies import ClassMatch, match_classes
 from hegl_cli.engine.device import select_device
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json
 from hegl_cli.fs.locks import FolderLock
 from hegl_cli.fs.tables import read_json
-from hegl_cli.models.model import HEGLModel, build_model
+from hegl_cli.models.model import ClassSubset, HEGLModel, build_model
 
 
 def versions() -> dict[str, str]:
@@ -140,6 +141,7 @@ class LoadedRun:
     split: CachedSplit | None
     thresholds: np.ndarray  # (C,) chosen on validation during training
     locks: list[FolderLock] = field(default_factory=list, repr=False)
+    match: ClassMatch | None = None  # set when ``data`` is another cache than the run's own (external validation)
 
     def close(self) -> None:
         for lock in reversed(self.locks):
@@ -154,7 +156,17 @@ class LoadedRun:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        """The classes the model answers for here: all of them, or on another cache those both have."""
+        return list(self.match.scored) if self.match is not None else list(self.meta["classes"])
+
+    @property
+    def external(self) -> bool:
+        return self.match is not None
+
+    @property
+    def home_data(self) -> Path:
+        """The cache the run trained on."""
+        return Path(self.meta.get("data") or self.cfg.data.path)
 
     @property
     def image_size(self) -> int:
@@ -183,13 +195,42 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
     try:
         model, meta, cfg = load_model(run, which, dev)
         apply_eval_layers(cfg, eval_layers or [], command)
-        folder = Path(data or meta.get("data") or cfg.data.path)
+        home = Path(meta.get("data") or cfg.data.path)
+        folder = Path(data) if data is not None else home
+        external = split is not None and not same_folder(folder, home)
         if split:
             locks.append(cache_lock(folder, shared=True).acquire())
-        cached = open_split(folder, split, meta["classes"], cfg.data.image_size) if split else None
+        thresholds = np.asarray(meta.get("thresholds", [0.5] * len(meta["classes"])), dtype=np.float64)
+        cached, match = None, None
+        if split and external:
+            cached, match = open_external(folder, split, meta["classes"], cfg.data.image_size)
+            model, thresholds = ClassSubset(model, match.model_index), thresholds[list(match.model_index)]
+        elif split:
+            cached = open_split(folder, split, meta["classes"], cfg.data.image_size)
     except BaseException:
         for lock in reversed(locks):
             lock.release()
         raise
-    thresholds = np.asarray(meta.get("thresholds", [0.5] * len(meta["classes"])), dtype=np.float64)
-    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks)
+    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks, match)
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def open_external(data: Path, split: str, classes: list[str], image_size: int) -> tuple[CachedSplit | ClassView,
+                                                                                          ClassMatch]:
+    """Another cache's split seen through the classes the model and the cache share (canonical names)."""
+    cached = CachedSplit(data, split)
+    if cached.image_size != image_size:
+        raise UserError(f"{data}: images are {cached.image_size} px but the model expects {image_size} px; prepare "
+                        f"it with --image-size {image_size}")
+    match = match_classes(list(classes), cached.classes)
+    if not match.scored:
+        raise UserError(f"{data}: none of its classes ({', '.join(cached.classes)}) is one of the model's "
+                        f"({', '.join(classes)}), by canonical name")
+    return (cached if list(match.data_index) == list(range(len(cached.classes))) else ClassView(cached, match.data_index),
+            match)

@@ -10,6 +10,7 @@ of the run with what changed. An ablation folder (``ablations/<name>/``) holds o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 from hegl_cli import __version__
 from hegl_cli.errors import UserError
 from hegl_cli.fs.locks import FolderLock
+from hegl_cli.fs.outputs import safe_name
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
@@ -121,6 +123,21 @@ class RunFolder(HeglFolder):
     def eval_reliability(self, split: str) -> Path:
         return self.path / "eval" / f"{split}-reliability.png"
 
+    def eval_files(self, split: str, site: str | None = None) -> dict[str, Path]:
+        """The report, per-class table and reliability diagram of an evaluation: on the run's own cache,
+        or on another site's (``site``: :func:`external_name` of its cache), each under ``eval/external/``."""
+        if site is None:
+            return {"report": self.eval_report(split), "table": self.eval_table(split),
+                    "reliability": self.eval_reliability(split)}
+        folder = self.path / "eval" / "external" / site
+        return {"report": folder / f"{split}.json", "table": folder / f"{split}.csv",
+                "reliability": folder / f"{split}-reliability.png"}
+
+    def external_reports(self, split: str = "test") -> list[Path]:
+        """Every evaluation of the run on another site's cache, for ``split``."""
+        folder = self.path / "eval" / "external"
+        return sorted(folder.glob(f"*/{split}.json")) if folder.is_dir() else []
+
     @property
     def explain_dir(self) -> Path:
         return self.path / "explain"
@@ -174,6 +191,12 @@ class RunFolder(HeglFolder):
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": event, "argv": sys.argv[1:], **fields}
         with open(self.history, "a") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
+
+
+def external_name(cache: Path) -> str:
+    """A folder name for evaluations on another cache: its name and a short hash of where it is."""
+    where = str(Path(cache).resolve())
+    return f"{safe_name(Path(cache).resolve().name, fallback='cache')}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
 
 
 def robustness_files(folder: Path) -> tuple[Path, Path]:

@@ -111,6 +111,26 @@ class HEGLModel(nn.Module):
         return out
 
 
+class ClassSubset(nn.Module):
+    """A trained model answering for some of its classes only, in a given order (external validation):
+    ``logits`` (B, C'), ``attention`` (B, C', h, w) and ``attention_layers`` of those classes."""
+
+    def __init__(self, model: HEGLModel, indices: list[int] | tuple[int, ...]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.as_tensor(list(indices), dtype=torch.long), persistent=False)
+        self.grid = model.grid
+        self.classes = [model.classes[i] for i in indices]
+        self.image_size = model.image_size
+
+    def forward(self, images: torch.Tensor, all_layers: bool = False) -> dict[str, torch.Tensor]:
+        out = self.model(images, all_layers=all_layers)
+        picked = {"logits": out["logits"][:, self.indices], "attention": out["attention"][:, self.indices]}
+        if "attention_layers" in out:
+            picked["attention_layers"] = out["attention_layers"][:, :, self.indices]
+        return picked
+
+
 def class_prompts(classes: list[str], prompts: dict) -> list[str]:
     """The text each class is embedded from: its configured description, else its name."""
     return [str(prompts.get(name, name)) for name in classes]
