@@ -81,9 +81,20 @@ class DataConfig:
     synthetic_test: int = opt(300, ge=1)
     synthetic_source_size: int = opt(256, ge=32, le=4096)
     cue_strength: float = opt(0.9, ge=0.0, le=1.0)
+    # Which member of the built-in benchmark family (README, "The benchmark family"); each has its own
+    # cache folder, data/synthetic[-<member>][-cuefree]. cue_free: every cue independent of the labels
+    # in train too, so a recipe's shifted-test AUC there is its no-shortcut ceiling.
+    benchmark: Literal["v2", "inmask", "tags", "chestxdet13"] = "v2"
+    cue_free: bool = False
     # Training-time augmentation: background_swap pastes annotated regions onto a random
     # finding-free image, so anything outside the masks (a shortcut too) is independent of the labels.
     augment: Literal["none", "background_swap"] = "none"
+    # Joint image/mask augmentation (hegl_cli.data.augment, torchvision.transforms.v2): affine geometry,
+    # image-only intensity (gamma, contrast, brightness, blur, noise), and a horizontal flip that is off
+    # by default (left and right are anatomy in a chest X-ray).
+    augment_geometry: Literal["none", "affine"] = "none"
+    augment_intensity: Literal["none", "mild", "strong"] = "none"
+    augment_flip: bool = False
 
 
 @dataclass

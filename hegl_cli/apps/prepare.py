@@ -25,15 +25,11 @@ from hegl_cli.data.build import (
 )
 from hegl_cli.data.formats import CSV_FORMATS, FORMATS, JSON_FORMATS, format_classes
 from hegl_cli.data.formats.chestxdet import find_source_layout, parse_records
+from hegl_cli.data.formats.family import MEMBERS
 from hegl_cli.data.formats.nih import read_nih
 from hegl_cli.data.formats.rsna import read_rsna
 from hegl_cli.data.formats.siim import read_siim
-from hegl_cli.data.formats.synthetic import (
-    CUE_NAMES,
-    SYNTHETIC_CLASSES,
-    SyntheticSpec,
-    write_synthetic_source,
-)
+from hegl_cli.data.formats.synthetic import SyntheticSpec, write_synthetic_source
 from hegl_cli.data.formats.table import read_table_dataset
 from hegl_cli.data.formats.vindr import read_vindr
 from hegl_cli.data.pathologies import canonical
@@ -48,9 +44,8 @@ def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = N
     if fmt == "synthetic":
         if source or annotations:
             raise UserError("--source/--annotations need --format chestxdet or chestxdet10")
-        spec = SyntheticSpec(n_train=cfg.data.synthetic_train, n_test=cfg.data.synthetic_test,
-                             size=cfg.data.synthetic_source_size, seed=cfg.data.seed, cue_strength=cfg.data.cue_strength)
-        return prepare_synthetic(target, options, spec)
+        spec = synthetic_spec(cfg)
+        return prepare_synthetic(out or Path(default_synthetic_folder(spec)), options, spec)
     if fmt in CSV_FORMATS:
         if annotations or images:
             raise UserError(f"--format {fmt} reads the official layout: pass --source DIR")
@@ -60,6 +55,21 @@ def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = N
             raise UserError("--format table reads its files from the table.* keys: pass --source DIR --labels FILE")
         return prepare_own_table(target, options, source, cfg.table, cfg.data.classes)
     return prepare_chestxdet(fmt, target, options, source, annotations, images, classes=cfg.data.classes)
+
+
+def synthetic_spec(cfg: Config) -> SyntheticSpec:
+    """The built-in benchmark the ``data`` config asks for: its member's sizes unless set."""
+    member = MEMBERS[cfg.data.benchmark]
+    n_train = cfg.data.synthetic_train if cfg.was_set("data.synthetic_train") else member.n_train
+    n_test = cfg.data.synthetic_test if cfg.was_set("data.synthetic_test") else member.n_test
+    return SyntheticSpec(n_train=n_train, n_test=n_test, size=cfg.data.synthetic_source_size, seed=cfg.data.seed,
+                         cue_strength=cfg.data.cue_strength, member=member.name, cue_free=cfg.data.cue_free)
+
+
+def default_synthetic_folder(spec: SyntheticSpec) -> str:
+    """``data/synthetic`` for v2 with its shortcuts; ``data/synthetic-<member>[-cuefree]`` otherwise."""
+    suffix = ("" if spec.member == "v2" else f"-{spec.member}") + ("-cuefree" if spec.cue_free else "")
+    return f"data/synthetic{suffix}"
 
 
 def select_classes(fmt: str, wanted: list[str] | None) -> list[str]:
@@ -174,8 +184,10 @@ def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -
         sources[:] = [partial_sources[name] for name in ("train", "test", "test_counterfactual")]
 
     sources: list[SplitSource] = []
-    extra = {"synthetic": {**asdict(spec), "benchmark": "v2", "cues": list(CUE_NAMES),
+    member = spec.benchmark
+    extra = {"synthetic": {**asdict(spec), "benchmark": member.name, "about": member.about, "cues": list(member.cues),
+                           "positive_classes": list(member.positive),
                            "counterfactual_of": {"test_counterfactual": "test"}}}
-    return build_cache("synthetic", sources, out, options, classes=list(SYNTHETIC_CLASSES),
+    return build_cache("synthetic", sources, out, options, classes=list(member.classes),
                        source_description="builtin:synthetic", extra_manifest=extra, before_build=generate,
                        identity=identity)

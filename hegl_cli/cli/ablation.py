@@ -29,6 +29,14 @@ def ablation(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per run (train.epochs).")] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared cache folder (data.path).")] = None,
     out_root: Annotated[Path, typer.Option("--out-root", help="Parent folder of ablation results.")] = Path("ablations"),
+    family: Annotated[str | None, typer.Option(help="Run the grid on these members of the built-in benchmark "
+                                                    "family ('all' or 'v2,inmask,...'), each prepared under "
+                                                    "--data-root.")] = None,
+    cue_free: Annotated[bool, typer.Option("--cue-free/--no-cue-free",
+                                           help="--family: also train on each member's cue-free variant "
+                                                "(the no-shortcut ceiling).")] = True,
+    reference: Annotated[str, typer.Option(help="--family: the cell margins are measured against.")] = "1,0",
+    data_root: Annotated[Path, typer.Option("--data-root", help="--family: where member caches go.")] = Path("data"),
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
@@ -43,6 +51,11 @@ def ablation(
     cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
     cells = parse_grid(grid)
     target = out_root / validate_run_name(name)
+    if family is not None:
+        if data is not None:
+            raise UserError("--family prepares each member's cache under --data-root; --data is for one cache")
+        run_family_command(cfg, family, cells, seeds, target, parse_grid(reference)[0], cue_free, data_root, sigma)
+        return
     table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
     header = ["cell", *[label for _, label in METRICS]]
     rows = [[e["label"], *[format_mean_std(e[k]) for k, _ in METRICS]] for e in table]
@@ -50,3 +63,22 @@ def ablation(
     out.print(fitted_table(f"ablation {name} (mean ± std over {seeds} seed(s), test split)", header, rows, out,
                            str(folder.results_md)))
     info(f"wrote {folder.results_csv}, {folder.results_md.name} and {folder.results_png.name}")
+
+
+def run_family_command(cfg, family: str, cells, seeds: int, target: Path, reference, cue_free: bool,
+                       data_root: Path, sigma: float) -> None:
+    from hegl_cli.apps.family import format_stat, parse_members, run_family
+    from hegl_cli.engine.run_folder import FamilyFolder
+
+    members = parse_members(family)
+    summary = run_family(cfg, members, cells, seeds, target, reference, cue_free, data_root, sigma, log=info,
+                         progress=not State.quiet)
+    folder = FamilyFolder(target)
+    header = ["member", "cell", "shifted AUC", "ceiling", "shortcut cost", "margin"]
+    rows = [[m, e["label"], format_stat(e["shifted_auc"]), format_stat(e["ceiling"]), format_stat(e["shortcut_cost"]), format_stat(e["margin"])]
+            for m in members for e in summary["per_member"][m].values()]
+    out.print(fitted_table(f"family ablation (mean ± std over {seeds} seed(s))", header, rows, out,
+                           str(folder.summary_md)))
+    if summary["chosen_by_validation"]:
+        info(f"chosen by validation alone: {summary['chosen_by_validation']}")
+    info(f"wrote {folder.summary_md}, {folder.summary_csv.name}, {folder.summary_json.name} and {folder.summary_png.name}")

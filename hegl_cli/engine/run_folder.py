@@ -242,6 +242,36 @@ class AblationFolder(HeglFolder):
         return self._is_folder() and (self.marker.is_file() or (self.results_csv.is_file() and self.runs_dir.is_dir()))
 
 
+class FamilyFolder(HeglFolder):
+    """``ablations/<name>/`` of ``hegl ablation --family``: an ablation folder per benchmark member
+    (``<member>`` and its cue-free ``<member>-cuefree``), and the summary across them."""
+
+    MARKER = "hegl-family.json"
+    KIND = "family ablation folder"
+
+    def member(self, name: str, cue_free: bool = False) -> AblationFolder:
+        return AblationFolder(self.path / (name + ("-cuefree" if cue_free else "")))
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / "family.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.path / "family.md"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.path / "family.csv"
+
+    @property
+    def summary_png(self) -> Path:
+        return self.path / "family.png"
+
+    def is_family(self) -> bool:
+        return self._is_folder() and self.marker.is_file()
+
+
 MAX_NAME_BYTES = 255  # one path component on every common file system
 
 

@@ -34,6 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
+from hegl_cli.data.augment import AugmentSpec
 from hegl_cli.data.cache import CachedSplit, cache_lock, intensity_rule_of, supervision_counts
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
@@ -268,7 +269,9 @@ class Trainer:
         self.criterion = HybridCriterion(cfg.loss).to(self.device)
         if self.criterion.needs_input_grad:
             self.model.set_fused_attention(False)  # double backward has no fused CPU kernel
-        self.dataset = XrayDataset(self.train_split, cfg.data.augment, seed=cfg.train.seed)
+        self.dataset = XrayDataset(self.train_split, cfg.data.augment, seed=cfg.train.seed,
+                                   transform=AugmentSpec(cfg.data.augment_geometry, cfg.data.augment_intensity,
+                                                         cfg.data.augment_flip))
         check_augmentation(self.dataset, cfg)
         self.loader, self.sampler = make_loader(self.dataset, cfg.train.batch_size, cfg.train.seed,
                                                 self.dist.rank, self.dist.world_size, cfg.train.workers,

@@ -15,11 +15,11 @@ from hegl_cli.data.formats.chestxdet import CHESTXDET10_CLASSES, CHESTXDET_CLASS
 from hegl_cli.data.formats.nih import NIH_CLASSES
 from hegl_cli.data.formats.rsna import RSNA_CLASSES
 from hegl_cli.data.formats.siim import SIIM_CLASSES
-from hegl_cli.data.formats.synthetic import SYNTHETIC_CLASSES
 from hegl_cli.data.formats.vindr import VINDR_CLASSES
 
 FORMAT_CLASSES: dict[str, tuple[str, ...]] = {
-    "synthetic": SYNTHETIC_CLASSES, "chestxdet": CHESTXDET_CLASSES, "chestxdet10": CHESTXDET10_CLASSES,
+    "synthetic": (),  # each member of the benchmark family names its own (formats.family)
+    "chestxdet": CHESTXDET_CLASSES, "chestxdet10": CHESTXDET10_CLASSES,
     "nih": NIH_CLASSES, "rsna": RSNA_CLASSES, "vindr": VINDR_CLASSES, "siim": SIIM_CLASSES,
     "table": (),  # the table names its own classes
 }

@@ -16,8 +16,13 @@ independent of every label (probability 0.5). The test split has a counterfactua
 ``test_counterfactual``: the same images with every cue toggled, so evaluation measures how far
 predictions move when nothing but the shortcuts change.
 
+v2 is one member of a family (:mod:`hegl_cli.data.formats.family`, ``data.benchmark``): other
+shortcut kinds, real lesion outlines, real radiographs, 13 sparse classes; each also comes cue-free
+(``data.cue_free``: every cue independent of the labels in train too).
+
 The dataset is written in the ChestX-Det format and imported by the same importer as real data.
-Deterministic by seed: every image draws from its own ``default_rng([seed, split, index])``.
+Deterministic by seed: every image draws from its own ``default_rng([seed, split, index])`` (and
+the family's extra features from ``[seed, split, index, 7]``, so v2's images never change).
 """
 
 from __future__ import annotations
@@ -30,11 +35,38 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hegl_cli.data.formats.drawing import (
+    BODY_LEVEL,
+    LUNG_EDGE,
+    LUNG_LEVEL,
+    MARKER_LEVEL,
+    RIB_MEAN,
+    centred_at,
+    ellipse,
+    place,
+    point_in_lung,
+    smooth_noise,
+)
+from hegl_cli.data.formats.family import (
+    BODY_SCALE,
+    MEMBERS,
+    Member,
+    burn_tag,
+    chestxdet_polygon,
+    device_line,
+    device_targets,
+    lung_grid,
+    radiograph_background,
+    tag_zones,
+    washed_out,
+)
 from hegl_cli.data.parallel import parallel_map
 from hegl_cli.data.records import SplitSource
 
-SYNTHETIC_CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Effusion", "Consolidation")
+V2 = MEMBERS["v2"]
+SYNTHETIC_CLASSES: tuple[str, ...] = V2.classes
 SPLIT_IDS = {"train": 0, "test": 1}
+EXTRA_STREAM = 7  # the family's extra draws: default_rng([seed, split, index, EXTRA_STREAM])
 
 
 @dataclass(frozen=True)
@@ -49,18 +81,12 @@ class SyntheticSpec:
     prevalence: float = 0.3
     lesion_contrast: float = 0.22
     cue_in_train: bool = True  # False: train/val images never carry the cue (a model that never sees it)
+    member: str = "v2"  # a member of the benchmark family (MEMBERS)
+    cue_free: bool = False  # True: every cue independent of the labels in train too (the no-shortcut ceiling)
 
-
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, soft: float) -> np.ndarray:
-    """Soft-edged ellipse indicator in [0, 1]; ``soft`` is the edge width in normalised units."""
-    d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
-    return np.clip((1.0 - d) / max(soft, 1e-6), 0.0, 1.0)
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Low-frequency noise in about [-1, 1]: a random ``cells`` grid upsampled bilinearly."""
-    grid = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    @property
+    def benchmark(self) -> Member:
+        return MEMBERS[self.member]
 
 
 def _anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
@@ -72,42 +98,21 @@ def _anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarra
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     j = lambda scale: float(rng.uniform(-scale, scale))  # noqa: E731 - small jitter helper
-    body = _ellipse(yy, xx, 0.55 + j(0.02), 0.5 + j(0.02), 0.40, 0.34 + j(0.02), 0.05)
+    body = ellipse(yy, xx, 0.55 + j(0.02), 0.5 + j(0.02), 0.40, 0.34 + j(0.02), 0.05)
     img = LUNG_LEVEL + (BODY_LEVEL - LUNG_LEVEL) * body
     lungs = [(0.46 + j(0.02), 0.34 + j(0.02), 0.23 + j(0.02), 0.12 + j(0.01)),
              (0.46 + j(0.02), 0.66 + j(0.02), 0.23 + j(0.02), 0.12 + j(0.01))]
     lung_mask = np.zeros_like(img)
     for cy, cx, ry, rx in lungs:
-        lung_mask = np.maximum(lung_mask, _ellipse(yy, xx, cy, cx, ry, rx, LUNG_EDGE))
+        lung_mask = np.maximum(lung_mask, ellipse(yy, xx, cy, cx, ry, rx, LUNG_EDGE))
     img -= (BODY_LEVEL - LUNG_LEVEL) * lung_mask * body
     ribs = np.clip(np.cos(2 * np.pi * (yy * (8.5 + j(0.5)) + 1.5 * (xx - 0.5) ** 2)), 0, 1) ** 3
     img += 0.07 * (ribs - RIB_MEAN)  # everywhere: lung and air pixels share one distribution
-    heart = _ellipse(yy, xx, 0.60 + j(0.02), 0.54 + j(0.02), 0.10 + j(0.01), 0.11 + j(0.015), 0.3)
+    heart = ellipse(yy, xx, 0.60 + j(0.02), 0.54 + j(0.02), 0.10 + j(0.01), 0.11 + j(0.015), 0.3)
     img += 0.16 * heart * (1.0 - lung_mask)  # behind the lungs: a lesion sees the same lung level anywhere
     img += 0.12 * np.clip(1.0 - np.abs(xx - 0.5) / 0.03, 0, 1) * (yy > 0.1) * body
-    img += 0.04 * _smooth_noise(rng, size, 6)
+    img += 0.04 * smooth_noise(rng, size, 6)
     return img, body, lung_mask, lungs
-
-
-LUNG_LEVEL, BODY_LEVEL = 0.24, 0.56
-LUNG_EDGE = 0.06  # width of the lung field's soft rim, as a share of its radius
-RIB_MEAN = 2.0 / (3.0 * np.pi)  # mean of max(cos, 0)^3 over a period: ribs leave the lung mean unchanged
-
-
-def _point_in_lung(rng: np.random.Generator, lung: tuple[float, float, float, float], margin: float) -> tuple[float, float]:
-    cy, cx, ry, rx = lung
-    while True:
-        u, v = rng.uniform(-1, 1, size=2)
-        if u * u + v * v <= (1 - margin) ** 2:
-            return cy + u * ry, cx + v * rx
-
-
-def _polygon_mask(points: np.ndarray, size: int) -> np.ndarray:
-    from PIL import ImageDraw
-
-    canvas = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points.tolist()], fill=255)
-    return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
 def _blob_polygon(cy: float, cx: float, radius: float, rng: np.random.Generator, wobble: float, n: int = 16) -> np.ndarray:
@@ -118,8 +123,12 @@ def _blob_polygon(cy: float, cx: float, radius: float, rng: np.random.Generator,
     return np.stack([cx + r * np.cos(theta), cy + r * np.sin(theta)], axis=1)
 
 
-def _lesion_polygon(label: str, lung: tuple[float, float, float, float], size: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 2) polygon in pixels of a class-``label`` lesion placed in ``lung`` (cy, cx, ry, rx)."""
+def _lesion_polygon(label: str, lung: tuple[float, float, float, float], size: int, rng: np.random.Generator,
+                    shapes: str = "synthetic", scale: float = 1.0) -> np.ndarray:
+    """(n, 2) polygon in pixels of a class-``label`` lesion placed in ``lung`` (cy, cx, ry, rx);
+    ``scale``: the body's size as a share of the image (synthetic shapes are drawn for 1)."""
+    if shapes == "chestxdet":
+        return chestxdet_polygon(label, lung, size, rng)
     if label == "Effusion":  # fluid in the lung base: the lung ellipse below a horizontal level
         cy, cx, ry, rx = lung
         ry, rx = ry * (1 - 2 * LUNG_EDGE), rx * (1 - 2 * LUNG_EDGE)  # in the dark core, off the rim
@@ -129,11 +138,11 @@ def _lesion_polygon(label: str, lung: tuple[float, float, float, float], size: i
         keep = ys >= level
         return np.stack([xs[keep], ys[keep]], axis=1) * size
     shape = LESION_SHAPES[label]
-    cy, cx = _point_in_lung(rng, lung, shape[0])
-    return _blob_polygon(cy * size, cx * size, size * rng.uniform(shape[1], shape[2]), rng, shape[3])
+    cy, cx = point_in_lung(rng, lung, shape[0])
+    return _blob_polygon(cy * size, cx * size, scale * size * rng.uniform(shape[1], shape[2]), rng, shape[3])
 
 
-DRAW_ORDER = ("Effusion", "Mass", "Consolidation", "Nodule")  # largest first: the small ones fit around
+DRAW_ORDER = V2.draw_order
 
 # class -> (margin inside the lung, radius range as a share of the image, wobble)
 LESION_SHAPES = {"Nodule": (0.35, 0.03, 0.042, 0.08), "Mass": (0.45, 0.065, 0.09, 0.2),
@@ -143,50 +152,23 @@ LESION_SHAPES = {"Nodule": (0.35, 0.03, 0.042, 0.08), "Mass": (0.45, 0.065, 0.09
 def _paint(label: str, img: np.ndarray, region: np.ndarray, rng: np.random.Generator, contrast: float) -> None:
     """Add a class-``label`` opacity over ``region`` (H, W) in [0, 1] to ``img`` in place."""
     if label == "Consolidation":  # patchy, air-bronchogram-like texture
-        texture = np.clip(0.6 + 0.8 * _smooth_noise(rng, img.shape[0], 24), 0, 1)
+        texture = np.clip(0.6 + 0.8 * smooth_noise(rng, img.shape[0], 24), 0, 1)
         img += contrast * region * texture
+    elif label == "Atelectasis":  # plate-like: streaks along a random direction
+        size = img.shape[0]
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+        angle = rng.uniform(0, np.pi)
+        streaks = 0.75 + 0.5 * np.clip(np.cos(2 * np.pi * 14 * (yy * np.cos(angle) + xx * np.sin(angle))), 0, 1)
+        img += contrast * region * streaks
     elif label == "Effusion":
         img += contrast * 1.2 * region
     else:
         img += contrast * 1.3 * region
 
 
-def _polygon_area(polygon: np.ndarray) -> float:
-    """Area in pixels of an (n, 2) polygon (shoelace formula)."""
-    x, y = polygon[:, 0], polygon[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
-def _centred_at(polygon: np.ndarray, y: float, x: float) -> np.ndarray:
-    """The (n, 2) (x, y) polygon moved so that the mean of its points is at (x, y)."""
-    return polygon - polygon.mean(0) + np.array([x, y])
-
-
-PLACEMENT_TRIES = 200  # no draw in 8000 images of the default spec needed more than this
-
-
-def _place(draw: Any, accept: Any, occupied: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw a polygon with ``draw(rng)`` until it lies inside the image, touches no ``occupied``
-    pixel and ``accept(region)`` holds (the last draw is kept after :data:`PLACEMENT_TRIES`);
-    mark it occupied. Returns (polygon (n, 2) in pixels, region (H, W) in [0, 1]).
-
-    Shapes never overlap one another nor the marker corners: overlaps would brighten pixels more
-    often where shapes crowd (the air holds more decoys than a lung holds lesions), a histogram cue.
-    """
-    size = occupied.shape[0]
-    for _ in range(PLACEMENT_TRIES):
-        polygon = draw(rng)
-        region = _polygon_mask(polygon, size)
-        inside_image = region.sum() >= 0.97 * _polygon_area(polygon) > 0
-        if inside_image and not (region * occupied).any() and accept(region):
-            break
-    np.maximum(occupied, region > 0, out=occupied)
-    return polygon, region
-
-
 def _draw_lesion(
     label: str, img: np.ndarray, lung_mask: np.ndarray, lungs: list, occupied: np.ndarray,
-    rng: np.random.Generator, contrast: float,
+    rng: np.random.Generator, contrast: float, shapes: str = "synthetic", scale: float = 1.0,
 ) -> np.ndarray:
     """Add one lesion of class ``label`` inside a lung of ``img`` in place; return its (n, 2) polygon.
 
@@ -195,22 +177,23 @@ def _draw_lesion(
     """
     size = img.shape[0]
     core = lung_mask >= 0.99
-    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng)
+    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng, shapes, scale)
+    margin = LESION_SHAPES[label][0] if shapes == "synthetic" and label in LESION_SHAPES else 0.3
 
     def in_a_lung(r: np.random.Generator) -> np.ndarray:  # the shape stays; only its place is redrawn
-        if label == "Effusion":  # drawn first, at its lung's base: nothing is there yet
-            return shape
-        cy, cx = _point_in_lung(r, lungs[int(r.integers(0, 2))], LESION_SHAPES[label][0])
-        return _centred_at(shape, cy * size, cx * size)
+        if label == "Effusion" and shapes == "synthetic" and scale == 1.0:  # drawn first, at its lung's base
+            return shape  # (on a real radiograph the base is the diaphragm's: moved like the others)
+        cy, cx = point_in_lung(r, lungs[int(r.integers(0, 2))], margin)
+        return centred_at(shape, cy * size, cx * size)
 
-    polygon, region = _place(in_a_lung, lambda reg: (reg * ~core).sum() <= 0.01 * reg.sum(), occupied, rng)
+    polygon, region = place(in_a_lung, lambda reg: (reg * ~core).sum() <= 0.01 * reg.sum(), occupied, rng)
     _paint(label, img, region, rng, contrast)
     return polygon
 
 
 def _draw_decoy(
     label: str, img: np.ndarray, body: np.ndarray, lungs: list, occupied: np.ndarray, rng: np.random.Generator,
-    contrast: float,
+    contrast: float, shapes: str = "synthetic", scale: float = 1.0,
 ) -> None:
     """Add the same opacity as a class-``label`` lesion, but in the air outside the body (not a finding).
 
@@ -219,21 +202,21 @@ def _draw_decoy(
     most 1% of its area.
     """
     size = img.shape[0]
-    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng)
+    shape = _lesion_polygon(label, lungs[int(rng.integers(0, 2))], size, rng, shapes, scale)
 
     def anywhere(r: np.random.Generator) -> np.ndarray:
         cy, cx = r.uniform(0.05, 0.95, size=2)
-        return _centred_at(shape, cy * size, cx * size)
+        return centred_at(shape, cy * size, cx * size)
 
-    _, region = _place(anywhere, lambda reg: (reg * body).sum() <= 0.01 * reg.sum(), occupied, rng)
+    _, region = place(anywhere, lambda reg: (reg * body).sum() <= 0.01 * reg.sum(), occupied, rng)
     _paint(label, img, region, rng, contrast)
 
 
-# The spurious cues, one bit each in ``cue.npy``: a burned-in marker per class, then a global one.
+# v2's spurious cues, one bit each in ``cue.npy``: a burned-in marker per class, then a global one.
 MARKER_CLASSES = SYNTHETIC_CLASSES
 GLOBAL_CUE_CLASS = "Effusion"
-CUE_NAMES = tuple(f"marker:{c}" for c in MARKER_CLASSES) + (f"scanner:{GLOBAL_CUE_CLASS}",)
-ALL_CUES = (1 << len(CUE_NAMES)) - 1
+CUE_NAMES = V2.cues
+ALL_CUES = V2.all_cues
 
 
 def _marker(img: np.ndarray, which: int, rng: np.random.Generator) -> None:
@@ -257,9 +240,6 @@ def _marker(img: np.ndarray, which: int, rng: np.random.Generator) -> None:
         img[y0 + stroke : y0 + w - stroke, x0 + stroke : x0 + w - stroke] = LUNG_LEVEL
 
 
-MARKER_LEVEL = 0.97
-
-
 def marker_zones(size: int) -> np.ndarray:
     """(size, size) bool: every pixel a marker may cover (kept free of lesions and decoys)."""
     zones = np.zeros((size, size), bool)
@@ -270,26 +250,51 @@ def marker_zones(size: int) -> np.ndarray:
     return zones
 
 
-def render_cues(img: np.ndarray, cues: int, seed: int) -> np.ndarray:
-    """The image as the scanner writes it: the global cue (bit 4) first, then the burned-in markers.
+def cue_zones(member: Member, size: int) -> np.ndarray:
+    """(size, size) bool: the pixels burned-in cues may cover, kept free of shapes."""
+    zones = marker_zones(size)
+    if any(c.startswith("tag:") for c in member.cues):
+        zones |= tag_zones(size)
+    return zones
 
-    img: (H, W) in [0, 1], without cues; ``cues``: bitmask over :data:`CUE_NAMES`. Returns a new array.
+
+def render_cues(img: np.ndarray, cues: int, seed: int, member: Member = V2, scene: dict | None = None) -> np.ndarray:
+    """The image as the scanner writes it: cues in the patient first (a grid over the lungs, a device
+    line), then the detector's (contrast curves), then the burned-in ones (markers, tags).
+
+    img: (H, W) in [0, 1], without cues; ``cues``: bitmask over ``member.cues``; ``scene``: the lung
+    mask and device targets the in-patient cues need. Returns a new array.
     """
     out = img.copy()
-    if cues >> len(MARKER_CLASSES) & 1:  # another scanner: a harder contrast curve and a lower floor
-        out = np.clip(out, 0, 1) ** 1.35 * 1.08
-    for which in range(len(MARKER_CLASSES)):
-        if cues >> which & 1:
+    on = [name for k, name in enumerate(member.cues) if cues >> k & 1]
+    for name in on:
+        if name.startswith("inmask:"):
+            lung_grid(out, scene["lung_mask"])
+        elif name.startswith("device:"):
+            which = member.cue_index(name)
+            device_line(out, scene["targets"][which], np.random.default_rng([seed, 50 + which]))
+    for name in on:
+        if name.startswith("scanner:"):  # another scanner: a harder contrast curve and a lower floor
+            out = np.clip(out, 0, 1) ** 1.35 * 1.08
+        elif name.startswith("contrast:"):
+            out = washed_out(out)
+    for name in on:
+        if name.startswith("marker:"):
+            which = member.cue_index(name)
             _marker(out, which, np.random.default_rng([seed, which]))
+        elif name.startswith("tag:"):
+            which = member.cue_index(name)
+            burn_tag(out, which, np.random.default_rng([seed, 100 + which]))
     return np.clip(out, 0, 1)
 
 
 def _cue_bits(labels: list[str], split: str, spec: SyntheticSpec, rng: np.random.Generator) -> int:
-    """Draw every cue: with its class at ``cue_strength`` in train/val, independent (0.5) in test."""
-    partners = list(MARKER_CLASSES) + [GLOBAL_CUE_CLASS]
+    """Draw every cue: with its class at ``cue_strength`` in train/val (0.5 when ``cue_free``),
+    independent (0.5) in test."""
     bits = 0
-    for k, cls in enumerate(partners):
-        if split == "train":
+    for k, name in enumerate(spec.benchmark.cues):
+        cls = name.split(":")[1]
+        if split == "train" and not spec.cue_free:
             p = spec.cue_strength if cls in labels else 1.0 - spec.cue_strength
         else:
             p = 0.5
@@ -298,26 +303,34 @@ def _cue_bits(labels: list[str], split: str, spec: SyntheticSpec, rng: np.random
     return bits
 
 
+def _background(member: Member, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    if member.background == "radiograph":
+        return radiograph_background(rng, size)
+    return _anatomy(rng, size)
+
+
 def generate_case(args: tuple[SyntheticSpec, str, int]) -> dict[str, Any]:
     """Generate one image: its pixels (with its cues and with every cue toggled), labels, annotations.
 
-    Every class is drawn once per image: inside a lung when positive (the annotated finding), in
-    the air outside the body when negative (a decoy with the same look), so only position tells them
-    apart.
+    Every ever-positive class is drawn once per image: inside a lung when positive (the annotated
+    finding), in the air outside the body when negative (a decoy with the same look), so only
+    position tells them apart.
     """
     spec, split, index = args
+    member = spec.benchmark
     rng = np.random.default_rng([spec.seed, SPLIT_IDS[split], index])
-    img, body, lung_mask, lungs = _anatomy(rng, spec.size)
-    labels = [c for c in SYNTHETIC_CLASSES if rng.random() < spec.prevalence]
-    occupied = marker_zones(spec.size)
+    img, body, lung_mask, lungs = _background(member, rng, spec.size)
+    labels = [c for c in member.positive if rng.random() < spec.prevalence]
+    occupied = cue_zones(member, spec.size)
     drawn = {}
-    for label in DRAW_ORDER:
+    look = {"shapes": member.shapes, "scale": BODY_SCALE if member.background == "radiograph" else 1.0}
+    for label in member.draw_order:
         if label in labels:
-            drawn[label] = _draw_lesion(label, img, lung_mask, lungs, occupied, rng, spec.lesion_contrast)
+            drawn[label] = _draw_lesion(label, img, lung_mask, lungs, occupied, rng, spec.lesion_contrast, **look)
         else:
-            _draw_decoy(label, img, body, lungs, occupied, rng, spec.lesion_contrast)
+            _draw_decoy(label, img, body, lungs, occupied, rng, spec.lesion_contrast, **look)
     syms, boxes, polygons = [], [], []
-    for label in labels:
+    for label in sorted(labels, key=member.classes.index):
         pts = np.clip(np.rint(drawn[label]), 0, spec.size - 1).astype(int)
         syms.append(label)
         polygons.append(pts.tolist())
@@ -325,10 +338,14 @@ def generate_case(args: tuple[SyntheticSpec, str, int]) -> dict[str, Any]:
     img += rng.normal(0.0, 0.02, img.shape).astype(np.float32)
     cues = _cue_bits(labels, split, spec, rng)
     cue_seed = int(rng.integers(0, 2**31))
+    scene = None
+    if member is not V2:
+        extra = np.random.default_rng([spec.seed, SPLIT_IDS[split], index, EXTRA_STREAM])
+        scene = {"lung_mask": lung_mask, "targets": device_targets(member, labels, drawn, lungs, spec.size, extra)}
     return {
         "file_name": f"{split[:2]}{index:05d}.png",
-        "image": render_cues(img, cues, cue_seed),
-        "twin": render_cues(img, cues ^ ALL_CUES, cue_seed),
+        "image": render_cues(img, cues, cue_seed, member=member, scene=scene),
+        "twin": render_cues(img, cues ^ member.all_cues, cue_seed, member=member, scene=scene),
         "cue": cues,
         "record": {"syms": syms, "boxes": boxes, "polygons": polygons},
     }
@@ -356,7 +373,7 @@ def write_synthetic_source(spec: SyntheticSpec, root: Path, workers: int = 0, pr
             cues[name] = case["cue"]
             if split == "test":
                 _save_png(case["twin"], twin_folder / name)
-                twin_cues[name] = case["cue"] ^ ALL_CUES
+                twin_cues[name] = case["cue"] ^ spec.benchmark.all_cues
         annotation = root / f"ChestX_Det_{split}.json"
         annotation.write_text(json.dumps(records))
         (root / f"cue_{split}.json").write_text(json.dumps(cues))
