@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 from hegl_cli import __version__
 from hegl_cli.cli import ablation, config, evaluate, explain, predict, prepare, report, robustness, train
 from hegl_cli.cli.common import State, error_line
+from hegl_cli.engine.kernels import pin_cpu_kernels
 
 # Typer ships its own copy of click; take its exception classes from Typer's public ones.
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -66,6 +67,7 @@ def root(
 ) -> None:
     """Prepare data, train with CE + alpha*HA + beta*DAL, evaluate, stress-test and explain."""
     State.verbose, State.quiet = verbose, quiet
+    pin_cpu_kernels()  # before any kernel runs: the same weights on another x86-64 machine (engine/kernels.py)
 
 
 app.command("prepare")(prepare.prepare)

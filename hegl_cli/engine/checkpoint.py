@@ -24,6 +24,7 @@ from hegl_cli.data.cache import CachedSplit, ClassView, cache_lock
 from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.data.pathologies import ClassMatch, match_classes
 from hegl_cli.engine.device import select_device
+from hegl_cli.engine.kernels import kernel_facts
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json
@@ -37,7 +38,7 @@ def versions() -> dict[str, str]:
     import transformers
 
     return {"hegl": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+            "transformers": transformers.__version__, "python": platform.python_version(), **kernel_facts()}
 
 
 def save_checkpoint(run: Path, stem: str, model: HEGLModel, cfg: Config, extra: dict[str, Any]) -> None:

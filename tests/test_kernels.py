@@ -1,0 +1,68 @@
+"""CPU kernels pinned to AVX2 (hegl_cli.engine.kernels): the same run gives the same weights on an
+AVX2-only machine as on this one; the pin respects the user's environment and records itself."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_OVERRIDES
+from hegl_cli.engine.kernels import PINNED, cpu_has_avx2, pin_cpu_kernels
+
+AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    return path
+
+
+def test_pin_sets_what_the_user_did_not_and_opts_out(tmp_path):
+    with_avx2 = _cpuinfo(tmp_path, "fpu sse2 avx avx2 fma")
+    env: dict = {}
+    assert pin_cpu_kernels(env, with_avx2) == PINNED and env == PINNED
+    env = {"MKL_CBWR": "COMPATIBLE"}
+    pin_cpu_kernels(env, with_avx2)
+    assert env["MKL_CBWR"] == "COMPATIBLE" and env["ATEN_CPU_CAPABILITY"] == "avx2"
+    env = {"HEGL_CPU_KERNELS": "native"}
+    assert pin_cpu_kernels(env, with_avx2) == {} and set(env) == {"HEGL_CPU_KERNELS"}
+    env = {}
+    assert pin_cpu_kernels(env, _cpuinfo(tmp_path, "fpu sse2 avx")) == {} and env == {}  # no AVX2: left alone
+    assert not cpu_has_avx2(tmp_path / "missing")
+
+
+def _train(tmp_path: Path, cache: Path, name: str, extra_env: dict) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in {*PINNED, *AVX2_MACHINE, "HEGL_CPU_KERNELS"}}
+    env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra_env})
+    overrides = [a for o in TINY_OVERRIDES + [f"data.path={cache}", "train.epochs=2", "train.deterministic=true"]
+                 for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "hegl_cli", "-q", "train", "--name", name, "--runs-dir", str(tmp_path / "runs"),
+           *overrides]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return hashlib.sha256((tmp_path / "runs" / name / "last.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_an_avx2_machine_trains_the_same_weights(tiny_cache, tmp_path):
+    """Pinned here == unpinned on a machine whose libraries stop at AVX2 (emulated by capping them)."""
+    if not cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2: the pin does not apply")
+    here = _train(tmp_path, tiny_cache, "here", {})
+    avx2 = _train(tmp_path, tiny_cache, "avx2", {"HEGL_CPU_KERNELS": "native", **AVX2_MACHINE})
+    assert here == avx2
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the pin is what makes them equal
+        native = _train(tmp_path, tiny_cache, "native", {"HEGL_CPU_KERNELS": "native"})
+        assert native != here
+    import json
+
+    facts = json.loads((tmp_path / "runs" / "here" / "last.json").read_text())["versions"]
+    assert facts["cpu_capability"] == "AVX2" and facts["mkl_cbwr"] == "AVX2" and facts["threads"] == "1"
