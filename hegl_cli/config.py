@@ -209,7 +209,14 @@ class EvalConfig:
     bootstrap: int = opt(200, ge=0)
     top_share: float = opt(0.2, gt=0.0, le=1.0)  # share of patches kept when a map is thresholded
     faithfulness_images: int = opt(48, ge=0)
-    faithfulness_steps: int = opt(8, ge=1)
+    # Deletion/insertion curve points after the first: 0 = one patch per step (a random order cannot
+    # tie a perfect map by the curve's coarseness); what replaces a removed patch: blur | mean | black.
+    faithfulness_steps: int = opt(0, ge=0)
+    faithfulness_baseline: Literal["blur", "mean", "black"] = "blur"
+    # hegl evaluate --methods: the positive (image, class) pairs with a mask every method is scored on,
+    # and the pairs of the sanity check (cascading parameter randomisation).
+    method_pairs: int = opt(48, ge=1)
+    sanity_pairs: int = opt(16, ge=1)
     robustness_draws: int = opt(3, ge=1)  # `hegl robustness` default for --draws
     sigmas: list[float] = opt(ge=0.0, le=1.0, factory=lambda: [0.05])  # `hegl robustness` default for --sigma
     batch_size: int = opt(64, ge=1)

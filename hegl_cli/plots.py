@@ -89,3 +89,35 @@ def plot_reliability(curve: list[dict[str, Any]], path: Path, title: str = "reli
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def plot_methods(report: dict[str, Any], path: Path, title: str = "explanation methods") -> None:
+    """Per method: energy in mask (flat map dashed), pointing game, deletion gain over random order,
+    and the sanity check's similarity to the trained maps after each randomisation stage."""
+    rows = report["methods"]["methods"]
+    names = list(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    x = np.arange(len(names))
+    for ax, key, label in ((axes[0], "energy_in_mask", "energy in mask"), (axes[1], "pointing_game", "pointing game"),
+                           (axes[2], "deletion_gain", "deletion gain over a random order")):
+        ax.bar(x, [rows[m][key] for m in names], color=[f"C{k % 10}" for k in range(len(names))])
+        if key == "energy_in_mask":
+            ax.axhline(np.mean([rows[m]["energy_uniform"] for m in names]), color="grey", ls="--", lw=1,
+                       label="a flat map")
+            ax.legend(fontsize=7)
+        ax.set_xticks(x, names, rotation=35, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+    sanity = (report.get("sanity") or {}).get("methods", {})
+    for k, (method, entry) in enumerate(sanity.items()):
+        stages = entry["stages"]
+        axes[3].plot(range(len(stages)), [s["similarity"] for s in stages], marker="o", ms=3, color=f"C{k % 10}",
+                     label=method + (" (flagged)" if entry["flagged"] else ""))
+        axes[3].set_xticks(range(len(stages)), [s["stage"] for s in stages], rotation=60, ha="right", fontsize=6)
+    if sanity:
+        axes[3].axhline(report["sanity"]["survives_at"], color="grey", ls="--", lw=1)
+        axes[3].legend(fontsize=6)
+    axes[3].set_title("sanity: similarity to the trained maps (Spearman)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

@@ -20,9 +20,10 @@ from hegl_cli.evaluation.calibration import reliability, subgroup_scores
 from hegl_cli.evaluation.classification import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
 from hegl_cli.evaluation.context_audit import context_audit
 from hegl_cli.evaluation.faithfulness import faithfulness_scores, shortcut_reliance
+from hegl_cli.evaluation.methods import method_pairs, sanity_check, score_methods
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.models.inference import Predictions, predict_split
-from hegl_cli.plots import plot_reliability
+from hegl_cli.plots import plot_methods, plot_reliability
 
 
 def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarray, str]:
@@ -42,16 +43,18 @@ def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarra
 def evaluate_run(
     run: Path, split: str = "test", which: str = "best", data: Path | None = None,
     threshold_metric: str | None = None, faithfulness: bool = True, device: str = "auto",
-    eval_layers: list | None = None,
+    eval_layers: list | None = None, methods: list[str] | None = None, sanity: bool = True,
+    log=lambda *_: None,
 ) -> dict[str, Any]:
     """Evaluate a run on a split; writes the run's evaluation report (JSON) and per-class table (CSV) of
-    that split; returns the report."""
+    that split (and, with ``methods``, the explanation methods' table and figure); returns the report."""
     with load_run(run, which, data, device, split, eval_layers, "hegl evaluate") as loaded:
-        return _evaluate(loaded, run, split, which, threshold_metric, faithfulness)
+        return _evaluate(loaded, run, split, which, threshold_metric, faithfulness, methods, sanity, log)
 
 
 def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_metric: str | None,
-              faithfulness: bool) -> dict[str, Any]:
+              faithfulness: bool, methods: list[str] | None = None, sanity: bool = True,
+              log=lambda *_: None) -> dict[str, Any]:
     cached, cfg, classes = loaded.split, loaded.cfg, loaded.classes
     assert cached is not None
     if len(cached) == 0:
@@ -76,6 +79,8 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
     }
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
                               if faithfulness else {})
+    if methods:
+        report.update(methods_section(loaded.model, cached, methods, cfg, loaded.device, sanity, log))
     run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
     site = external_name(loaded.data) if loaded.external else None
     where = {kind: path.relative_to(run_folder.path) for kind, path in run_folder.eval_files(split, site).items()}
@@ -83,7 +88,40 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
     outputs.write(where["table"], lambda tmp: write_per_class_csv(tmp, report))
     outputs.write(where["reliability"],
                   lambda tmp: plot_reliability(report["calibration"]["curve"], tmp, f"{split}: reliability"))
+    if methods and report["methods"].get("methods"):
+        outputs.write(where["methods_table"], lambda tmp: write_methods_csv(tmp, report))
+        outputs.write(where["methods_figure"], lambda tmp: plot_methods(report, tmp, f"{split}: explanation methods"))
     return report
+
+
+def methods_section(model, cached: CachedSplit, methods: list[str], cfg: Config, dev: torch.device, sanity: bool,
+                    log=lambda *_: None) -> dict[str, Any]:
+    """Every method scored on the same pairs, and (``sanity``) the cascading randomisation check."""
+    def image(i: int) -> torch.Tensor:
+        return torch.from_numpy(cached.image(i)).unsqueeze(0)
+
+    section: dict[str, Any] = {"methods": score_methods(model, image, cached.masks, cached.labels, cached.has_mask,
+                                                        methods, cfg.eval, dev, log)}
+    if sanity:
+        pairs = method_pairs(cached.labels, cached.has_mask, cfg.eval.sanity_pairs, seed=1)
+        section["sanity"] = sanity_check(model, image, pairs, methods, seed=0, log=log) if len(pairs) else {"pairs": 0}
+    return section
+
+
+METHOD_COLUMNS = ("pointing_game", "energy_in_mask", "energy_uniform", "dice", "dice_pixel", "iou", "iou_pixel",
+                  "deletion_method", "deletion_random", "deletion_gain", "insertion_method", "insertion_random",
+                  "insertion_gain", "seconds_per_image")
+
+
+def write_methods_csv(path: Path, report: dict[str, Any]) -> None:
+    """One row per method: alignment, faithfulness, seconds and the sanity check's final similarity."""
+    sanity = (report.get("sanity") or {}).get("methods", {})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", *METHOD_COLUMNS, "sanity_similarity", "sanity_flagged"])
+        for method, row in report["methods"]["methods"].items():
+            s = sanity.get(method, {})
+            writer.writerow([method, *(row.get(k) for k in METHOD_COLUMNS), s.get("final_similarity"), s.get("flagged")])
 
 
 def external_fields(loaded: LoadedRun) -> dict[str, Any]:
@@ -108,7 +146,7 @@ def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Co
     section: dict[str, Any] = {
         **faithfulness_scores(model, lambda i: torch.from_numpy(cached.image(i)).unsqueeze(0), preds.attention,
                               cached.labels, cached.classes, cfg.eval.faithfulness_steps,
-                              cfg.eval.faithfulness_images, dev)
+                              cfg.eval.faithfulness_images, dev, baseline=cfg.eval.faithfulness_baseline)
     }
     audit = context_audit(model, cached, dev, cfg.eval.batch_size)
     if audit is not None:

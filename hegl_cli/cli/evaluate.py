@@ -40,6 +40,10 @@ def evaluate(
     faithfulness: Annotated[bool, typer.Option(help="Deletion/insertion curves and shortcut reliance.")] = True,
     device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    methods: Annotated[str | None, typer.Option(help="Score these explanation methods side by side, comma-separated "
+                                                     "(attention, rollout, gradcam, hirescam, ig, saliency, "
+                                                     "occlusion, attention-heads, attention-layers, or all).")] = None,
+    sanity: Annotated[bool, typer.Option(help="--methods: also the cascading randomisation sanity check.")] = True,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -49,10 +53,12 @@ def evaluate(
     """
     from hegl_cli.apps.evaluate import evaluate_run
     from hegl_cli.engine.run_folder import RunFolder, external_name, resolve_run
+    from hegl_cli.models.explainers import parse_methods
 
+    chosen = parse_methods(methods) if methods else None
     folder = resolve_run(run, runs_dir)
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
-                          eval_layers(config, overrides))
+                          eval_layers(config, overrides), methods=chosen, sanity=sanity, log=info)
     for line in report.get("warnings", []):
         info(f"warning: {line}", style="yellow")
     print_evaluation(report)
@@ -61,7 +67,34 @@ def evaluate(
         info(f"scored on {data}: {', '.join(report['scored_classes'])}; not scored: "
              f"{', '.join(report['not_scored']['model_only'] + report['not_scored']['data_only']) or 'none'}")
     files = RunFolder(folder).eval_files(split, site)
-    info(f"wrote {files['report']} and {files['table'].name}")
+    if report.get("methods"):
+        print_methods(report)
+    info(f"wrote {files['report']} and {files['table'].name}"
+         + (f", {files['methods_table'].name} and {files['methods_figure'].name}" if report.get("methods", {}).get("methods") else ""))
+
+
+def print_methods(report: dict) -> None:
+    """One row per explanation method: is it aligned, is it faithful, does it depend on the model?"""
+    section = report["methods"]
+    if not section.get("methods"):
+        info(section.get("note", "no explanation method scored"))
+        return
+    sanity = (report.get("sanity") or {}).get("methods", {})
+    table = Table(title=Text(f"explanation methods on {section['pairs']} positive pairs with a mask "
+                             f"(deletion baseline {section['baseline']}, one patch per step)"))
+    for col in ("method", "pointing", "energy", "flat map", "Dice px", "deletion gain", "insertion gain",
+                "sanity sim.", "s/image"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, row in section["methods"].items():
+        s = sanity.get(name, {})
+        sim = "-" if not s else f"{s['final_similarity']:.2f}" + (" FLAG" if s["flagged"] else "")
+        table.add_row(cell(name), _fmt(row["pointing_game"]), _fmt(row["energy_in_mask"]), _fmt(row["energy_uniform"]),
+                      _fmt(row["dice_pixel"]), _fmt(row["deletion_gain"]), _fmt(row["insertion_gain"]), sim,
+                      f"{row['seconds_per_image']:.3f}")
+    out.print(table)
+    if sanity:
+        result_line("sanity sim.: Spearman similarity to the trained model's maps once every parameter is random "
+                    f"(FLAG at >= {report['sanity']['survives_at']}: the map does not depend on the model)")
 
 
 def print_evaluation(report: dict) -> None:

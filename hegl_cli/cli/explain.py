@@ -32,6 +32,9 @@ def explain(
     device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     force: Annotated[bool, typer.Option("--force", help="Replace files hegl wrote before in --out (never others).")] = False,
+    method: Annotated[str, typer.Option("--method", help="Explanation methods, comma-separated: attention, "
+                                        "attention-heads, attention-layers, rollout, gradcam, hirescam, ig, saliency, "
+                                        "occlusion (or all).")] = "attention",
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -41,10 +44,12 @@ def explain(
     """
     from hegl_cli.apps.explain import explain as run_explain
     from hegl_cli.engine.run_folder import resolve_run
+    from hegl_cli.models.explainers import parse_methods
 
+    methods = parse_methods(method)
     folder = resolve_run(run, runs_dir)
     result = run_explain(images, folder, checkpoint, classes, out_dir, device,
-                         eval_layers=eval_layers(config, overrides), force=force)
+                         eval_layers=eval_layers(config, overrides), force=force, methods=methods)
     for line in result.warnings:
         info(f"warning: {line}", style="yellow")
     for item in result.explained:
@@ -55,6 +60,8 @@ def explain(
         for name, p in item.probs.items():
             table.add_row(Text(name), f"{p:.3f}", "positive" if item.decisions[name] else "negative")
         out.print(table)
+        if len(item.seconds) > 1 or "attention" not in item.seconds:
+            info("maps in " + ", ".join(f"{m} {t:.2f} s" for m, t in item.seconds.items()))
         info(f"wrote {item.out_dir}")
     if result.failed:
         for line in result.failed:

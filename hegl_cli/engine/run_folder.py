@@ -124,14 +124,13 @@ class RunFolder(HeglFolder):
         return self.path / "eval" / f"{split}-reliability.png"
 
     def eval_files(self, split: str, site: str | None = None) -> dict[str, Path]:
-        """The report, per-class table and reliability diagram of an evaluation: on the run's own cache,
-        or on another site's (``site``: :func:`external_name` of its cache), each under ``eval/external/``."""
-        if site is None:
-            return {"report": self.eval_report(split), "table": self.eval_table(split),
-                    "reliability": self.eval_reliability(split)}
-        folder = self.path / "eval" / "external" / site
+        """The report, per-class table, reliability diagram and (with ``--methods``) the explanation
+        methods' table and figure of an evaluation: on the run's own cache, or on another site's
+        (``site``: :func:`external_name` of its cache), each under ``eval/external/``."""
+        folder = self.path / "eval" if site is None else self.path / "eval" / "external" / site
         return {"report": folder / f"{split}.json", "table": folder / f"{split}.csv",
-                "reliability": folder / f"{split}-reliability.png"}
+                "reliability": folder / f"{split}-reliability.png",
+                "methods_table": folder / f"{split}-methods.csv", "methods_figure": folder / f"{split}-methods.png"}
 
     def external_reports(self, split: str = "test") -> list[Path]:
         """Every evaluation of the run on another site's cache, for ``split``."""

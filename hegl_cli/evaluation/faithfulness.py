@@ -1,11 +1,13 @@
 """Do the maps explain the decisions? Deletion/insertion curves and shortcut reliance (for the
 twin-free audit from the expert masks, see :mod:`hegl_cli.evaluation.context_audit`).
 
-Deletion: remove patches from most to least attended (replace them with a blurred copy of the
-image) and track the class probability; a faithful map makes it fall fast (low area). Insertion:
-start from the blurred image and reveal patches in the same order; a faithful map makes it rise
-fast (high area). The same curves for a random patch order are the reference: a map is only
-faithful to the extent that it beats random.
+Deletion: remove patches from most to least attended (replace them with the baseline: a blurred
+copy of the image by default, or its mean, or black; :mod:`hegl_cli.models.perturb`) and track the
+class probability; a faithful map makes it fall fast (low area). Insertion: start from the baseline
+and reveal patches in the same order; a faithful map makes it rise fast (high area). The same
+curves for a random patch order are the reference: a map is only faithful to the extent that it
+beats random. ``steps`` 0 (the default) removes one patch per step, so that a random order cannot
+tie a perfect map by the coarseness of the curve.
 
 Shortcut reliance: mean |p(x) - p(x')| over images and classes, where x' differs from x only by
 the spurious cue (the built-in dataset's counterfactual twin).
@@ -19,17 +21,7 @@ import torch.nn.functional as F
 
 from hegl_cli.data.labels import positive
 from hegl_cli.models.inference import predict_images
-
-
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (B, 1, S, S) images (separable, reflect padding)."""
-    radius = max(1, int(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))
+from hegl_cli.models.perturb import baseline as baseline_of
 
 
 def patch_masks(order: np.ndarray, steps: int, grid: tuple[int, int], size: int) -> torch.Tensor:
@@ -52,24 +44,26 @@ def curve_area(values: np.ndarray) -> float:
 
 def deletion_insertion(
     model: torch.nn.Module, image: torch.Tensor, class_index: int, attention: np.ndarray, steps: int,
-    device: torch.device, rng: np.random.Generator,
+    device: torch.device, rng: np.random.Generator, baseline: str = "blur",
 ) -> dict[str, float]:
-    """Deletion and insertion areas for one (image, class), by attention order and by a random order.
+    """Deletion and insertion areas for one (image, class), by the map's order and by a random order.
 
     Args:
         image: (1, S, S) in [0, 1].
-        attention: (h, w) this class's map.
+        attention: (h, w) this class's map (any method's, at patch resolution).
+        steps: curve points after the first; 0 = one per patch.
     """
     size = image.shape[-1]
     grid = attention.shape
-    blurred = blur(image.unsqueeze(0), sigma=max(1.0, size / 16))[0]
+    steps = steps or attention.size
+    replaced = baseline_of(image.unsqueeze(0), baseline)[0]
     out: dict[str, float] = {}
     orders = {"attention": np.argsort(-attention.reshape(-1), kind="stable"),
               "random": rng.permutation(attention.size)}
     for name, order in orders.items():
         masks = patch_masks(order, steps, grid, size)  # (K, 1, S, S)
-        deleted = image * (1 - masks) + blurred * masks
-        inserted = blurred * (1 - masks) + image * masks
+        deleted = image * (1 - masks) + replaced * masks
+        inserted = replaced * (1 - masks) + image * masks
         probs, _ = predict_images(model, torch.cat([deleted, inserted]), device)
         p = probs[:, class_index].numpy()
         out[f"deletion_{name}"] = curve_area(p[: steps + 1])
@@ -77,21 +71,32 @@ def deletion_insertion(
     return out
 
 
+def faithfulness_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> np.ndarray:
+    """(K, 2) (image, class) rows: up to ``max_pairs`` positive pairs, drawn once by ``seed``, in order."""
+    rng = np.random.default_rng(seed)
+    pairs = np.argwhere(positive(labels))
+    if len(pairs) > max_pairs:
+        pairs = pairs[np.sort(rng.choice(len(pairs), max_pairs, replace=False))]
+    return pairs
+
+
 def faithfulness_scores(
     model: torch.nn.Module, images_fn, attention: np.ndarray, labels: np.ndarray, classes: list[str],
-    steps: int, max_pairs: int, device: torch.device, seed: int = 0,
+    steps: int, max_pairs: int, device: torch.device, seed: int = 0, baseline: str = "blur",
+    pairs: np.ndarray | None = None,
 ) -> dict:
     """Mean deletion/insertion areas over up to ``max_pairs`` positive (image, class) pairs.
 
     Args:
         images_fn: ``images_fn(i)`` -> (1, S, S) tensor of image ``i``.
-        attention: (N, C, h, w); labels: (N, C).
+        attention: (N, C, h, w) maps of one method; labels: (N, C).
+        pairs: the (image, class) rows to score (default: :func:`faithfulness_pairs`).
     """
     rng = np.random.default_rng(seed)
-    pairs = np.argwhere(positive(labels))
-    if len(pairs) > max_pairs:
-        pairs = pairs[np.sort(rng.choice(len(pairs), max_pairs, replace=False))]
-    rows = [deletion_insertion(model, images_fn(int(i)), int(c), attention[i, c], steps, device, rng)
+    if pairs is None:
+        pairs = faithfulness_pairs(labels, max_pairs, seed)
+        rng = np.random.default_rng(seed)  # the same random orders whichever way the pairs came
+    rows = [deletion_insertion(model, images_fn(int(i)), int(c), attention[i, c], steps, device, rng, baseline)
             for i, c in pairs]
     if not rows:
         return {"pairs": 0}
@@ -99,7 +104,8 @@ def faithfulness_scores(
     report["deletion_gain"] = report["deletion_random"] - report["deletion_attention"]
     report["insertion_gain"] = report["insertion_attention"] - report["insertion_random"]
     report["pairs"] = len(rows)
-    report["steps"] = steps
+    report["steps"] = steps or int(attention[0, 0].size)
+    report["baseline"] = baseline
     return report
 
 

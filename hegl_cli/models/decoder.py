@@ -22,6 +22,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"decoder width {dim} is not divisible by {heads} heads")
         self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
         self.fused_attn = True  # False: explicit softmax (double backward on CPU needs it)
+        self.record_heads = False  # True: keep the last call's per-head softmax in head_weights (explainers)
+        self.head_weights: torch.Tensor | None = None  # (B, H, Lq, Lk)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -46,9 +48,11 @@ class MultiHeadAttention(nn.Module):
         """Like :meth:`forward` with keys/values already projected by ``self.k`` / ``self.v``: (B, Lk, D)."""
         q, k, v = self._split(self.q(query)), self._split(keys), self._split(values)
         p = self.dropout if self.training else 0.0
-        if need_weights or not self.fused_attn:
+        if need_weights or not self.fused_attn or self.record_heads:
             attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, Lq, Lk)
             attn = attn.softmax(dim=-1)
+            if self.record_heads:
+                self.head_weights = attn.detach()
             out = F.dropout(attn, p, self.training) @ v
             weights = attn.mean(dim=1) if need_weights else None  # (B, Lq, Lk)
         else:
