@@ -74,3 +74,49 @@ def test_spearman_is_pearson_on_ranks():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 100]) == pytest.approx(1.0)  # monotone, not linear
+
+
+def test_ablation_carries_the_explanation_methods_table(tiny_cache, tmp_path):
+    args = _args(tiny_cache, tmp_path, "1,0") + ["--methods", "attention,saliency", "--seeds", "2",
+                                                   "--set", "eval.method_pairs=4", "--set", "eval.sanity_pairs=2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "t"
+    rows = json.loads((out / "runs.json").read_text())
+    assert all(set(r["methods"]) == {"attention", "saliency"} for r in rows) and len(rows) == 2
+    table = (out / "methods.md").read_text()
+    assert "| alpha=1, beta=0 | attention | 2 |" in table and "| alpha=1, beta=0 | saliency | 2 |" in table
+    header = (out / "methods.csv").read_text().splitlines()[0]
+    assert header.startswith("cell,method,seeds,energy_in_mask_mean")
+
+
+def test_family_ablation_summarises_shifted_ceiling_cost_and_margin(tmp_path):
+    """Two members, two cells, two seeds, shifted and cue-free: the summary pairs seeds and says
+    which cell validation chose; a member cache is prepared under --data-root."""
+    args = ["ablation", "--family", "v2,chestxdet13", "--grid", "1,0 0,0", "--seeds", "2", "--name", "fam",
+            "--out-root", str(tmp_path), "--data-root", str(tmp_path / "data")]
+    for item in TINY_OVERRIDES + ["train.epochs=1", "eval.robustness_draws=1", "data.synthetic_train=40",
+                                  "data.synthetic_test=16", "data.synthetic_source_size=64"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "fam"
+    summary = json.loads((out / "family.json").read_text())
+    assert summary["members"] == ["v2", "chestxdet13"] and summary["reference"] == "a1_b0"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir() if not p.name.startswith(".")) == [
+        "synthetic", "synthetic-chestxdet13", "synthetic-chestxdet13-cuefree", "synthetic-cuefree"]
+    for member in ("v2", "chestxdet13"):
+        shifted = {(r["cell"], r["seed"]): r["auc"] for r in json.loads((out / member / "runs.json").read_text())}
+        free = {(r["cell"], r["seed"]): r["auc"] for r in json.loads((out / f"{member}-cuefree" / "runs.json").read_text())}
+        entry = summary["per_member"][member]["a0_b0"]
+        costs = [free[("a0_b0", s)] - shifted[("a0_b0", s)] for s in (0, 1)]
+        assert entry["shortcut_cost"]["mean"] == pytest.approx(sum(costs) / 2)
+        margins = [shifted[("a0_b0", s)] - shifted[("a1_b0", s)] for s in (0, 1)]
+        assert entry["margin"]["mean"] == pytest.approx(sum(margins) / 2)
+        assert summary["per_member"][member]["a1_b0"]["margin"] is None  # the reference itself
+    assert summary["chosen_by_validation"] in ("a0_b0", "a1_b0")
+    assert set(summary["acceptance"]) == {"v2", "chestxdet13"}
+    for name in ("family.md", "family.csv", "family.png"):
+        assert (out / name).is_file()
+    refused = runner.invoke(app, args[:1] + ["--family", "v3"] + args[3:])
+    assert refused.exit_code == 2 and "members are" in refused.output

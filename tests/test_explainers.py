@@ -276,3 +276,7 @@ def test_evaluate_scores_methods_side_by_side(trained_run):
     assert set(report["sanity"]["methods"]) == {"attention", "occlusion"}
     assert files["methods_table"].read_text().splitlines()[0].startswith("method,pointing_game")
     assert files["methods_figure"].is_file()
+    done = runner.invoke(app, ["report", str(trained_run), "--gallery", "1"])
+    assert done.exit_code == 0, done.output
+    html = RunFolder(trained_run).report.read_text()
+    assert "The methods side by side" in html and "occlusion" in html and "similarity after randomisation" in html

@@ -96,14 +96,15 @@ def cell_config(base: Config, cell: CellSpec, seed: int) -> Config:
 
 
 def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Callable[[str], None],
-             progress: bool) -> dict[str, Any]:
-    """Train, evaluate on test and measure AUC at ``sigma``; returns the cell's numbers."""
+             progress: bool, methods: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate on test (and score the explanation ``methods``) and measure AUC at ``sigma``;
+    returns the cell's numbers."""
     from hegl_cli.apps.evaluate import evaluate_run
     from hegl_cli.apps.robustness import robustness_runs
     from hegl_cli.engine.train import train
 
     result = train(cfg, name=run_name, force=True, runs_dir=runs_dir, progress=progress, log=log)
-    report = evaluate_run(result.run, "test", "best", device=cfg.train.device)
+    report = evaluate_run(result.run, "test", "best", device=cfg.train.device, methods=methods)
     noise = robustness_runs([result.run], [sigma], None, "test", cfg.eval.robustness_draws, 0, "best",
                             device=cfg.train.device, progress=False)
     at_sigma = next(r for r in noise if r["sigma"] == sigma)
@@ -125,16 +126,62 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
         "per_class_auc": {k: v["auc"] for k, v in report["per_class"].items()},
         "shortcut_reliance_per_class": (faith.get("shortcut_reliance") or {}).get("per_class"),
         "attention_per_class": report["attention"]["per_class"],
+        **({"methods": method_numbers(report)} if methods else {}),
     }
 
 
+METHOD_METRICS: tuple[tuple[str, str], ...] = (
+    ("energy_in_mask", "energy in mask"), ("pointing_game", "pointing game"), ("dice_pixel", "Dice (pixels)"),
+    ("deletion_gain", "deletion gain"), ("insertion_gain", "insertion gain"),
+    ("sanity_similarity", "similarity after randomisation"),
+)
+
+
+def method_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per explanation method: the numbers the ablation's methods table carries."""
+    sanity = (report.get("sanity") or {}).get("methods", {})
+    return {m: {**{k: row.get(k) for k, _ in METHOD_METRICS[:-1]},
+                "sanity_similarity": (sanity.get(m) or {}).get("final_similarity")}
+            for m, row in (report.get("methods") or {}).get("methods", {}).items()}
+
+
+def write_methods_table(out: AblationFolder, rows: list[dict[str, Any]], cells: list[CellSpec]) -> None:
+    """The methods table (markdown and CSV, AblationFolder.methods_md/_csv): per cell and method, mean ± std over seeds of :data:`METHOD_METRICS`."""
+    entries = []
+    for cell in cells:
+        mine = [r for r in rows if r["cell"] == cell.name and r.get("methods")]
+        for method in dict.fromkeys(m for r in mine for m in r["methods"]):
+            values = {k: [r["methods"][method][k] for r in mine if (r["methods"].get(method) or {}).get(k) is not None]
+                      for k, _ in METHOD_METRICS}
+            entries.append((cell, method, len(mine), {k: (float(np.mean(v)), float(np.std(v))) if v else None
+                                                      for k, v in values.items()}))
+    if not entries:
+        return
+    lines = ["| cell | method | seeds | " + " | ".join(label for _, label in METHOD_METRICS) + " |",
+             "|" + "---|" * (len(METHOD_METRICS) + 3)]
+    lines += [f"| {c.label} | {m} | {n} | " + " | ".join(format_mean_std(v[k]) for k, _ in METHOD_METRICS) + " |"
+              for c, m, n, v in entries]
+    atomic_write_text(out.methods_md, "\n".join(lines) + "\n")
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["cell", "method", "seeds"] + [f"{k}_{s}" for k, _ in METHOD_METRICS for s in ("mean", "std")])
+            for c, m, n, v in entries:
+                writer.writerow([c.name, m, n] + [x for k, _ in METHOD_METRICS for x in (v[k] or ("", ""))])
+
+    atomic_write(out.methods_csv, write_csv)
+
+
 def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sigma: float = 0.05,
-                 log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every (cell, seed) not yet finished, then write the tables and figures across them."""
+                 log: Callable[[str], None] = print, progress: bool = True,
+                 methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every (cell, seed) not yet finished, then write the tables and figures across them; with
+    ``methods``, every run's explanation methods too (the methods table)."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
     folder = prepare_ablation_folder(out)
     with folder.lock():
-        return _run_cells(cells, seeds, folder, sigma, log, progress, configs)
+        return _run_cells(cells, seeds, folder, sigma, log, progress, configs, methods)
 
 
 def prepare_ablation_folder(out: Path) -> AblationFolder:
@@ -151,7 +198,8 @@ def prepare_ablation_folder(out: Path) -> AblationFolder:
 
 
 def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: float, log: Callable[[str], None],
-               progress: bool, configs: dict[tuple[str, int], Config]) -> list[dict[str, Any]]:
+               progress: bool, configs: dict[tuple[str, int], Config], methods: list[str] | None = None
+               ) -> list[dict[str, Any]]:
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for cell in cells:
@@ -164,7 +212,7 @@ def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: fl
                 continue
             log(f"cell {cell.label}, seed {seed}: training")
             t0 = time.perf_counter()
-            numbers = run_cell(configs[(cell.name, seed)], run_name, out.runs_dir, sigma, log, progress)
+            numbers = run_cell(configs[(cell.name, seed)], run_name, out.runs_dir, sigma, log, progress, methods)
             row = {"cell": cell.name, "label": cell.label, "alpha": cell.alpha, "beta": cell.beta,
                    "overrides": cell.overrides, "seed": seed, **numbers,
                    "wall_seconds": time.perf_counter() - t0}
@@ -172,6 +220,7 @@ def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: fl
             rows.append(row)
     table = aggregate(rows, cells)
     write_results(out, table, rows, sigma, time.perf_counter() - start)
+    write_methods_table(out, rows, cells)
     return table
 
 

@@ -139,9 +139,11 @@ def summarise(folder: FamilyFolder, members: list[str], cells: list[CellSpec], r
               cue_free: bool) -> dict[str, Any]:
     """Per member and cell, then across members; see the module's docstring."""
     per_member: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
     for member in members:
         shifted, free = member_rows(folder, member, False), member_rows(folder, member, True) if cue_free else []
         ref_auc = _by_seed(shifted, reference.name, "auc")
+        key = keys[member] = selection_key(shifted, cells)
         entry = {}
         for cell in cells:
             auc, ceiling = _by_seed(shifted, cell.name, "auc"), _by_seed(free, cell.name, "auc")
@@ -151,7 +153,7 @@ def summarise(folder: FamilyFolder, members: list[str], cells: list[CellSpec], r
                 "margin": None if cell.name == reference.name else paired(auc, ref_auc),
                 "val_test_gap": _stats(_by_seed(shifted, cell.name, "val_test_gap")),
                 "twin_reliance": _stats(_by_seed(shifted, cell.name, "shortcut_reliance")),
-                "selection": _stats(_by_seed(shifted, cell.name, SELECTION_KEY)),
+                "selection": _stats(_by_seed(shifted, cell.name, key)),
             }
         per_member[member] = entry
     across = {}
@@ -168,9 +170,16 @@ def summarise(folder: FamilyFolder, members: list[str], cells: list[CellSpec], r
     scored = {c: a["selection"] for c, a in across.items() if a["selection"] is not None}
     chosen = max(scored, key=scored.get) if scored else None
     return {"members": members, "reference": reference.name, "cells": [c.name for c in cells],
-            "selection_key": SELECTION_KEY, "chosen_by_validation": chosen,
+            "selection_key": keys, "chosen_by_validation": chosen,
             "acceptance": acceptance(per_member, chosen, members) if chosen else None,
             "per_member": per_member, "across": across}
+
+
+def selection_key(rows: list[dict[str, Any]], cells: list[CellSpec]) -> str:
+    """:data:`SELECTION_KEY` where every cell's runs have it, else the plain val AUC (a val split with
+    no finding-free image cannot be context-swapped); the summary says which."""
+    mine = [r for r in rows if r["cell"] in {c.name for c in cells}]
+    return SELECTION_KEY if mine and all(r.get(SELECTION_KEY) is not None for r in mine) else "val_auc"
 
 
 def acceptance(per_member: dict[str, Any], chosen: str, members: list[str]) -> dict[str, Any]:
@@ -238,7 +247,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                      f"| {_num(a['worst_cost'])} | {sel} |")
     chosen = summary["chosen_by_validation"]
     if chosen:
-        lines += ["", f"Chosen by validation alone (highest mean {summary['selection_key']} over members): **{chosen}**.",
+        used = ", ".join(f"{m}: {k}" for m, k in summary["selection_key"].items())
+        lines += ["", f"Chosen by validation alone (highest mean selection score over members; {used}): **{chosen}**.",
                   "", "| member | margin >= 0.03 beyond noise | val-test gap <= 0.05 | shortcut cost <= 0.01 | holds |",
                   "|---|---|---|---|---|"]
         for member, ok in summary["acceptance"].items():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from hegl_cli import __version__
@@ -299,6 +300,57 @@ def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
     return "".join(out)
 
 
+def methods_section(loaded: LoadedRun, report: dict[str, Any] | None, per_kind: int) -> str:
+    """The explanation methods of ``hegl evaluate --methods``: one table (aligned? faithful? does it
+    depend on the model?), the figure, and the methods side by side on the same test images."""
+    section = (report or {}).get("methods") or {}
+    if not section.get("methods"):
+        return ("<p class=note>only the class attention was scored: <code>hegl evaluate RUN --methods all</code> "
+                "scores Grad-CAM, rollout, integrated gradients and the others beside it</p>")
+    sanity = (report.get("sanity") or {}).get("methods", {})
+    rows = [[m, r["pointing_game"], r["energy_in_mask"], r["energy_uniform"], r["dice_pixel"], r["deletion_gain"],
+             r["insertion_gain"], (sanity.get(m) or {}).get("final_similarity"),
+             "flagged" if (sanity.get(m) or {}).get("flagged") else "", r["seconds_per_image"]]
+            for m, r in section["methods"].items()]
+    out = table(["method", "pointing game", "energy in mask", "flat map", "Dice (pixels)", "deletion gain",
+                 "insertion gain", "similarity after randomisation", "sanity", "s / image"], rows)
+    out += (f"<p class=muted>{section['pairs']} positive (image, class) pairs with a mask, the same for every "
+            f"method; deletion/insertion against a random order, baseline {esc(section['baseline'])}, one patch per "
+            "step; similarity: Spearman rank correlation with the trained model's maps once every parameter is "
+            "random (flagged: the map does not depend on the model).</p>")
+    figure = RunFolder(loaded.folder).eval_files(report["split"])["methods_figure"]
+    if figure.is_file():
+        out += img(png_uri(figure), "explanation methods")
+    return out + _methods_gallery(loaded, list(section["methods"]), per_kind)
+
+
+def _methods_gallery(loaded: LoadedRun, methods: list[str], per_kind: int) -> str:
+    """A row per (image, positive class): the image with its mask outlined, then every method's map."""
+    from hegl_cli.evaluation.methods import method_pairs
+    from hegl_cli.models.explainers import explain_batch
+
+    split = loaded.split
+    if split is None or per_kind <= 0:
+        return ""
+    pairs = method_pairs(split.labels, split.has_mask, per_kind)
+    figures = []
+    for i, c in pairs:
+        image = torch.from_numpy(split.image(int(i)))[None, None]
+        maps = {m: explain_batch(loaded.model, image, [int(c)], m).patch[0, 0].numpy() for m in methods}
+        fig, axes = plt.subplots(1, len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 2.5))
+        axes[0].imshow(split.image(int(i)), cmap="gray", vmin=0, vmax=1)
+        axes[0].contour(split.masks(int(i))[int(c)], levels=[0.5], colors="lime", linewidths=1)
+        axes[0].set_title(f"{split.files[int(i)]} · {loaded.classes[int(c)]}", fontsize=8)
+        axes[0].axis("off")
+        for ax, m in zip(axes[1:], methods):
+            draw_heatmap(ax, split.image(int(i)), upsample(maps[m][None].astype(np.float32), split.image_size)[0], m,
+                         alpha=0.45)
+            ax.contour(split.masks(int(i))[int(c)], levels=[0.5], colors="lime", linewidths=0.8)
+        caption = f"{split.files[int(i)]} · {loaded.classes[int(c)]}: every method, the same image"
+        figures.append(f"<figure>{img(figure_uri(fig), caption)}<figcaption>{esc(caption)}</figcaption></figure>")
+    return "<h3>The methods side by side</h3>" + "".join(figures)
+
+
 def run_section(folder: Path, which: str, device: str, per_kind: int, report: dict[str, Any] | None) -> str:
     split = (report or {}).get("split", "test")
     try:
@@ -309,6 +361,7 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
         parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
                  "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
                  "<h3>Results</h3>", results_section(report),
+                 "<h3>Explanation methods</h3>", methods_section(loaded, report, per_kind),
                  "<h3>Calibration and subgroups</h3>", calibration_section(folder, report),
                  "<h3>External validation: other sites</h3>", external_section(folder, report),
                  "<h3>Robustness under Gaussian noise</h3>",

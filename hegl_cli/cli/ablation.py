@@ -37,6 +37,8 @@ def ablation(
                                                 "(the no-shortcut ceiling).")] = True,
     reference: Annotated[str, typer.Option(help="--family: the cell margins are measured against.")] = "1,0",
     data_root: Annotated[Path, typer.Option("--data-root", help="--family: where member caches go.")] = Path("data"),
+    methods: Annotated[str | None, typer.Option(help="Also score these explanation methods in every run "
+                                                     "(hegl evaluate --methods); the ablation folder gets a methods table.")] = None,
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
@@ -49,14 +51,17 @@ def ablation(
     if not 0 <= sigma <= 1:  # also false for NaN
         raise UserError(f"--sigma must be a number in [0, 1], got {sigma}")
     cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
+    from hegl_cli.models.explainers import parse_methods
+
     cells = parse_grid(grid)
+    chosen = parse_methods(methods) if methods else None
     target = out_root / validate_run_name(name)
     if family is not None:
         if data is not None:
             raise UserError("--family prepares each member's cache under --data-root; --data is for one cache")
         run_family_command(cfg, family, cells, seeds, target, parse_grid(reference)[0], cue_free, data_root, sigma)
         return
-    table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet)
+    table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet, methods=chosen)
     header = ["cell", *[label for _, label in METRICS]]
     rows = [[e["label"], *[format_mean_std(e[k]) for k, _ in METRICS]] for e in table]
     folder = AblationFolder(target)

@@ -233,6 +233,15 @@ class AblationFolder(HeglFolder):
         return self.path / "runs.json"
 
     @property
+    def methods_md(self) -> Path:
+        """``--methods``: every explanation method's numbers per cell, mean ± std over seeds."""
+        return self.path / "methods.md"
+
+    @property
+    def methods_csv(self) -> Path:
+        return self.path / "methods.csv"
+
+    @property
     def context_vs_twin(self) -> Path:
         return self.path / "context_vs_twin.png"
 
