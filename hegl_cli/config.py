@@ -51,7 +51,11 @@ def opt(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: floa
 class DataConfig:
     """Where the prepared cache lives and how it is split."""
 
-    path: str = "data/synthetic"
+    # One prepared cache, or several trained as one ([a, b]: classes the union by canonical name, NaN
+    # where a cache does not label a class; README, "Training on several datasets").
+    path: Union[str, list[str]] = "data/synthetic"
+    # Several caches: the share of each batch each one gives, e.g. [0.5, 0.5] ([] = in proportion to size).
+    source_weights: list[float] = opt(ge=0.0, factory=list)
     image_size: int = opt(128, ge=8, le=MAX_IMAGE_SIZE)
     val_fraction: float = opt(0.15, ge=0.0, lt=1.0)
     seed: int = opt(0, ge=0)

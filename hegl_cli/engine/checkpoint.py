@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
 from hegl_cli.data.cache import CachedSplit, ClassView, cache_lock
+from hegl_cli.data.combined import data_paths
 from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.data.pathologies import ClassMatch, match_classes
 from hegl_cli.engine.device import select_device
@@ -167,7 +168,7 @@ class LoadedRun:
     @property
     def home_data(self) -> Path:
         """The cache the run trained on."""
-        return Path(self.meta.get("data") or self.cfg.data.path)
+        return Path(self.meta.get("data") or data_paths(self.cfg.data.path)[0])
 
     @property
     def image_size(self) -> int:
@@ -196,9 +197,10 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
     try:
         model, meta, cfg = load_model(run, which, dev)
         apply_eval_layers(cfg, eval_layers or [], command)
-        home = Path(meta.get("data") or cfg.data.path)
+        home = Path(meta.get("data") or data_paths(cfg.data.path)[0])
         folder = Path(data) if data is not None else home
-        external = split is not None and not same_folder(folder, home)
+        # a run on several caches scores each of them by its own classes, like another site's cache
+        external = split is not None and (not same_folder(folder, home) or bool(meta.get("data_sources")))
         if split:
             locks.append(cache_lock(folder, shared=True).acquire())
         thresholds = np.asarray(meta.get("thresholds", [0.5] * len(meta["classes"])), dtype=np.float64)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.augment import AugmentSpec
 from hegl_cli.data.cache import CachedSplit, cache_lock, intensity_rule_of, supervision_counts
+from hegl_cli.data.combined import CombinedSplit, data_paths, open_sources
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
 from hegl_cli.data.swap import context_swap
@@ -77,15 +78,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class WeightedEpochSampler(torch.utils.data.Sampler):
+    """``len(weights)`` indices per epoch drawn with replacement by ``weights``, from ``(seed, epoch)``."""
+
+    def __init__(self, weights: np.ndarray, seed: int):
+        self.weights, self.seed, self.epoch = torch.as_tensor(weights, dtype=torch.double), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist())
+
+
+def source_sampling_weights(split, shares: list[float]) -> np.ndarray | None:
+    """Per-row weights giving each source ``shares[k]`` of the draws (None: plain shuffling)."""
+    sources = getattr(split, "source", None)
+    if not shares:
+        return None
+    if sources is None or len(shares) != len(split.source_names):
+        count = 1 if sources is None else len(split.source_names)
+        raise UserError(f"config key 'data.source_weights' has {len(shares)} value(s) for {count} cache(s) in data.path")
+    if sum(shares) <= 0:
+        raise UserError("config key 'data.source_weights' must have a positive value")
+    counts = np.bincount(sources, minlength=len(shares)).astype(float)
+    return np.asarray(shares, dtype=float)[sources] / counts[sources]
+
+
 def make_loader(dataset: XrayDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                workers: int = 0, pin_memory: bool = False) -> tuple[DataLoader, DistributedSampler]:
+                workers: int = 0, pin_memory: bool = False, weights: np.ndarray | None = None
+                ) -> tuple[DataLoader, DistributedSampler | WeightedEpochSampler]:
     """A loader over this rank's share of a shuffled order drawn from ``(seed, epoch)``.
 
     The partition is torch's ``DistributedSampler`` (every rank gets ``ceil(n / world)`` indices,
     padded by wrapping); the last short batch is dropped only when the rank's share holds at least
-    one full batch, so no rank ever trains zero steps.
+    one full batch, so no rank ever trains zero steps. ``weights`` (several sources, one process):
+    rows drawn with replacement in proportion to them.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    if weights is not None:
+        if world > 1:
+            raise UserError("data.source_weights runs in one process; under torchrun leave it [] (sources in "
+                            "proportion to their size)")
+        sampler: DistributedSampler | WeightedEpochSampler = WeightedEpochSampler(weights, seed)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         drop_last=len(sampler) >= batch_size, persistent_workers=workers > 0,
                         pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None)
@@ -177,23 +217,33 @@ class EarlyStopping:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
 
-def _load_splits(cfg: Config) -> tuple[CachedSplit, CachedSplit]:
-    """The train and val splits; selection never falls back to test. The cache decides the image size:
-    ``cfg.data.image_size`` becomes the cache's, unless the user set another (then it is refused)."""
-    data = Path(cfg.data.path)
-    train_split = CachedSplit(data, "train")
-    if "val" not in train_split.manifest["splits"]:
-        raise UserError(f"{data} has no 'val' split, and model selection and thresholds never use test: "
-                        f"re-run `hegl prepare --force` with data.val_fraction > 0 (e.g. --set "
-                        "data.val_fraction=0.15), or give a val split (--annotations val=... --images val=...)")
-    val_split = CachedSplit(data, "val")
+def _load_splits(cfg: Config) -> tuple[CachedSplit | CombinedSplit, CachedSplit | CombinedSplit]:
+    """The train and val splits (of one cache, or several combined: each cache's own val); selection
+    never falls back to test. The cache decides the image size: ``cfg.data.image_size`` becomes the
+    cache's, unless the user set another (then it is refused)."""
+    paths = data_paths(cfg.data.path)
+    for data in paths:
+        train_split = CachedSplit(data, "train")
+        if "val" not in train_split.manifest["splits"]:
+            raise UserError(f"{data} has no 'val' split, and model selection and thresholds never use test: "
+                            f"re-run `hegl prepare --force` with data.val_fraction > 0 (e.g. --set "
+                            "data.val_fraction=0.15), or give a val split (--annotations val=... --images val=...)")
+        if len(train_split) == 0:
+            raise UserError(f"{data}: the train split is empty")
+        if len(CachedSplit(data, "val")) == 0:
+            raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
+                            "data.val_fraction")
+    train_split, val_split = open_sources(paths, "train"), open_sources(paths, "val")
     adopt_cache_facts(cfg, train_split)
-    if len(train_split) == 0:
-        raise UserError(f"{data}: the train split is empty")
-    if len(val_split) == 0:
-        raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
-                        "data.val_fraction")
     return train_split, val_split
+
+
+def per_source_auc(split, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """``val_auc_<source>``: macro AUC on each source's own val images (several caches only)."""
+    if not isinstance(split, CombinedSplit):
+        return {}
+    return {f"val_auc_{name}": macro_auc(probs[split.source == k], labels[split.source == k])
+            for k, name in enumerate(split.source_names)}
 
 
 def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
@@ -273,9 +323,10 @@ class Trainer:
                                    transform=AugmentSpec(cfg.data.augment_geometry, cfg.data.augment_intensity,
                                                          cfg.data.augment_flip))
         check_augmentation(self.dataset, cfg)
+        weights = source_sampling_weights(self.train_split, cfg.data.source_weights)
         self.loader, self.sampler = make_loader(self.dataset, cfg.train.batch_size, cfg.train.seed,
                                                 self.dist.rank, self.dist.world_size, cfg.train.workers,
-                                                pin_memory=self.device.type == "cuda")
+                                                pin_memory=self.device.type == "cuda", weights=weights)
         params = list(self.model.parameters()) + list(self.criterion.parameters())
         self.optimizer = make_optimizer(params, cfg, self.device)
         self.accumulate = cfg.train.accumulate
@@ -417,7 +468,7 @@ class Trainer:
             train_terms = self._train_epoch(epoch)
             seen += len(self.sampler) * self.dist.world_size
             probs, labels = self._validate()
-            aucs = {"val_auc_plain": macro_auc(probs, labels)}
+            aucs = {"val_auc_plain": macro_auc(probs, labels), **per_source_auc(self.val_split, probs, labels)}
             if self.val_swap is not None:
                 swapped, _ = self._validate(self.val_swap)
                 aucs["val_auc_swapped"] = macro_auc(swapped, labels)
@@ -454,7 +505,9 @@ class Trainer:
         extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": np.asarray(thresholds).tolist(),
                  "threshold_metric": self.cfg.eval.threshold_metric,
                  "thresholds_chosen_on": self.cfg.train.select_on, "selected_on": self.cfg.train.select_on,
-                 "data": str(self.cfg.data.path), "intensity_rule": intensity_rule_of(self.train_split.manifest)}
+                 "data": str(data_paths(self.cfg.data.path)[0]), "intensity_rule": intensity_rule_of(self.train_split.manifest)}
+        if isinstance(self.train_split, CombinedSplit):
+            extra["data_sources"] = [str(r) for r in self.train_split.roots]
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
         if improved:
             save_checkpoint(self.run, "best", self.model, self.cfg, extra)
@@ -557,16 +610,21 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
     try:
         if resume:
             changes = check_resume_config(run, cfg)
+        readings = []
         try:
-            reading = cache_lock(Path(cfg.data.path), shared=True).acquire()
+            for path in data_paths(cfg.data.path):
+                readings.append(cache_lock(path, shared=True).acquire())
         except BaseException:
+            for reading in readings:
+                reading.release()
             if main and not resume:
                 remove_if_unused(run)  # the run never started: leave no folder behind
             raise
         try:
             return _train_locked(cfg, run, resume, changes, progress, log if main else (lambda *_: None), main)
         finally:
-            reading.release()
+            for reading in reversed(readings):
+                reading.release()
     finally:
         if lock is not None:
             lock.release()
