@@ -607,6 +607,82 @@ def _cache_without_finding_free(cache: Path, out: Path) -> None:
 CASES += MECHANISM_CASES
 
 
+# ---- --format table: a team's own data (issue 22); each bad row is fatal under --strict -------------
+
+def _team(e: Env) -> Path:
+    from test_table import own_dataset
+
+    return own_dataset(e.tmp / "team")
+
+
+def team_with(edit: Callable[[Path], None] | None = None) -> Callable[[Env], None]:
+    """Setup: the team's folder, then one edit to it (made before the snapshot: it is the user's file)."""
+    def setup(e: Env) -> None:
+        root = _team(e)
+        if edit is not None:
+            edit(root)
+    return setup
+
+
+def table(*extra: str, strict: bool = True) -> Callable[[Env], list[str]]:
+    def argv(e: Env) -> list[str]:
+        root = e.tmp / "team"
+        return ["prepare", "--format", "table", "--source", str(root), "--labels", str(root / "labels.csv"),
+                "--out", str(e.tmp / "cache-table"), "--image-size", "16", "--workers", "1",
+                "--set", "table.image_column=path", "--set", "table.class_columns=[Nodule, Effusion]",
+                "--set", f"table.boxes={root / 'boxes.csv'}", *(["--strict"] if strict else []),
+                *[x.format(root=root) for x in extra]]
+    return argv
+
+
+def _row(line: int, column: str, value: str) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        import csv
+
+        rows = list(csv.reader((root / "labels.csv").open()))
+        rows[line - 1][rows[0].index(column)] = value
+        with open(root / "labels.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+    return edit
+
+
+def _write(name: str, text: str) -> Callable[[Path], None]:
+    return lambda root: (root / name).write_text(text)
+
+
+COCO_WRONG_ID = json.dumps({"images": [{"id": 1, "file_name": "images/p00.png"}],
+                            "annotations": [{"image_id": 2, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+                            "categories": [{"id": 1, "name": "Nodule"}]})
+TABLE_CASES = [
+    Case("table-no-image-column", table("--set", "table.image_column=file", strict=False), "expected the columns",
+         setup=_team),
+    Case("table-class-column-missing", table("--set", "table.class_columns=[Nodule, Tumour]", strict=False),
+         "missing 'Tumour'", setup=_team),
+    Case("table-two-label-forms", table("--set", "table.labels_column=findings", strict=False), "not both",
+         setup=_team),
+    Case("table-labels-file-missing", lambda e: [a.replace("labels.csv", "nothere.csv") for a in table()(e)],
+         "nothere.csv", setup=_team),
+    Case("table-label-value-2", table(), "holds '2', not 1, 0, blank or -1", setup=team_with(_row(2, "Nodule", "2"))),
+    Case("table-label-value-maybe", table(), "holds 'maybe'", setup=team_with(_row(3, "Effusion", "maybe"))),
+    Case("table-path-escapes", table(), "escapes the source folder",
+         setup=team_with(_row(3, "path", "../../etc/passwd"))),
+    Case("table-absolute-path-outside", table(), "escapes the source folder",
+         setup=team_with(_row(4, "path", "/etc/passwd"))),
+    Case("table-image-missing", table(), "image not found under the source",
+         setup=team_with(_row(4, "path", "images/none.png"))),
+    Case("table-box-unknown-class", table(),
+         "unknown class 'Tumour'", setup=team_with(_write("boxes.csv", "image,class,x1,y1,x2,y2\nimages/p00.png,Tumour,1,1,5,5\n"))),
+    Case("table-box-other-image-size",
+         table("--set", "table.box_size_columns=[w, h]",
+               ),
+         "drawn on a 512x512 image but the image is 50x40", setup=team_with(_write("boxes.csv", "image,class,x1,y1,x2,y2,w,h\nimages/p00.png,Nodule,1,1,5,5,512,512\n"))),
+    Case("table-coco-image-id-unmatched", table("--set", "table.coco={root}/coco.json",
+                                                ),
+         "image id 2 is not among its images", setup=team_with(_write("coco.json", COCO_WRONG_ID))),
+]
+CASES += TABLE_CASES
+
+
 def test_the_catalogue_has_at_least_95_cases():
     assert len(CASES) >= 95 and len({c.id for c in CASES}) == len(CASES)
 

@@ -91,6 +91,10 @@ def test_training_on_two_caches_logs_val_auc_per_source(two_caches, tmp_path):
     assert done.exit_code == 0, done.output
     report = json.loads(next((tmp_path / "two" / "eval" / "external").glob("*/test.json")).read_text())
     assert report["scored_classes"] == ["Nodule", "Mass", "Effusion", "Consolidation"]
+    shown = runner.invoke(app, ["report", str(tmp_path / "two"), "--gallery", "0"])
+    assert shown.exit_code == 0, shown.output
+    html = (tmp_path / "two" / "report.html").read_text()
+    assert "Val macro AUC per source" in html and ">v2<" in html and ">cxd<" in html
 
 
 def test_source_weights_decide_each_sources_share(two_caches):

@@ -138,8 +138,12 @@ def training_section(loaded: LoadedRun) -> str:
     if not curves.is_file() and history:
         plot_training_curves(history, curves)
     best = max(history, key=lambda h: h.get("val_auc") or -1) if history else {}
+    sources = [k for k in best if k.startswith("val_auc_") and k not in ("val_auc_plain", "val_auc_swapped")]
+    per_source = ("" if not sources else "<p>Val macro AUC per source at that epoch (each cache's own val):</p>"
+                  + table(["source", "val macro AUC"], [[k[len("val_auc_"):], best[k]] for k in sources]))
     return (f"<p>{len(history)} epoch(s); best val macro AUC {fmt(best.get('val_auc'))} at epoch "
-            f"{best.get('epoch', '–')}.</p>" + (img(png_uri(curves), "training curves") if curves.is_file() else ""))
+            f"{best.get('epoch', '–')}.</p>" + per_source
+            + (img(png_uri(curves), "training curves") if curves.is_file() else ""))
 
 
 def results_section(report: dict[str, Any] | None) -> str:
