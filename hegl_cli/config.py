@@ -409,7 +409,10 @@ def _keep_text_for_strings(key: str, value: Any, raw: str) -> Any:
     """A ``--set`` value for a string field keeps the user's text (``--set data.path=2024``)."""
     section, _, name = key.partition(".")
     sections = _sections()
-    if section in sections and _field_types(sections[section]).get(name) is str and not isinstance(value, str):
+    tp = _field_types(sections[section]).get(name) if section in sections else None
+    options = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else ()
+    takes_text = tp is str or (str in options and all(o is str or typing.get_origin(o) is list for o in options))
+    if takes_text and not isinstance(value, (str, list)):
         return raw
     return value
 
