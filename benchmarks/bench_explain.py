@@ -45,7 +45,7 @@ def main() -> None:
     print(f"demo model ({cfg.model.encoder}, {cfg.data.image_size} px, {len(classes)} classes), one image, "
           f"{torch.get_num_threads()} threads; forward {forward * 1000:.1f} ms")
     for method in parse_methods(args.methods):
-        t = seconds(lambda: explain_batch(model, image, list(range(len(classes))), method), args.repeats)
+        t = seconds(lambda m=method: explain_batch(model, image, list(range(len(classes))), m), args.repeats)
         print(f"  {method:17s} {t:7.3f} s   {t / forward:7.1f}x the forward")
 
 
