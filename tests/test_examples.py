@@ -48,3 +48,23 @@ def test_cue_diagnosis_toggling_every_cue_reproduces_the_twin(trained_run, membe
 
     twin_reliance = float(np.abs(probs("image") - probs("twin")).mean())
     assert result["all"]["mean"] == pytest.approx(twin_reliance, abs=1e-6)
+
+
+def test_methods_table_gives_mean_and_std_over_seeds_per_cell_and_method(tmp_path):
+    """Two seeds of one cell: the row holds their mean ± std (ddof 1) and counts the flagged seeds."""
+    import json
+
+    table = _load("methods_table")
+    for seed, (energy, flagged) in enumerate([(0.2, True), (0.4, False)]):
+        run = tmp_path / f"a1_b0_s{seed}" / "eval"
+        run.mkdir(parents=True)
+        methods = {"ig": {"energy_in_mask": energy, "energy_uniform": 0.1, "pointing_game": 1.0,
+                          "deletion_gain": 0.01 * seed, "insertion_gain": 0.0}}
+        sanity = {"ig": {"final_similarity": 0.9, "flagged": flagged}}
+        (run / "test.json").write_text(json.dumps({"methods": {"methods": methods}, "sanity": {"methods": sanity}}))
+    (tmp_path / "latest").symlink_to(tmp_path / "a1_b0_s0")
+    rows = table.run_rows(tmp_path)
+    assert [(r["cell"], r["seed"]) for r in rows] == [("a1_b0", 0), ("a1_b0", 1)]
+    line = table.table(rows).splitlines()[-1]
+    assert line == ("| a1_b0 | ig | 2 | 0.300 ± 0.141 (0.100 ± 0.000) | 1.000 ± 0.000 | 0.005 ± 0.007 "
+                    "| 0.000 ± 0.000 | 0.900 ± 0.000 (1/2) |")
