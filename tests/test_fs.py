@@ -122,6 +122,34 @@ def test_readers_share_a_lock_and_a_writer_waits_for_none_of_them(tmp_path):
     assert lock.is_file()  # never deleted
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_lock_never_writes_through_a_link_or_over_a_users_file(tmp_path, shared):
+    """A symbolic link or a file of the user's where hegl keeps a lock: refused, its bytes kept."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("my notes")
+    link = tmp_path / ".syn.lock"
+    link.symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        FolderLock(link, "prepared cache syn", shared=shared).acquire()
+    link.unlink()
+    link.write_text("notes of mine")
+    with pytest.raises(UserError, match="not a hegl lock file"):
+        FolderLock(link, "prepared cache syn", shared=shared).acquire()
+    assert victim.read_text() == "my notes" and link.read_text() == "notes of mine"
+    link.write_text("")  # an empty file holds nothing to lose: hegl may use it
+    FolderLock(link, "prepared cache syn", shared=shared).acquire().release()
+    FolderLock(link, "prepared cache syn", shared=shared).acquire().release()  # and its own file again
+
+
+def test_a_reader_leaves_no_lock_file_beside_a_folder_that_is_not_a_cache(tmp_path):
+    from hegl_cli.data.cache import cache_lock
+
+    (tmp_path / "userdir").mkdir()
+    with pytest.raises(UserError, match="no prepared dataset at"):
+        cache_lock(tmp_path / "userdir", shared=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["userdir"]
+
+
 def test_a_reader_of_a_read_only_folder_needs_no_lock_file(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()

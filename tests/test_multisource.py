@@ -91,6 +91,10 @@ def test_training_on_two_caches_logs_val_auc_per_source(two_caches, tmp_path):
     assert done.exit_code == 0, done.output
     report = json.loads(next((tmp_path / "two" / "eval" / "external").glob("*/test.json")).read_text())
     assert report["scored_classes"] == ["Nodule", "Mass", "Effusion", "Consolidation"]
+    # without --data: the first source, scored the same way (this was exit 1, a TypeError)
+    first = runner.invoke(app, ["evaluate", str(tmp_path / "two"), "--no-faithfulness"])
+    assert first.exit_code == 0, first.output
+    assert "scored on" in first.output
     shown = runner.invoke(app, ["report", str(tmp_path / "two"), "--gallery", "0"])
     assert shown.exit_code == 0, shown.output
     html = (tmp_path / "two" / "report.html").read_text()

@@ -83,6 +83,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
         report.update(methods_section(loaded.model, cached, methods, cfg, loaded.device, sanity, log))
     run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
     site = external_name(loaded.data) if loaded.external else None
+    report["site"] = site  # where eval/external/<site>/ keeps it (None: the run's own cache)
     where = {kind: path.relative_to(run_folder.path) for kind, path in run_folder.eval_files(split, site).items()}
     outputs.write_json(where["report"], report)
     outputs.write(where["table"], lambda tmp: write_per_class_csv(tmp, report))

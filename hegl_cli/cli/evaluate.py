@@ -52,7 +52,7 @@ def evaluate(
     --config/--set may change eval.* keys (bootstrap, top_share, faithfulness_images, ...).
     """
     from hegl_cli.apps.evaluate import evaluate_run
-    from hegl_cli.engine.run_folder import RunFolder, external_name, resolve_run
+    from hegl_cli.engine.run_folder import RunFolder, resolve_run
     from hegl_cli.models.explainers import parse_methods
 
     chosen = parse_methods(methods) if methods else None
@@ -62,9 +62,9 @@ def evaluate(
     for line in report.get("warnings", []):
         info(f"warning: {line}", style="yellow")
     print_evaluation(report)
-    site = external_name(data) if report.get("external") else None
+    site = report.get("site")
     if site is not None:
-        info(f"scored on {data}: {', '.join(report['scored_classes'])}; not scored: "
+        info(f"scored on {report.get('data')}: {', '.join(report['scored_classes'])}; not scored: "
              f"{', '.join(report['not_scored']['model_only'] + report['not_scored']['data_only']) or 'none'}")
     files = RunFolder(folder).eval_files(split, site)
     if report.get("methods"):

@@ -41,7 +41,10 @@ def lock_path(cache: Path) -> Path:
 
 
 def cache_lock(cache: Path, shared: bool = False) -> FolderLock:
-    """Exclusive for `hegl prepare` writing ``cache``; shared for every command that reads it."""
+    """Exclusive for `hegl prepare` writing ``cache``; shared for every command that reads it (only a
+    folder that is a prepared cache: a reader leaves no lock file beside anything else)."""
+    if shared and not (Path(cache) / MANIFEST).is_file():
+        raise UserError(f"no prepared dataset at {cache} (missing {MANIFEST}); run `hegl prepare` first")
     return FolderLock(lock_path(cache), f"prepared cache {cache}" if shared else f"prepare output {cache}", shared)
 
 

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ class FolderLock:
         try:
             if not self.shared:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")
+            handle = open_lock_file(self.path)
         except OSError as exc:
             if self.shared and (exc.errno in READ_ONLY_ERRORS or exc.errno == errno.ENOENT):
                 return self
@@ -93,6 +94,40 @@ class FolderLock:
         self.release()
 
 
+def open_lock_file(path: Path):
+    """Open (or create) the lock file at ``path`` for reading and writing, never through a symbolic
+    link, and only when it is hegl's: empty, or naming a holder as :func:`_write_holder` does. Anything
+    else there is the user's and is refused in one line, untouched."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():
+            raise UserError(f"{path} is a symbolic link where hegl keeps a lock file; hegl never writes "
+                            "through one: remove it") from None
+        raise
+    handle = os.fdopen(fd, "r+")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a file; hegl keeps a lock file there: move it")
+        text = handle.read(4097)
+        if text.strip() and not _is_holder(text):
+            raise UserError(f"{path} is not a hegl lock file (it holds other data); it was left alone: move it")
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _is_holder(text: str) -> bool:
+    """Whether ``text`` is what :func:`_write_holder` writes."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(info, dict) and {"pid", "host"} <= set(info)
+
+
 def _write_holder(handle) -> None:
     """Name this process in the lock file (readers sharing a lock may overwrite each other: any of them
     is a fair answer to "who holds it")."""
@@ -108,9 +143,9 @@ def _write_holder(handle) -> None:
 
 def is_locked(path: Path) -> bool:
     """Whether another process holds the lock at ``path`` (shared or exclusive) right now."""
-    if fcntl is None or not Path(path).is_file():
+    if fcntl is None or Path(path).is_symlink() or not Path(path).is_file():
         return False
-    with open(path, "a+") as handle:
+    with open(path) as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
