@@ -13,6 +13,7 @@ from test_fault_catalogue import RECORDS, make_source, write_png
 from typer.testing import CliRunner
 
 from hegl_cli.cli.app import app
+from hegl_cli.errors import UserError
 
 runner = CliRunner()
 
@@ -40,16 +41,45 @@ def test_a_killed_prepare_leaves_nothing_that_lasts(tmp_path, monkeypatch):
     dead.wait()  # a pid that no longer runs
     stale = tmp_path / "data" / f"synthetic.partial-{dead.pid}"
     stale.mkdir(parents=True)
+    (stale / ".hegl-partial").write_text(str(dead.pid))  # what prepare writes first into its partial
     (stale / "images.npy").write_bytes(b"half")
     alive = tmp_path / "data" / f"synthetic.partial-{os.getpid()}x"  # not ours to judge: left alone
     alive.mkdir()
+    users = tmp_path / "data" / f"synthetic.partial-{dead.pid + 100000}"  # named like one, without the marker
+    users.mkdir()
+    (users / "mine.txt").write_text("mine")
     result = runner.invoke(app, ["-q", "prepare", "--image-size", "32", "--workers", "1", "--set",
                                  "data.synthetic_train=16", "--set", "data.synthetic_test=4", "--set",
                                  "data.synthetic_source_size=64"])
     assert result.exit_code == 0, result.output
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and (users / "mine.txt").read_text() == "mine"
     # the lock file stays (a lock file is never deleted: issue 21)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".synthetic.lock", "synthetic", alive.name]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted([".synthetic.lock", "synthetic",
+                                                                             alive.name, users.name])
+
+
+def test_force_keeps_what_the_user_put_in_a_cache_or_a_run(tmp_path, monkeypatch, trained_run):
+    """--force replaces what hegl made and nothing else: a user's file inside the folder is refused, kept."""
+    monkeypatch.chdir(tmp_path)
+    args = ["-q", "prepare", "--image-size", "32", "--workers", "1", "--set", "data.synthetic_train=16",
+            "--set", "data.synthetic_test=4", "--set", "data.synthetic_source_size=64"]
+    assert runner.invoke(app, args).exit_code == 0
+    notes = tmp_path / "data" / "synthetic" / "train" / "notes.txt"
+    notes.write_text("mine")
+    again = runner.invoke(app, args + ["--force", "--set", "data.seed=3"])
+    assert again.exit_code == 2 and "train/notes.txt, which hegl did not write" in again.output
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    assert runner.invoke(app, args + ["--force", "--set", "data.seed=3"]).exit_code == 0
+
+    from hegl_cli.engine.run_folder import open_new_run
+
+    (trained_run / "analysis").mkdir()
+    (trained_run / "analysis" / "plot.py").write_text("print(1)")
+    with pytest.raises(UserError, match="holds analysis, which hegl did not make"):
+        open_new_run(trained_run.name, trained_run.parent, force=True)
+    assert (trained_run / "analysis" / "plot.py").read_text() == "print(1)"
+    assert (trained_run / "best.safetensors").is_file()
 
 
 # --- issue 21: a cache knows what it was made from -------------------------------------------------

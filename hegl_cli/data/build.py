@@ -32,12 +32,15 @@ from hegl_cli import __version__
 from hegl_cli.config import DataConfig
 from hegl_cli.data.cache import (
     MANIFEST,
+    PARTIAL_MARKER,
     SKIPPED,
     SplitWriter,
     cache_lock,
+    foreign_files,
     intensity_rule_of,
     pack_masks,
     read_manifest,
+    write_inventory,
 )
 from hegl_cli.data.dicom import dicom_metadata
 from hegl_cli.data.formats import format_classes
@@ -348,13 +351,19 @@ def build_cache(
     with cache_lock(out):
         remove_stale_partials(out)
         partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
+        if (partial / PARTIAL_MARKER).is_file() and not partial.is_symlink():
+            shutil.rmtree(partial)  # a killed prepare's, under this pid (we hold the lock: no other runs)
+        elif partial.exists() or partial.is_symlink():
+            raise UserError(f"{partial} exists and is not a folder prepare left; it was left alone: move it")
         partial.mkdir(parents=True)
+        (partial / PARTIAL_MARKER).write_text(str(os.getpid()))
         try:
             if before_build is not None:
                 before_build(partial)
             result = _build_into(fmt, sources, partial, out, options, classes, source_description, extra_manifest,
                                  reader_problems, identity)
+            (partial / PARTIAL_MARKER).unlink()
+            write_inventory(partial)
             commit_cache(partial, out, replace_cache=options.force or stale)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -394,6 +403,11 @@ def check_output_folder(out: Path, inputs: list[Path], replace_cache: bool) -> N
     if not is_hegl_cache(out):
         raise UserError(f"{out} exists and is not a hegl cache (no {MANIFEST} from `hegl prepare`); it was "
                         "left alone, --force included: choose another --out")
+    foreign = foreign_files(out)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UserError(f"{out} holds {foreign[0].relative_to(out)}{more}, which hegl did not write; it was left "
+                        "alone, --force included: move it out of the cache, or choose another --out")
     if not replace_cache:
         rule = intensity_rule_of(read_manifest(out))
         why = (f" (its images were read under intensity rule {rule}; this hegl reads them under rule {INTENSITY_RULE})"
@@ -441,7 +455,9 @@ def remove_stale_partials(out: Path) -> list[Path]:
     removed = []
     for leftover in out.parent.glob(f"{out.name}.*-*"):
         kind, _, pid = leftover.name[len(out.name) + 1 :].partition("-")
-        if kind in ("partial", "old") and pid.isdigit() and leftover.is_dir() and not pid_alive(int(pid)):
+        ours = (leftover / PARTIAL_MARKER).is_file() if kind == "partial" else is_hegl_cache(leftover)
+        if (kind in ("partial", "old") and pid.isdigit() and leftover.is_dir() and not leftover.is_symlink()
+                and ours and not pid_alive(int(pid))):
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
     return removed

@@ -32,6 +32,27 @@ from hegl_cli.fs.tables import read_json
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.txt"  # one line per record or image the prepare left out, and why
 METADATA = "metadata.json"  # per split: {column: one value per image} (sex, age, view, site, ...)
+INVENTORY = "inventory.txt"  # every file prepare wrote into the cache, one relative path per line
+PARTIAL_MARKER = ".hegl-partial"  # in <out>.partial-<pid> while prepare fills it
+
+
+def write_inventory(folder: Path) -> None:
+    """Record every file now in the cache ``folder`` (relative POSIX paths) as prepare's own."""
+    folder = Path(folder)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    (folder / INVENTORY).write_text("".join(n + "\n" for n in names if n not in (INVENTORY, PARTIAL_MARKER)))
+
+
+def foreign_files(cache: Path) -> list[Path]:
+    """Files in ``cache`` that prepare did not write (a user's notes, a renamed copy): what ``--force``
+    must keep. A cache from before the inventory has none to compare against: nothing is foreign."""
+    cache = Path(cache)
+    listed = cache / INVENTORY
+    if not listed.is_file():
+        return []
+    ours = set(listed.read_text().splitlines()) | {INVENTORY}
+    return sorted(p for p in cache.rglob("*") if (p.is_file() or p.is_symlink())
+                  and p.relative_to(cache).as_posix() not in ours)
 
 
 def lock_path(cache: Path) -> Path:

@@ -151,6 +151,23 @@ class RunFolder(HeglFolder):
         return self.path / "cell.json"
 
     # -- the folder as a whole --------------------------------------------------------------
+    def top_level_names(self) -> set[str]:
+        """Every name hegl puts directly in a run folder (files, and the folders it fills)."""
+        files = [self.marker, self.lock_file, self.config, self.state, self.metrics, self.history, self.curves,
+                 self.tensorboard, self.explain_dir, self.report, self.cell, self.eval_report("test").parent,
+                 *robustness_files(self.path), *(p for w in ("best", "last") for p in (self.weights(w), self.meta(w)))]
+        return {p.name for p in files}
+
+    def foreign_entries(self) -> list[Path]:
+        """What lies in the run folder that hegl does not make there (a user's notes, a plot script):
+        ``--force`` keeps them, so it refuses while they are there. An unfinished atomic write
+        (``.<name>.*.tmp``) is hegl's."""
+        if not self._is_folder():
+            return []
+        known = self.top_level_names()
+        return sorted(p for p in self.path.iterdir() if p.name not in known
+                      and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+
     def is_hegl_run(self) -> bool:
         """A folder hegl made for a run (0.1.0 runs, made before the marker, have a config and a state)."""
         return self._is_folder() and (self.marker.is_file() or (self.config.is_file() and self.state.is_file()))
@@ -348,6 +365,11 @@ def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = Fals
         if left and not existed:
             raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
                             "start it over, or another --name")
+        foreign = run.foreign_entries()
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise UserError(f"run folder {path} holds {foreign[0].name}{more}, which hegl did not make; --force "
+                            "never deletes what hegl did not make: move it out, or choose another --name")
         for entry in left:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         run.write_marker()
