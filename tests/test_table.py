@@ -67,7 +67,7 @@ def as_table_and_coco(root: Path, subset: dict[str, list[dict]]) -> tuple[Path, 
         writer.writerow(["image", "findings", "split"])
         for split, records in subset.items():
             for r in records:
-                writer.writerow([f"{split}/{r['file_name']}", "|".join(dict.fromkeys(r["syms"])), split])
+                writer.writerow([f"{split}/{r['file_name']}", "|".join(dict.fromkeys(r["syms"])) or "No Finding", split])
     categories = [{"id": k, "name": name} for k, name in enumerate(CHESTXDET_CLASSES)]
     images, annotations = [], []
     for split, records in subset.items():
@@ -194,6 +194,10 @@ def _table_cmd(tmp_path: Path, *extra: str) -> list[str]:
     (("--set", "table.image_column=file"), "expected the columns"),
     (("--set", "table.class_columns=[Nodule, Tumour]"), "missing 'Tumour'"),
     (("--set", "table.labels_column=findings"), "not both"),
+    (("--set", "table.separator=", "--set", "table.class_columns=[]", "--set", "table.labels_column=Nodule"),
+     "'table.separator' is empty"),
+    (("--set", "table.box_size_columns=[w]"), "'table.box_size_columns' names 1 column(s)"),
+    (("--set", "table.metadata_columns={sex: 1}"), "'table.metadata_columns' maps 'sex' to 1"),
 ])
 def test_a_table_that_cannot_be_read_is_one_line(tmp_path, change, message):
     result = runner.invoke(app, [*_table_cmd(tmp_path), *change])
@@ -230,3 +234,55 @@ def _edit_row(root: Path, line: int, column: str, value: str) -> None:
     rows[line - 1][rows[0].index(column)] = value
     with open(root / "labels.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
+
+
+def test_an_image_under_two_names_stays_in_one_split_and_a_link_out_of_the_source_is_skipped(tmp_path):
+    """A symbolic link and a hard link to one image, listed in train and in test, are one image (its
+    first place kept); a link to a file outside --source is not read, for images and mask images."""
+    import os
+
+    args = _table_cmd(tmp_path, "--set", "table.split_column=split")
+    root = tmp_path / "team"
+    os.symlink(root / "images" / "p00.png", root / "images" / "alias00.png")
+    os.link(root / "images" / "p02.png", root / "images" / "hard02.png")
+    outside = tmp_path / "secret.png"
+    Image.new("L", (50, 40), 200).save(outside)
+    os.symlink(outside, root / "images" / "link.png")
+    (root / "masks" / "Nodule").mkdir(parents=True)
+    os.symlink(outside, root / "masks" / "Nodule" / "p03.png")
+    rows = list(csv.reader((root / "labels.csv").open()))
+    rows[0].append("split")
+    for row in rows[1:]:
+        row.append("train")
+    rows += [["images/alias00.png", "1", "0", "Q1", "F", "north", "test"],
+             ["images/hard02.png", "0", "0", "Q2", "F", "north", "test"],
+             ["images/link.png", "0", "0", "Q3", "F", "north", "test"],
+             ["images/p04.png", "0", "0", "Q4", "F", "north", "test"]]
+    with open(root / "labels.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    result = runner.invoke(app, [*args, "--set", f"table.masks={root / 'masks'}"])
+    assert result.exit_code == 0, result.output
+    test = CachedSplit(tmp_path / "c", "test")
+    train_files = {Path(f).name for s in ("train", "val") for f in CachedSplit(tmp_path / "c", s).files}
+    assert "p00.png" in train_files and "p02.png" in train_files
+    assert {Path(f).name for f in test.files}.isdisjoint({"alias00.png", "hard02.png", "link.png"})
+    skipped = (tmp_path / "c" / "skipped.txt").read_text()
+    assert "alias00.png: the same image is listed also in split 'train' (as images/p00.png)" in skipped
+    assert "hard02.png: the same image is listed also in split 'train' (as images/p02.png)" in skipped
+    assert "image escapes the source folder: images/link.png" in skipped
+    assert "p03.png: a link that leads outside" in skipped
+
+
+@pytest.mark.parametrize("cell", ["", "nan", "-1"])
+def test_a_findings_cell_that_says_nothing_is_skipped_not_negative(tmp_path, cell):
+    root = own_dataset(tmp_path / "team")
+    rows = [["path", "findings"]] + [[f"images/p{i:02d}.png", "Nodule" if i % 4 == 0 else "No Finding"]
+                                     for i in range(0, 24, 2)]
+    rows[3][1] = cell
+    with open(root / "findings.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    manifest = prepare("--format", "table", "--source", str(root), "--labels", str(root / "findings.csv"),
+                       "--out", str(tmp_path / "c"), "--set", "table.image_column=path",
+                       "--set", "table.labels_column=findings")
+    assert manifest["classes"] == ["Nodule"] and sum(manifest["splits"].values()) == 11
+    assert "images/p04.png" in (tmp_path / "c" / "skipped.txt").read_text()

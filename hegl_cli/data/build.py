@@ -236,21 +236,43 @@ def decode_split(
 
 
 # --- the dataset checked as a whole ------------------------------------------------------------------
+def image_identity(images: Path, file_name: str) -> tuple[int, int] | str | None:
+    """What makes two listed images the same file: (device, inode) of the file a name resolves to, so
+    a symbolic or hard link under another name is the same image; the normalised path when there is
+    no file (decoding names it). None when the name resolves outside ``images`` (a link that leaves it)."""
+    path = Path(images) / file_name
+    try:
+        real = path.resolve(strict=True)
+        root = Path(images).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return os.path.normpath(os.path.abspath(path))
+    if root not in real.parents:
+        return None
+    info = real.stat()
+    return info.st_dev, info.st_ino
+
+
 def one_split_per_image(plan: list[tuple[str, SplitSource, list[Record]]], problems: list[str]
                         ) -> list[tuple[str, SplitSource, list[Record]]]:
-    """Each image file in one split only (its first place, the others named), whatever the format."""
-    seen: dict[str, str] = {}
+    """Each image file in one split only (its first place, the others named), whatever the format and
+    whatever name or link it is listed under; a link that leads out of the images folder is skipped."""
+    seen: dict[tuple[int, int] | str, tuple[str, str]] = {}
     kept_plan = []
     for name, src, records in plan:
         kept = []
         for record in records:
-            key = os.path.normpath(os.path.abspath(src.images / record.file_name))
-            if key in seen:
-                where = "again" if seen[key] == name else f"also in split '{seen[key]}'"
-                problems.append(f"{src.name}: {record.file_name}: the same image is listed {where}; its first "
-                                "place is kept")
+            key = image_identity(src.images, record.file_name)
+            if key is None:
+                problems.append(f"{src.name}: {record.file_name}: a link that leads outside {src.images}; skipped")
                 continue
-            seen[key] = name
+            if key in seen:
+                first_split, first_name = seen[key]
+                where = "again" if first_split == name else f"also in split '{first_split}'"
+                alias = "" if first_name == record.file_name else f" (as {first_name})"
+                problems.append(f"{src.name}: {record.file_name}: the same image is listed {where}{alias}; its "
+                                "first place is kept")
+                continue
+            seen[key] = (name, record.file_name)
             kept.append(record)
         kept_plan.append((name, src, kept))
     return kept_plan

@@ -59,10 +59,12 @@ class ImageLocator:
             if relative is None:
                 return None
         if (self.source / relative).is_file():
-            return relative
-        if len(PurePosixPath(relative).parts) == 1:
-            return self.by_name().get(relative)
-        return None
+            found: str | None = relative
+        else:
+            found = self.by_name().get(relative) if len(PurePosixPath(relative).parts) == 1 else None
+        if found is None or self.source not in (self.source / found).resolve().parents:
+            return None  # not there, or a link that leads out of the source
+        return found
 
     def by_name(self) -> dict[str, str | None]:
         if self._by_name is None:
@@ -88,7 +90,15 @@ def _row_labels(row: dict[str, str], cfg: TableConfig, classes: list[str]) -> tu
             elif value not in NEGATIVE:
                 raise ValueError(f"column {column!r} holds {row[column]!r}, not 1, 0, blank or -1")
         return positive, unknown
-    found = {canonical(v) for v in row[cfg.labels_column].split(cfg.separator) if v.strip()}
+    cell = row[cfg.labels_column]
+    values = [v.strip() for v in cell.split(cfg.separator) if v.strip()]
+    if not values:
+        raise ValueError(f"column {cfg.labels_column!r} is empty (an image without findings says "
+                         f"{cfg.no_finding!r})")
+    unreadable = [v for v in values if v.lower() in UNKNOWN]
+    if unreadable:
+        raise ValueError(f"column {cfg.labels_column!r} holds {unreadable[0]!r}, which is no finding")
+    found = {canonical(v) for v in values}
     return found & set(classes), set()  # a finding outside data.classes is left out, as for every format
 
 
@@ -107,7 +117,8 @@ def table_classes(cfg: TableConfig, wanted: list[str]) -> list[str]:
     seen: dict[str, None] = {}
     for row in table.dicts():
         for value in row[cfg.labels_column].split(cfg.separator):
-            if value.strip() and canonical(value) != canonical(cfg.no_finding):
+            if (value.strip() and value.strip().lower() not in UNKNOWN
+                    and canonical(value) != canonical(cfg.no_finding)):
                 seen[canonical(value)] = None
     return list(seen)
 
@@ -155,8 +166,9 @@ def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: li
             continue
         located = locate(key) if key else None
         if located is None:
-            why = "escapes the source folder" if key and locate(key) is None and (
-                Path(key).is_absolute() or safe_file_name(key) is None) else "not found under the source"
+            why = "escapes the source folder" if key and (
+                Path(key).is_absolute() or safe_file_name(key) is None or (source / key).is_file()) else \
+                "not found under the source"
             problems.append(f"image {why}: {key} ({path.name}, line {line})")
             continue
         patient = row[cfg.patient_column].strip() if cfg.patient_column else ""
@@ -185,8 +197,6 @@ def read_boxes(cfg: TableConfig, records: Labels, classes: list[str], problems: 
     path = _user_path(cfg.boxes, "table.boxes")
     columns = {cfg.box_image_column, cfg.box_class_column, *cfg.box_columns, *cfg.box_size_columns}
     table = read_table(path, "boxes table", columns)
-    if len(cfg.box_columns) != 4:
-        raise UserError(f"config key 'table.box_columns' names {len(cfg.box_columns)} columns, not 4")
     for line, row in zip(table.lines, table.dicts()):
         where = f"{path.name}: line {line}"
         label = canonical(row[cfg.box_class_column])
@@ -255,10 +265,14 @@ def read_mask_folder(cfg: TableConfig, records: Labels, classes: list[str], prob
     stems = defaultdict(list)
     for key in records.records:
         stems[Path(key).stem].append(key)
+    real_root = root.resolve()
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         label = canonical(folder.name)
         for mask in sorted(p for p in folder.iterdir() if p.is_file()):
             where = f"{mask}"
+            if real_root not in mask.resolve().parents:
+                problems.append(f"{where}: a link that leads outside {root}; skipped")
+                continue
             if label not in classes:
                 problems.append(f"{where}: folder {folder.name!r} is no class of the table; skipped")
                 break
@@ -271,9 +285,25 @@ def read_mask_folder(cfg: TableConfig, records: Labels, classes: list[str], prob
     return root
 
 
+def check_table_config(cfg: TableConfig) -> None:
+    """The ``table.*`` keys that the types alone do not check, each refused in one line naming it."""
+    if not cfg.separator:
+        raise UserError("config key 'table.separator' is empty; the findings of one cell need a separator such as '|'")
+    if len(cfg.box_columns) != 4:
+        raise UserError(f"config key 'table.box_columns' names {len(cfg.box_columns)} columns, not 4")
+    if len(cfg.box_size_columns) not in (0, 2):
+        raise UserError(f"config key 'table.box_size_columns' names {len(cfg.box_size_columns)} column(s); it "
+                        "takes two, [width, height], or none")
+    for name, column in cfg.metadata_columns.items():
+        if not isinstance(name, str) or not isinstance(column, str) or not name.strip() or not column.strip():
+            raise UserError(f"config key 'table.metadata_columns' maps {name!r} to {column!r}; it takes "
+                            "{name: column} with both as text, e.g. {sex: Patient Sex}")
+
+
 def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: int = 0
                        ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path], list[str]]:
     """({split: records}, problems, the files read, the classes) of a table-described dataset."""
+    check_table_config(cfg)
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
     classes = table_classes(cfg, wanted)
