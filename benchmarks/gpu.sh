@@ -28,8 +28,9 @@ else
 fi
 common=(--set "data.image_size=$size" --set "model.text_encoder=$text" --set "model.pretrained=false" "${model[@]}")
 echo "== cache ($n_train + $n_test images at $size px; text encoder: $text)"
+# paper.yaml's val fraction (train refuses a config that says otherwise than its cache)
 hegl -q prepare --out "$out/cache" --image-size "$size" --force --set "data.synthetic_train=$n_train" \
-    --set "data.synthetic_test=$n_test" --set data.synthetic_source_size=256
+    --set "data.synthetic_test=$n_test" --set data.synthetic_source_size=256 --set data.val_fraction=0.1
 echo "== timed training window"
 python benchmarks/gpu_train.py --data "$out/cache" --seconds "$seconds" "${common[@]}" \
     --set "train.batch_size=$batch" --set train.workers=6 --set "train.device=$device" --json "$out/train.json"

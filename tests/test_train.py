@@ -558,3 +558,28 @@ def test_ablation_cells_that_differ_by_section_keep_their_own_run_folders():
     assert len({c.name for c in cells}) == 3 and cells[2].name == "a1_b1-ha_layers=all"
     with pytest.raises(UserError, match="would share the run folder"):
         parse_grid("1,1+data.classes=[A,B] 1,1+data.classes=[A;B]")
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("data.benchmark=inmask", "data.benchmark=v2 but data.benchmark is inmask"),
+    ("data.cue_free=true", "data.cue_free=False but data.cue_free is True"),
+    ("data.class_map={Nodule: Lump}", "data.class_map={} but data.class_map is {'Nodule': 'Lump'}"),
+    ("data.views=[PA]", "data.views=[] but data.views is ['PA']"),
+    ("data.val_fraction=0.3", "data.val_fraction=0.15 but data.val_fraction is 0.3"),
+])
+def test_a_prepare_setting_the_cache_was_not_made_with_is_refused_not_recorded(tiny_cache, tmp_path, setting, message):
+    """config.yaml is what was trained: a prepare-only key set at train that differs from the cache's
+    is refused in one line (it used to be recorded and ignored), and nothing is left behind."""
+    args = ["train", "--name", "r", "--runs-dir", str(tmp_path)]
+    for item in TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=1", setting]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_run_config_records_what_the_cache_was_prepared_with(trained_run, tiny_cache):
+    manifest = json.loads((tiny_cache / "manifest.json").read_text())
+    data = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]
+    assert data["val_fraction"] == manifest["prepared_with"]["val_fraction"]
+    assert data["benchmark"] == manifest["synthetic"]["benchmark"] and data["cue_free"] is False
