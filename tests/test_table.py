@@ -219,6 +219,17 @@ def test_a_table_that_cannot_be_read_is_one_line(tmp_path, change, message):
                                                                                "bbox": [1, 1, 4, 4]}],
                                                               "categories": [{"id": 1, "name": "Nodule"}]})),
      ("--set", "table.coco={root}/coco.json"), "image id 2 is not among its images"),
+    (lambda root: (root / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "images/p00.png", "width": 50, "height": 40}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4],
+                         "segmentation": {"size": [40, 50], "counts": [5, 5, 5]}}],
+        "categories": [{"id": 1, "name": "Nodule"}]})),
+     ("--set", "table.coco={root}/coco.json"), "annotation id 7: its RLE counts do not cover the 50x40 mask"),
+    (lambda root: (root / "coco.json").write_text(json.dumps({
+        "images": [{"id": 3, "file_name": "images/p00.png"}, {"id": 3, "file_name": "images/p02.png"}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 1, "name": "Nodule"}]})),
+     ("--set", "table.coco={root}/coco.json"), "image id 3 is given to more than one image"),
 ])
 def test_a_bad_row_or_annotation_is_named_and_skipped(tmp_path, edit, extra, message):
     args = _table_cmd(tmp_path, "--set", f"table.boxes={tmp_path / 'team' / 'boxes.csv'}")
@@ -286,3 +297,25 @@ def test_a_findings_cell_that_says_nothing_is_skipped_not_negative(tmp_path, cel
                        "--set", "table.labels_column=findings")
     assert manifest["classes"] == ["Nodule"] and sum(manifest["splits"].values()) == 11
     assert "images/p04.png" in (tmp_path / "c" / "skipped.txt").read_text()
+
+
+def test_compressed_rle_counts_read_as_pycocotools_writes_them():
+    """rle_string_counts (the check before pycocotools decodes) against pycocotools' own encoder on
+    random masks: the run lengths of each mask in COCO's column-major order."""
+    from pycocotools import mask as coco_mask
+
+    from hegl_cli.data.formats.table import check_coco_rle, rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8) * (trial % 5 != 0)
+        counts = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+        flat = mask.flatten(order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        expected = runs if flat[0] == 0 else [0, *runs]
+        assert rle_string_counts(counts) == expected
+        check_coco_rle({"size": [h, w], "counts": counts})
+        with pytest.raises(ValueError):
+            check_coco_rle({"size": [h + 1, w], "counts": counts})

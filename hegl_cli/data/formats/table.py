@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from hegl_cli.config import TableConfig
 from hegl_cli.data.pathologies import canonical
@@ -220,10 +221,21 @@ def read_coco(cfg: TableConfig, records: Labels, classes: list[str], problems: l
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
                                                                                      "categories")):
         raise UserError(f"{path}: not a COCO file (it needs lists of 'images', 'annotations' and 'categories')")
-    images = {im.get("id"): im for im in data["images"] if isinstance(im, dict)}
+    images: dict[Any, dict] = {}
+    repeated: set[Any] = set()
+    for im in data["images"]:
+        if isinstance(im, dict):
+            if im.get("id") in images:
+                repeated.add(im.get("id"))
+            images[im.get("id")] = im
+    for image_id in sorted(repeated, key=str):
+        problems.append(f"{path.name}: image id {image_id!r} is given to more than one image; its annotations "
+                        "are skipped")
+        del images[image_id]
     categories = {c.get("id"): canonical(str(c.get("name", ""))) for c in data["categories"] if isinstance(c, dict)}
     for number, ann in enumerate(data["annotations"]):
-        where = f"{path.name}: annotation {number}"
+        named = f"id {ann['id']!r}" if isinstance(ann, dict) and "id" in ann else f"#{number + 1} (no id)"
+        where = f"{path.name}: annotation {named}"
         if not isinstance(ann, dict) or ann.get("image_id") not in images:
             problems.append(f"{where}: image id {ann.get('image_id') if isinstance(ann, dict) else None!r} is not "
                             "among its images; skipped")
@@ -243,12 +255,53 @@ def read_coco(cfg: TableConfig, records: Labels, classes: list[str], problems: l
     return path
 
 
+def check_coco_rle(rle: dict) -> None:
+    """ValueError unless ``rle`` is a COCO RLE that describes exactly its ``size``: pycocotools decodes
+    a malformed one without a word (from memory it never wrote), so it is checked before."""
+    size = rle.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"its RLE size {size!r} is not [height, width]")
+    h, w = size
+    counts = rle.get("counts")
+    if isinstance(counts, str):
+        counts = rle_string_counts(counts)
+    if not isinstance(counts, list) or not counts:
+        raise ValueError("its RLE has no counts")
+    if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+        raise ValueError(f"its RLE counts do not cover the {w}x{h} mask (they must be non-negative and sum "
+                         f"to {h * w})")
+
+
+def rle_string_counts(text: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (COCO's own LEB128-like code: 5 bits a
+    character from '0', 0x20 = more follows, 0x10 in the last = negative; from the third count on,
+    each is stored as its difference to the count two before). ValueError for a truncated string."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("its compressed RLE counts end in the middle of a number")
+            chunk = ord(text[pos]) - 48
+            if not 0 <= chunk < 64:
+                raise ValueError(f"its compressed RLE counts hold {text[pos]!r}, which COCO's code never writes")
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            pos, shift = pos + 1, shift + 5
+            if not more and chunk & 0x10:
+                value |= -1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
 def _coco_findings(ann: dict, label: str, image: dict) -> list[Finding]:
     x, y, w, h = (float(v) for v in ann["bbox"])
     box = box_from_columns({"x": x, "y": y, "w": w, "h": h}, ("x", "y", "w", "h"), xywh=True)
     frame = (int(image["width"]), int(image["height"])) if "width" in image and "height" in image else None
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, dict):  # RLE, compressed or not
+        check_coco_rle(segmentation)
         return [Finding(label, box, coco_rle=segmentation, frame=frame)]
     if isinstance(segmentation, list) and segmentation:
         polygons = [list(zip(part[0::2], part[1::2])) for part in segmentation if isinstance(part, list)]
