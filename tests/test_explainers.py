@@ -125,6 +125,19 @@ def test_parse_methods():
 
     with pytest.raises(UserError, match="'lime'"):
         parse_methods("gradcam,lime")
+    with pytest.raises(UserError, match="--methods 'foo' is not a method"):
+        parse_methods("all,foo", "--methods")  # names the unknown one, not 'all'
+    assert parse_methods("gradcam,all") == list(METHODS)
+    for empty in ("", " , ", "attention,"):
+        with pytest.raises(UserError, match="names no method|empty name"):
+            parse_methods(empty)
+
+
+def test_evaluate_refuses_an_empty_methods_list(trained_run):
+    from hegl_cli.cli.app import app
+
+    bad = runner.invoke(app, ["evaluate", str(trained_run), "--methods", "", "--no-faithfulness"])
+    assert bad.exit_code == 2 and "--methods '' names no method" in bad.output
 
 
 # ---- metric definitions ---------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def ablation(
     from hegl_cli.models.explainers import parse_methods
 
     cells = parse_grid(grid)
-    chosen = parse_methods(methods) if methods else None
+    chosen = parse_methods(methods, "--methods") if methods is not None else None
     target = out_root / validate_run_name(name)
     if family is not None:
         if data is not None:

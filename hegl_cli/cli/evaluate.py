@@ -55,7 +55,7 @@ def evaluate(
     from hegl_cli.engine.run_folder import RunFolder, resolve_run
     from hegl_cli.models.explainers import parse_methods
 
-    chosen = parse_methods(methods) if methods else None
+    chosen = parse_methods(methods, "--methods") if methods is not None else None
     folder = resolve_run(run, runs_dir)
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
                           eval_layers(config, overrides), methods=chosen, sanity=sanity, log=info)

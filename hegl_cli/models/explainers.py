@@ -290,17 +290,21 @@ METHODS: dict[str, Explainer] = {
 }
 
 
-def parse_methods(text: str | list[str] | None) -> list[str]:
-    """``"gradcam,rollout"`` (or a list, or ``all``) -> method names; one line naming the unknown one."""
+def parse_methods(text: str | list[str] | None, option: str = "--method") -> list[str]:
+    """``"gradcam,rollout"`` (or a list, or ``all``, alone or with others) -> method names in order,
+    each once; one line naming ``option`` and the first name that is not a method (an empty one too)."""
     if text is None:
         return ["attention"]
-    items = [t.strip() for part in ([text] if isinstance(text, str) else text) for t in str(part).split(",") if t.strip()]
-    if items == ["all"]:
-        return list(METHODS)
-    unknown = [m for m in items if m not in METHODS]
-    if unknown or not items:
-        raise UserError(f"--method {unknown[0] if unknown else text!r}: methods are {', '.join(METHODS)} (or all)")
-    return list(dict.fromkeys(items))
+    items = [t.strip() for part in ([text] if isinstance(text, str) else text) for t in str(part).split(",")]
+    listing = f"methods are {', '.join(METHODS)} (or all)"
+    if not any(items):
+        raise UserError(f"{option} {text!r} names no method: {listing}")
+    if "" in items:
+        raise UserError(f"{option} {text!r} has an empty name between commas: {listing}")
+    unknown = [m for m in items if m not in METHODS and m != "all"]
+    if unknown:
+        raise UserError(f"{option} {unknown[0]!r} is not a method: {listing}")
+    return list(METHODS) if "all" in items else list(dict.fromkeys(items))
 
 
 def explain_batch(model: nn.Module, images: torch.Tensor, classes: list[int], method: str) -> Maps:
