@@ -319,3 +319,19 @@ def test_compressed_rle_counts_read_as_pycocotools_writes_them():
         check_coco_rle({"size": [h, w], "counts": counts})
         with pytest.raises(ValueError):
             check_coco_rle({"size": [h + 1, w], "counts": counts})
+
+
+def test_views_keep_the_chosen_views_and_a_cache_left_empty_is_refused(tmp_path):
+    """data.views keeps images whose view metadata is listed; when none is left, one line, exit 2 and
+    no cache (it used to write an empty cache with exit 0)."""
+    args = _table_cmd(tmp_path, "--set", "table.metadata_columns={view: site}")
+    kept = runner.invoke(app, [*args, "--set", "data.views=[north]"])
+    assert kept.exit_code == 0, kept.output
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert sum(manifest["splits"].values()) == 12
+    empty = runner.invoke(app, [*args[:args.index("--out") + 1], str(tmp_path / "d"), *args[args.index("--out") + 2:],
+                                "--set", "data.views=[PA]"])
+    lines = [line for line in empty.output.splitlines() if line.strip()]
+    assert empty.exit_code == 2 and len(lines) == 1 and "data.views=['PA'] left out all 24 image(s)" in lines[0], \
+        empty.output
+    assert not (tmp_path / "d").exists()

@@ -568,6 +568,10 @@ def _build_into(
     twins = _twins(extra_manifest)
     parsed, by_view = keep_views(parsed, options.views)
     plan = plan_splits(parsed, options, read_problems, twins)
+    if not any(records for _, _, records in plan):
+        why = (f"data.views={options.views} left out all {by_view} image(s) (their view is another, or unknown)"
+               if by_view else (read_problems[0] if read_problems else "no record"))
+        raise UserError(f"no image is left to prepare: {why}; nothing was written")
     if options.strict and read_problems:
         raise UserError(f"--strict: {read_problems[0]} ({len(read_problems)} problem(s) in all)")
     problems = list(read_problems)
