@@ -120,3 +120,31 @@ def test_family_ablation_summarises_shifted_ceiling_cost_and_margin(tmp_path):
         assert (out / name).is_file()
     refused = runner.invoke(app, args[:1] + ["--family", "v3"] + args[3:])
     assert refused.exit_code == 2 and "members are" in refused.output
+
+
+def test_messages_name_the_flag_and_the_fix(monkeypatch, tmp_path):
+    """--reference's error names --reference; a member cache prepared otherwise tells how to replace it
+    (ablation has no --force); source_weights with one cache says what is wrong."""
+    import hegl_cli.apps.prepare as prepare_app
+    from hegl_cli.apps.ablation import parse_grid
+    from hegl_cli.apps.family import ensure_cache, member_config
+    from hegl_cli.config import load_config
+    from hegl_cli.engine.train import source_sampling_weights
+    from hegl_cli.errors import UserError
+
+    with pytest.raises(UserError, match="^--reference cell 'foo'"):
+        parse_grid("foo", "--reference")
+
+    def refuse(*_, **__):
+        raise UserError("data/x already holds a dataset prepared from other inputs or settings; pass --force to replace it")
+
+    monkeypatch.setattr(prepare_app, "prepare", refuse)
+    cfg = member_config(load_config(None, []), "tags", True, tmp_path)
+    with pytest.raises(UserError, match=r"hegl prepare --set data.benchmark=tags --set data.cue_free=true --out .* --force"):
+        ensure_cache(cfg, progress=False)
+
+    class OneCache:
+        pass
+
+    with pytest.raises(UserError, match="data.path names one cache: leave data.source_weights unset"):
+        source_sampling_weights(OneCache(), [0.0])

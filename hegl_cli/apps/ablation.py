@@ -63,18 +63,18 @@ def _short_key(override: str) -> str:
     return override.strip() if shared else override.split(".", 1)[-1]
 
 
-def parse_grid(text: str) -> list[CellSpec]:
-    """``"0,0 1,0 0,1 1,1 1,1+loss.ha_layers=all"`` -> cells."""
+def parse_grid(text: str, option: str = "--grid") -> list[CellSpec]:
+    """``"0,0 1,0 0,1 1,1 1,1+loss.ha_layers=all"`` -> cells (``option`` names the flag in errors)."""
     cells = []
     for token in text.split():
         head, *overrides = token.split("+")
         try:
             alpha, beta = (float(v) for v in head.split(","))
         except ValueError:
-            raise UserError(f"--grid cell {token!r}: expected ALPHA,BETA[+section.key=value...]") from None
+            raise UserError(f"{option} cell {token!r}: expected ALPHA,BETA[+section.key=value...]") from None
         cells.append(CellSpec(alpha, beta, overrides))
     if not cells:
-        raise UserError("--grid is empty")
+        raise UserError(f"{option} is empty")
     by_name: dict[str, CellSpec] = {}
     for cell in cells:
         other = by_name.setdefault(cell.name, cell)

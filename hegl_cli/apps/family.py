@@ -66,7 +66,16 @@ def ensure_cache(cfg: Config, progress: bool) -> None:
     from hegl_cli.data.build import PrepareOptions
 
     options = PrepareOptions.from_config(cfg.data, workers=1, progress=progress)
-    prepare("synthetic", cfg, options, out=Path(cfg.data.path))
+    try:
+        prepare("synthetic", cfg, options, out=Path(cfg.data.path))
+    except UserError as exc:
+        if "pass --force" not in str(exc):
+            raise
+        flag = " --set data.cue_free=true" if cfg.data.cue_free else ""
+        raise UserError(f"{cfg.data.path} holds a cache of member {cfg.data.benchmark} prepared with other settings; "
+                        f"replace it with `hegl prepare --set data.benchmark={cfg.data.benchmark}{flag} --out "
+                        f"{cfg.data.path} --force` (and the same --set keys as this ablation), or choose another "
+                        "--data-root") from None
 
 
 def prepare_family_folder(out: Path) -> FamilyFolder:

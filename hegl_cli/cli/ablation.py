@@ -59,7 +59,7 @@ def ablation(
     if family is not None:
         if data is not None:
             raise UserError("--family prepares each member's cache under --data-root; --data is for one cache")
-        run_family_command(cfg, family, cells, seeds, target, parse_grid(reference)[0], cue_free, data_root, sigma)
+        run_family_command(cfg, family, cells, seeds, target, parse_grid(reference, "--reference")[0], cue_free, data_root, sigma)
         return
     table = run_ablation(cfg, cells, seeds, target, sigma, log=info, progress=not State.quiet, methods=chosen)
     header = ["cell", *[label for _, label in METRICS]]

@@ -102,7 +102,11 @@ def source_sampling_weights(split, shares: list[float]) -> np.ndarray | None:
         return None
     if sources is None or len(shares) != len(split.source_names):
         count = 1 if sources is None else len(split.source_names)
-        raise UserError(f"config key 'data.source_weights' has {len(shares)} value(s) for {count} cache(s) in data.path")
+        if count == 1:
+            raise UserError("config key 'data.source_weights' weighs the caches of a data.path list; data.path names "
+                            "one cache: leave data.source_weights unset")
+        raise UserError(f"config key 'data.source_weights' has {len(shares)} value(s) but data.path lists {count} "
+                        "caches: give one weight per cache")
     if sum(shares) <= 0:
         raise UserError("config key 'data.source_weights' must have a positive value")
     counts = np.bincount(sources, minlength=len(shares)).astype(float)
