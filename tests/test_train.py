@@ -583,3 +583,24 @@ def test_the_run_config_records_what_the_cache_was_prepared_with(trained_run, ti
     data = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]
     assert data["val_fraction"] == manifest["prepared_with"]["val_fraction"]
     assert data["benchmark"] == manifest["synthetic"]["benchmark"] and data["cue_free"] is False
+
+
+def test_background_swap_on_a_split_without_masks_is_refused():
+    """Finding-free images count as swappable (nothing to keep), so a cache with no mask at all used
+    to train "with" background swap that never changed an image."""
+    from types import SimpleNamespace
+
+    from hegl_cli.config import load_config
+    from hegl_cli.engine.train import check_augmentation
+    from hegl_cli.errors import UserError
+
+    labels = np.array([[0, 0], [1, 0], [0, 0]], dtype=np.float32)
+    no_masks = np.zeros((3, 2), dtype=bool)
+    dataset = SimpleNamespace(donors=np.array([0, 2]), swappable=np.array([True, False, True]),
+                              split=SimpleNamespace(has_mask=no_masks, labels=labels))
+    cfg = load_config(None, ["data.augment=background_swap"])
+    with pytest.raises(UserError, match="2 finding-free and 0 such images"):
+        check_augmentation(dataset, cfg)
+    dataset.split.has_mask = np.array([[False, False], [True, False], [False, False]])
+    dataset.swappable = np.array([True, True, True])
+    check_augmentation(dataset, cfg)

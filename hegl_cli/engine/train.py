@@ -298,10 +298,14 @@ def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
 def check_augmentation(dataset: XrayDataset, cfg: Config) -> None:
     """Refuse an augmentation that could never apply to this train split (the run would say it
     trained with it)."""
-    if cfg.data.augment == "background_swap" and (len(dataset.donors) == 0 or not dataset.swappable.any()):
+    if cfg.data.augment != "background_swap":
+        return
+    # a finding-free image is "swappable" too (nothing to keep), but swapping it changes nothing
+    useful = dataset.swappable & np.asarray(dataset.split.has_mask).any(1)
+    if len(dataset.donors) == 0 or not useful.any():
         raise UserError(f"{cfg.data.path}: data.augment=background_swap needs finding-free train images to take the "
-                        f"background from and images whose findings all have masks; this train split has "
-                        f"{len(dataset.donors)} finding-free and {int(dataset.swappable.sum())} such images "
+                        f"background from and images with masks whose findings all have one; this train split has "
+                        f"{len(dataset.donors)} finding-free and {int(useful.sum())} such images "
                         "(set data.augment=none)")
 
 
