@@ -236,35 +236,29 @@ def decode_split(
 
 
 # --- the dataset checked as a whole ------------------------------------------------------------------
-def image_identity(images: Path, file_name: str) -> tuple[int, int] | str | None:
+def image_identity(images: Path, file_name: str) -> tuple[int, int] | str:
     """What makes two listed images the same file: (device, inode) of the file a name resolves to, so
     a symbolic or hard link under another name is the same image; the normalised path when there is
-    no file (decoding names it). None when the name resolves outside ``images`` (a link that leaves it)."""
+    no file (decoding names it). Links are followed wherever they lead: the user made them (a source
+    folder of links to another disk is common); only names in annotation files are held inside."""
     path = Path(images) / file_name
     try:
-        real = path.resolve(strict=True)
-        root = Path(images).resolve(strict=True)
+        info = path.stat()
     except (OSError, RuntimeError):
         return os.path.normpath(os.path.abspath(path))
-    if root not in real.parents:
-        return None
-    info = real.stat()
     return info.st_dev, info.st_ino
 
 
 def one_split_per_image(plan: list[tuple[str, SplitSource, list[Record]]], problems: list[str]
                         ) -> list[tuple[str, SplitSource, list[Record]]]:
     """Each image file in one split only (its first place, the others named), whatever the format and
-    whatever name or link it is listed under; a link that leads out of the images folder is skipped."""
+    whatever name or link it is listed under."""
     seen: dict[tuple[int, int] | str, tuple[str, str]] = {}
     kept_plan = []
     for name, src, records in plan:
         kept = []
         for record in records:
             key = image_identity(src.images, record.file_name)
-            if key is None:
-                problems.append(f"{src.name}: {record.file_name}: a link that leads outside {src.images}; skipped")
-                continue
             if key in seen:
                 first_split, first_name = seen[key]
                 where = "again" if first_split == name else f"also in split '{first_split}'"
@@ -501,6 +495,12 @@ def class_names(classes: list[str], class_map: dict[str, str]) -> tuple[list[str
     (:mod:`hegl_cli.data.pathologies`), then renamed or merged by ``data.class_map`` (keys may be the
     original or the canonical name; merged classes keep the first one's place)."""
     mapping = {}
+    for key, value in class_map.items():
+        text = value if isinstance(value, str) else ""
+        if (not text.strip() or text.strip() in (".", "..") or any(ch in text for ch in "/\\")
+                or not text.isprintable()):
+            raise UserError(f"config key 'data.class_map': {key!r} -> {value!r} is not a class name (a name is "
+                            "printable text without '/' or '\\', e.g. {Pleural_Thickening: Thickening})")
     targets = {canonical(k): v for k, v in class_map.items()}
     for name in classes:
         mapped = canonical(name)

@@ -175,21 +175,33 @@ def rasterize_findings(
         if mask_source == "polygon" and finding.polygon:
             points = clip_polygon([geometry.transform_xy(x, y) for x, y in finding.polygon], -1.0, size + 1.0)
             if len(points) < 3:
-                continue  # entirely outside the image
+                _tell(notes, f"a {finding.label} polygon lies entirely outside the image; it was left out")
+                continue
             draw.polygon(points, fill=1)
         else:
             if box[2] <= box[0] or box[3] <= box[1]:
-                continue  # entirely outside the image
+                _tell(notes, f"a {finding.label} box lies entirely outside the image; it was left out")
+                continue
             # Pixel i covers [i, i+1): fill every pixel the box overlaps, edges computed exactly.
             (x1, x2), (y1, y2) = geometry.pixel_span(box[0], box[2], "x"), geometry.pixel_span(box[1], box[3], "y")
             draw.rectangle([x1, y1, x2, y2], fill=1)
         has_mask[c] = True
     for c, union in pixel_masks.items():
+        if not union.any():
+            _tell(notes, f"a {classes[c]} mask covers no pixel; the image keeps its label without that mask")
+            continue
         canvases[c] = Image.fromarray(np.maximum(np.asarray(canvases[c]), resample_mask(union, geometry, size)))
         has_mask[c] = True
     masks = np.stack([np.asarray(canvas, dtype=np.uint8) for canvas in canvases]) if classes else np.zeros(
         (0, size, size), np.uint8)
     return masks, has_mask, clipped_count
+
+
+def _tell(notes: list[str] | None, line: str) -> None:
+    """A finding left without a mask that is no error (it lies outside the image, it covers nothing):
+    named in ``notes`` when the caller keeps them."""
+    if notes is not None:
+        notes.append(line)
 
 
 def _note(notes: list[str] | None, line: str) -> None:

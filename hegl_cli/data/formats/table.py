@@ -63,9 +63,7 @@ class ImageLocator:
             found: str | None = relative
         else:
             found = self.by_name().get(relative) if len(PurePosixPath(relative).parts) == 1 else None
-        if found is None or self.source not in (self.source / found).resolve().parents:
-            return None  # not there, or a link that leads out of the source
-        return found
+        return found  # a link is followed: the user made it (only the table's names are held inside)
 
     def by_name(self) -> dict[str, str | None]:
         if self._by_name is None:
@@ -168,8 +166,7 @@ def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: li
         located = locate(key) if key else None
         if located is None:
             why = "escapes the source folder" if key and (
-                Path(key).is_absolute() or safe_file_name(key) is None or (source / key).is_file()) else \
-                "not found under the source"
+                Path(key).is_absolute() or safe_file_name(key) is None) else "not found under the source"
             problems.append(f"image {why}: {key} ({path.name}, line {line})")
             continue
         patient = row[cfg.patient_column].strip() if cfg.patient_column else ""
@@ -318,14 +315,10 @@ def read_mask_folder(cfg: TableConfig, records: Labels, classes: list[str], prob
     stems = defaultdict(list)
     for key in records.records:
         stems[Path(key).stem].append(key)
-    real_root = root.resolve()
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         label = canonical(folder.name)
         for mask in sorted(p for p in folder.iterdir() if p.is_file()):
             where = f"{mask}"
-            if real_root not in mask.resolve().parents:
-                problems.append(f"{where}: a link that leads outside {root}; skipped")
-                continue
             if label not in classes:
                 problems.append(f"{where}: folder {folder.name!r} is no class of the table; skipped")
                 break
