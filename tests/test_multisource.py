@@ -129,3 +129,26 @@ def test_caches_of_different_sizes_are_refused_in_one_line(two_caches, tmp_path)
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "different sizes" in result.output, result.output
     assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_the_same_images_split_otherwise_in_two_caches_are_refused(two_caches, tmp_path):
+    """One dataset prepared twice with other seeds puts some of one cache's test images in the other's
+    train: training on both is refused in one line naming an image (it used to train silently)."""
+    from hegl_cli.apps.prepare import prepare_synthetic
+    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.combined import check_no_leak_across
+    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.errors import UserError
+
+    v2, cxd = two_caches
+    check_no_leak_across([v2, cxd])  # different images: fine
+    again = tmp_path / "v2-seed5"
+    prepare_synthetic(again, PrepareOptions(image_size=32, progress=False, workers=1, seed=5),
+                      SyntheticSpec(n_train=40, n_test=12, size=64))
+    with pytest.raises(UserError, match=r"val image .* is also a train image of .*the same pixels"):
+        check_no_leak_across([v2, again])
+    args = ["train", "--name", "leak", "--runs-dir", str(tmp_path / "runs")]
+    for item in TINY_OVERRIDES + [f"data.path=[{v2}, {again}]"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "the same pixels" in result.output

@@ -113,6 +113,36 @@ def _merged_metadata(splits: list[CachedSplit], names: list[str]) -> dict[str, l
     return merged
 
 
+def pixel_digests(split: CachedSplit) -> list[bytes]:
+    """One digest per image of ``split`` (its cached pixels), to find the same image in two caches."""
+    return [hashlib.blake2b(np.ascontiguousarray(split.images[i]).tobytes(), digest_size=16).digest()
+            for i in range(len(split))]
+
+
+def check_no_leak_across(paths: list[Path]) -> None:
+    """Several caches trained as one: no val or test image of one is a train image of another (the
+    same pixels: one dataset prepared twice with other seeds, or copies of its images). Each cache's
+    own splits are disjoint by `hegl prepare`; this is the check across them. One line names it."""
+    if len(paths) < 2:
+        return
+    train: dict[bytes, tuple[Path, str]] = {}
+    for path in paths:
+        split = CachedSplit(path, "train")
+        for name, digest in zip(split.files, pixel_digests(split)):
+            train.setdefault(digest, (path, name))
+    for path in paths:
+        for held_out in ("val", "test"):
+            if held_out not in CachedSplit(path, "train").manifest["splits"]:
+                continue
+            split = CachedSplit(path, held_out)
+            for name, digest in zip(split.files, pixel_digests(split)):
+                other = train.get(digest)
+                if other is not None and other[0] != path:
+                    raise UserError(f"{path}: {held_out} image {name} is also a train image of {other[0]} ({other[1]}, "
+                                    "the same pixels); training on both would show it to the model: prepare the "
+                                    "caches with one split of the images, or train on one")
+
+
 def open_sources(paths: list[Path], split: str) -> CachedSplit | CombinedSplit:
     """``split`` of one cache, or of several combined."""
     if len(paths) == 1:

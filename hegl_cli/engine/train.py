@@ -36,7 +36,7 @@ from tqdm import tqdm
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.augment import AugmentSpec
 from hegl_cli.data.cache import CachedSplit, cache_lock, intensity_rule_of, supervision_counts
-from hegl_cli.data.combined import CombinedSplit, data_paths, open_sources
+from hegl_cli.data.combined import CombinedSplit, check_no_leak_across, data_paths, open_sources
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
 from hegl_cli.data.swap import context_swap
@@ -237,6 +237,7 @@ def _load_splits(cfg: Config) -> tuple[CachedSplit | CombinedSplit, CachedSplit 
         if len(CachedSplit(data, "val")) == 0:
             raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
                             "data.val_fraction")
+    check_no_leak_across(paths)
     train_split, val_split = open_sources(paths, "train"), open_sources(paths, "val")
     adopt_cache_facts(cfg, train_split)
     return train_split, val_split
