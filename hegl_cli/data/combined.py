@@ -126,13 +126,15 @@ def check_no_leak_across(paths: list[Path]) -> None:
     if len(paths) < 2:
         return
     train: dict[bytes, tuple[Path, str]] = {}
+    splits_of: dict[Path, dict] = {}
     for path in paths:
         split = CachedSplit(path, "train")
+        splits_of[path] = split.manifest["splits"]
         for name, digest in zip(split.files, pixel_digests(split)):
             train.setdefault(digest, (path, name))
     for path in paths:
         for held_out in ("val", "test"):
-            if held_out not in CachedSplit(path, "train").manifest["splits"]:
+            if held_out not in splits_of[path]:
                 continue
             split = CachedSplit(path, held_out)
             for name, digest in zip(split.files, pixel_digests(split)):
