@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from hegl_cli.apps.prepare import prepare_synthetic
 from hegl_cli.config import load_config
 from hegl_cli.data.augment import AugmentSpec
-from hegl_cli.data.build import PrepareOptions
+from hegl_cli.data.benchmark.generator import SyntheticSpec
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.formats.synthetic import SyntheticSpec
+from hegl_cli.data.options import PrepareOptions
 
 SETTINGS = {
     "none": ("none", AugmentSpec()),

@@ -24,10 +24,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hegl_cli.data.build import PrepareOptions, build_cache
+from hegl_cli.data.benchmark.generator import SYNTHETIC_CLASSES, SyntheticSpec, write_synthetic_source
+from hegl_cli.data.build import build_cache
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.formats.synthetic import SYNTHETIC_CLASSES, SyntheticSpec, write_synthetic_source
+from hegl_cli.data.formats.chestxdet import parse_records
+from hegl_cli.data.identity import Identity
+from hegl_cli.data.options import PrepareOptions
 
 
 def main() -> None:
@@ -53,9 +56,12 @@ def main() -> None:
                 np.asarray(img)
         raw = len(files) / (time.perf_counter() - t0)
 
-        result = build_cache("synthetic", [sources["train"]], root / "cache",
+        train = sources["train"]
+        train.records = parse_records(train.annotations, SYNTHETIC_CLASSES, [])
+        result = build_cache("synthetic", [train], root / "cache",
                              PrepareOptions(image_size=args.image_size, val_fraction=0, progress=False),
-                             classes=list(SYNTHETIC_CLASSES), source_description="bench")
+                             classes=list(SYNTHETIC_CLASSES), identity=Identity("bench", "bench"),
+                             source_description="bench")
         prep = len(files) / result.seconds
 
         loader = DataLoader(XrayDataset(CachedSplit(root / "cache", "train")), batch_size=32, shuffle=True)
@@ -72,11 +78,12 @@ def main() -> None:
 PEAK_CHILD = """
 import json, resource, sys
 from pathlib import Path
-from hegl_cli.apps.prepare import prepare_chestxdet
-from hegl_cli.data.build import PrepareOptions
+from hegl_cli.apps.prepare import prepare
+from hegl_cli.config import Config
+from hegl_cli.data.options import PrepareOptions
 root, size = Path(sys.argv[1]), int(sys.argv[2])
-result = prepare_chestxdet("chestxdet", root / "cache", PrepareOptions(image_size=size, progress=False),
-                           annotations={"train": root / "train.json"}, images={"train": root / "images"})
+result = prepare("chestxdet", Config(), PrepareOptions(image_size=size, progress=False), root / "cache",
+                 annotations={"train": root / "train.json"}, images={"train": root / "images"})
 print(json.dumps({"images": sum(result.manifest["splits"].values()), "seconds": result.seconds,
                   "main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))

@@ -19,12 +19,12 @@ from types import ModuleType
 
 import numpy as np
 
-import hegl_cli.data.formats.synthetic as this_generator
+import hegl_cli.data.benchmark.generator as this_generator
 from hegl_cli.evaluation.image_statistics import global_statistics, position_free_auc
 
 
 def load_generator(root: Path | None) -> ModuleType:
-    """This checkout's synthetic module, or another checkout's (``hegl_cli/data/formats/synthetic.py``, or
+    """This checkout's synthetic module, or another checkout's (``hegl_cli/data/benchmark/generator.py``, or
     ``hegl_cli/data/synthetic.py`` before 0.2)."""
     if root is None:
         return this_generator

@@ -133,10 +133,10 @@ def loader_and_inference(cfg, batch: int, device: torch.device, model_images_per
     from torch.utils.data import DataLoader
 
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
     from hegl_cli.data.cache import CachedSplit
     from hegl_cli.data.dataset import XrayDataset
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import hegl_cli.data.formats.synthetic as synthetic
+import hegl_cli.data.benchmark.generator as synthetic
 from hegl_cli.data.images import preprocess_array
 from hegl_cli.engine.checkpoint import load_run
 from hegl_cli.models.inference import predict_images

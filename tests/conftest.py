@@ -46,8 +46,8 @@ def shared_data(*parts: str) -> Path:
 def tiny_cache(tmp_path_factory) -> Path:
     """A 48/16 image synthetic cache at 32 px (made once per session)."""
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
 
     out = tmp_path_factory.mktemp("cache") / "synthetic"
     prepare_synthetic(out, PrepareOptions(image_size=32, progress=False, workers=1),

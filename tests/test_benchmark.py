@@ -1,4 +1,4 @@
-"""The built-in benchmark family (v2 and the members of hegl_cli.data.formats.family): every class
+"""The built-in benchmark family (v2 and the members of hegl_cli.data.benchmark.family): every class
 needs spatial evidence; every cue is a shortcut in train/val (independent of the labels when
 cue-free), independent in test, and toggled all at once in the counterfactual twin."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from hegl_cli.data.formats.family import MEMBERS
-from hegl_cli.data.formats.synthetic import (
+from hegl_cli.data.benchmark.family import MEMBERS
+from hegl_cli.data.benchmark.generator import (
     ALL_CUES,
     CUE_NAMES,
     GLOBAL_CUE_CLASS,
@@ -114,7 +114,7 @@ def test_the_config_names_every_member():
 
 def test_twin_toggles_every_cue_and_nothing_else(monkeypatch):
     """The image and its twin render the same clean pixels, with the cue bits and their complement."""
-    import hegl_cli.data.formats.synthetic as synthetic
+    import hegl_cli.data.benchmark.generator as synthetic
 
     calls = []
     real = synthetic.render_cues
@@ -154,8 +154,8 @@ def test_annotations_mark_the_lesions_and_only_them():
 def test_each_cue_of_a_member_changes_only_where_it_lives(member):
     """Markers and tags change only their zones; a device line is thin and reaches its target; the
     lung grid stays in the lungs; a contrast cue changes (nearly) every pixel."""
-    import hegl_cli.data.formats.synthetic as synthetic
-    from hegl_cli.data.formats.synthetic import cue_zones
+    import hegl_cli.data.benchmark.generator as synthetic
+    from hegl_cli.data.benchmark.generator import cue_zones
 
     m = MEMBERS[member]
     size = 128
@@ -182,7 +182,7 @@ def test_each_cue_of_a_member_changes_only_where_it_lives(member):
 
 def test_the_shipped_lesion_outlines_are_chestxdets():
     """The bank shipped in assets/ is what build_shape_bank makes of the official annotation files."""
-    from hegl_cli.data.formats.shapes import build_shape_bank, shape_bank
+    from hegl_cli.data.benchmark.shapes import build_shape_bank, shape_bank
 
     train = shared_data("chestxdet", "ChestX_Det_train.json")
     rebuilt = build_shape_bank([train])

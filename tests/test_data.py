@@ -13,13 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import shared_data
-from hegl_cli.apps.prepare import prepare_chestxdet, prepare_synthetic
+from hegl_cli.apps.prepare import prepare, prepare_synthetic
 from hegl_cli.cli.app import app
-from hegl_cli.data.build import PrepareOptions
+from hegl_cli.config import Config
+from hegl_cli.data.benchmark.generator import SyntheticSpec
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.data.formats.chestxdet import CHESTXDET10_CLASSES, CHESTXDET_CLASSES
-from hegl_cli.data.formats.synthetic import SyntheticSpec
 from hegl_cli.data.images import load_image, preprocess_file, square_and_resize
+from hegl_cli.data.options import PrepareOptions
 from hegl_cli.data.splits import carve_validation
 
 runner = CliRunner()
@@ -57,8 +58,8 @@ def test_import_real_annotations(tmp_path, blank_1024, fmt, folder, names, count
         (layout / name).symlink_to(src / name)
         _link_images(records, layout / ("train_data" if split == "train" else "test"), blank_1024)
         expected_counts[split] = Counter(s for r in records for s in set(r["syms"]))
-    result = prepare_chestxdet(fmt, tmp_path / "cache", PrepareOptions(image_size=16, val_fraction=0.1, progress=False),
-                               source=layout)
+    result = prepare(fmt, Config(), PrepareOptions(image_size=16, val_fraction=0.1, progress=False),
+                     tmp_path / "cache", source=layout)
     m = result.manifest
     assert m["classes"] == list(classes)
     assert m["splits"]["train"] + m["splits"]["val"] == counts[0]

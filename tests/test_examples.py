@@ -23,7 +23,7 @@ def _load(name: str):
 def test_cue_diagnosis_toggling_every_cue_reproduces_the_twin(trained_run, member):
     """Toggling all cues of a captured test image gives the generator's own twin; the per-cue table
     has one row per cue of the member (the script broke when members other than v2 arrived)."""
-    from hegl_cli.data.formats import synthetic
+    from hegl_cli.data.benchmark import generator as synthetic
     from hegl_cli.engine.checkpoint import load_run
     from hegl_cli.models.inference import predict_images
 

@@ -80,8 +80,8 @@ def test_a_cache_that_shares_no_class_or_no_size_is_refused(trained_run, tmp_pat
     result = runner.invoke(app, ["-q", "evaluate", str(trained_run), "--data", str(other)])
     assert result.exit_code == 2 and "none of its classes" in result.output
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
 
     small = tmp_path / "small"
     prepare_synthetic(small, PrepareOptions(image_size=16, progress=False, workers=1),

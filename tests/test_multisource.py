@@ -20,8 +20,8 @@ runner = CliRunner()
 def two_caches(tmp_path_factory):
     """v2 (4 classes) and chestxdet13 (13 classes, 4 of them v2's), tiny, at 32 px."""
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
 
     root = tmp_path_factory.mktemp("sources")
     options = PrepareOptions(image_size=32, progress=False, workers=1)
@@ -118,8 +118,8 @@ def test_source_weights_decide_each_sources_share(two_caches):
 
 def test_caches_of_different_sizes_are_refused_in_one_line(two_caches, tmp_path):
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
 
     other = tmp_path / "big"
     prepare_synthetic(other, PrepareOptions(image_size=64, progress=False, workers=1), SyntheticSpec(n_train=16, n_test=4, size=64))
@@ -135,9 +135,9 @@ def test_the_same_images_split_otherwise_in_two_caches_are_refused(two_caches, t
     """One dataset prepared twice with other seeds puts some of one cache's test images in the other's
     train: training on both is refused in one line naming an image (it used to train silently)."""
     from hegl_cli.apps.prepare import prepare_synthetic
-    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.benchmark.generator import SyntheticSpec
     from hegl_cli.data.combined import check_no_leak_across
-    from hegl_cli.data.formats.synthetic import SyntheticSpec
+    from hegl_cli.data.options import PrepareOptions
     from hegl_cli.errors import UserError
 
     v2, cxd = two_caches

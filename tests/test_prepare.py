@@ -125,8 +125,9 @@ def test_a_replaced_source_image_makes_the_cache_stale_and_it_is_rebuilt(tmp_pat
 
 
 def test_patient_overlap_can_be_refused(tmp_path):
-    from hegl_cli.data.build import PrepareOptions, one_split_per_patient
+    from hegl_cli.data.options import PrepareOptions
     from hegl_cli.data.records import Record, SplitSource
+    from hegl_cli.data.split_plan import one_split_per_patient
     from hegl_cli.errors import UserError
 
     src = SplitSource("train", tmp_path / "a.json", tmp_path)
@@ -145,8 +146,8 @@ def test_the_builder_refuses_to_write_one_image_into_two_splits(tmp_path):
     """The invariant every cache keeps (checked inside every build, so for every cache the suite makes)."""
     import json
 
-    from hegl_cli.data.build import check_disjoint
     from hegl_cli.data.records import SplitSource
+    from hegl_cli.data.split_plan import check_disjoint
 
     for split in ("train", "test"):
         (tmp_path / split).mkdir()

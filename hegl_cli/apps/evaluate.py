@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from hegl_cli.config import Config
-from hegl_cli.data.cache import CachedSplit, counterfactual_split, intensity_rule_of
+from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.manifest import counterfactual_split, intensity_rule_of
 from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
 from hegl_cli.engine.run_folder import RunFolder, external_name
 from hegl_cli.errors import UserError

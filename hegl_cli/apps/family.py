@@ -30,7 +30,7 @@ import numpy as np
 
 from hegl_cli.apps.ablation import CellSpec, cell_config, run_ablation
 from hegl_cli.config import Config, apply_layer
-from hegl_cli.data.formats.family import MEMBERS
+from hegl_cli.data.benchmark.family import MEMBERS
 from hegl_cli.engine.run_folder import FamilyFolder
 from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json, atomic_write_text
@@ -51,7 +51,7 @@ def parse_members(text: str) -> list[str]:
 
 def member_config(base: Config, member: str, cue_free: bool, data_root: Path) -> Config:
     """``base`` pointed at the member's cache under ``data_root`` (its own folder per variant)."""
-    from hegl_cli.apps.prepare import default_synthetic_folder, synthetic_spec
+    from hegl_cli.data.formats.synthetic import default_synthetic_folder, synthetic_spec
 
     cfg = copy.deepcopy(base)
     apply_layer(cfg, f"--family {member}", {"data.benchmark": member, "data.cue_free": cue_free})
@@ -63,7 +63,7 @@ def member_config(base: Config, member: str, cue_free: bool, data_root: Path) ->
 def ensure_cache(cfg: Config, progress: bool) -> None:
     """Prepare the member's cache unless it is there and up to date."""
     from hegl_cli.apps.prepare import prepare
-    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.options import PrepareOptions
 
     options = PrepareOptions.from_config(cfg.data, workers=1, progress=progress)
     try:

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from hegl_cli import __version__
-from hegl_cli.data.cache import counterfactual_split, read_manifest
 from hegl_cli.data.labels import annotated_positives
+from hegl_cli.data.manifest import counterfactual_split, read_manifest
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_files
 from hegl_cli.errors import UserError

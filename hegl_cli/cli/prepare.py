@@ -12,13 +12,12 @@ from hegl_cli.cli.common import (
     ForceOpt,
     SetOpt,
     State,
-    choice_option,
     handles_errors,
     info,
     resolve_config,
 )
 from hegl_cli.data.cache import SKIPPED
-from hegl_cli.data.formats import FORMATS
+from hegl_cli.data.formats.registry import format_names
 from hegl_cli.errors import UserError
 
 
@@ -34,7 +33,8 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
 
 @handles_errors
 def prepare(
-    fmt: Annotated[str, choice_option("format", FORMATS, "Dataset layout.", "--format", "-f")] = "synthetic",
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="|".join(format_names()),
+                                     help="Dataset layout (any registered format).")] = "synthetic",
     source: Annotated[Path | None, typer.Option(help="Unzipped official download (JSON files + train/ test/).")] = None,
     annotations: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=FILE.json (repeatable).")] = None,
     images: Annotated[list[str] | None, typer.Option(help="Per split: SPLIT=IMAGE_DIR (repeatable).")] = None,
@@ -50,7 +50,7 @@ def prepare(
 ) -> None:
     """Validate annotations, decode images in parallel and write a memory-mappable cache."""
     from hegl_cli.apps.prepare import prepare as run_prepare
-    from hegl_cli.data.build import PrepareOptions
+    from hegl_cli.data.options import PrepareOptions
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (one per core) or more, got {workers}")

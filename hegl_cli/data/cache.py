@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from hegl_cli.data.labels import annotated_positives, positive
+from hegl_cli.data.manifest import MANIFEST, read_manifest
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.locks import FolderLock
 from hegl_cli.fs.tables import read_json
 
-MANIFEST = "manifest.json"
 SKIPPED = "skipped.txt"  # one line per record or image the prepare left out, and why
 METADATA = "metadata.json"  # per split: {column: one value per image} (sex, age, view, site, ...)
 INVENTORY = "inventory.txt"  # every file prepare wrote into the cache, one relative path per line
@@ -177,17 +177,6 @@ def _write_header(path: Path, shape: tuple[int, ...]) -> int:
     return offset
 
 
-def read_manifest(cache: Path) -> dict[str, Any]:
-    """The manifest of a finished cache; a clear error if ``cache`` is not one."""
-    path = Path(cache) / MANIFEST
-    if not path.is_file() and not path.is_dir():
-        raise UserError(f"no prepared dataset at {cache} (missing {MANIFEST}); run `hegl prepare` first")
-    manifest = read_json(path, "manifest")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise UserError(f"{path}: not a hegl manifest (no 'splits')")
-    return manifest
-
-
 class CachedSplit:
     """Memory-mapped view of one split of a prepared cache."""
 
@@ -296,12 +285,3 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
     return np.packbits(flat, axis=-1)
 
 
-def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
-    """Name of the split that is ``split`` with only the spurious cue toggled, if the dataset has one."""
-    twins = (manifest.get("synthetic") or {}).get("counterfactual_of", {})
-    return next((name for name, of in twins.items() if of == split and name in manifest["splits"]), None)
-
-
-def intensity_rule_of(manifest: dict[str, Any]) -> int:
-    """The intensity contract a cache's images were read under (1: caches from before it was recorded)."""
-    return int((manifest.get("intensity") or {}).get("rule", 1))

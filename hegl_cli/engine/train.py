@@ -35,10 +35,11 @@ from tqdm import tqdm
 
 from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
 from hegl_cli.data.augment import AugmentSpec
-from hegl_cli.data.cache import CachedSplit, cache_lock, intensity_rule_of, supervision_counts
+from hegl_cli.data.cache import CachedSplit, cache_lock, supervision_counts
 from hegl_cli.data.combined import CombinedSplit, check_no_leak_across, data_paths, open_sources
 from hegl_cli.data.dataset import XrayDataset
 from hegl_cli.data.labels import finding_free
+from hegl_cli.data.manifest import adopt_cache_facts, intensity_rule_of
 from hegl_cli.data.swap import context_swap
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
@@ -249,51 +250,6 @@ def per_source_auc(split, probs: np.ndarray, labels: np.ndarray) -> dict[str, fl
         return {}
     return {f"val_auc_{name}": macro_auc(probs[split.source == k], labels[split.source == k])
             for k, name in enumerate(split.source_names)}
-
-
-# data.* keys that only `hegl prepare` uses, by where a cache's manifest records them (the built-in
-# benchmark's under "synthetic", by the generator's own names)
-SYNTHETIC_KEYS = {"benchmark": "benchmark", "cue_free": "cue_free", "synthetic_train": "n_train",
-                  "synthetic_test": "n_test", "synthetic_source_size": "size", "cue_strength": "cue_strength"}
-
-
-def prepared_with(manifest: dict) -> dict[str, Any]:
-    """The prepare-only ``data.*`` keys a cache was made with, as far as its manifest records them."""
-    read = manifest.get("intensity") or {}
-    facts = {"intensity": read.get("mode"), "frames": read.get("frames"), **(manifest.get("prepared_with") or {})}
-    if "label_fusion" in manifest:
-        facts["label_fusion"] = manifest["label_fusion"]
-    synthetic = manifest.get("synthetic")
-    for key, name in SYNTHETIC_KEYS.items():
-        facts[key] = synthetic.get(name) if isinstance(synthetic, dict) else None
-    return {k: v for k, v in facts.items() if v is not None}
-
-
-def adopt_cache_facts(cfg: Config, split: CachedSplit) -> None:
-    """The cache owns what prepare decided (image size, classes, intensity rule, val fraction, class
-    map, views, the benchmark member, ...): ``cfg`` takes the cache's values, so the run's config
-    records what was trained; a value the user set that differs is refused, naming both, and so is
-    a built-in-benchmark key set for a cache that is not the built-in benchmark."""
-    if cfg.data.image_size != split.image_size:
-        if cfg.was_set("data.image_size"):
-            raise UserError(f"{split.root} was prepared at {split.image_size} px but data.image_size is "
-                            f"{cfg.data.image_size}; re-run `hegl prepare --image-size {cfg.data.image_size}` "
-                            f"or leave data.image_size unset (the cache's size is used)")
-        cfg.data.image_size = split.image_size
-    cfg.data.classes = list(split.classes)  # data.classes chooses classes at prepare; a model learns the cache's
-    facts = prepared_with(split.manifest)
-    for key, cached in facts.items():
-        if getattr(cfg.data, key) == cached:
-            continue
-        if cfg.was_set(f"data.{key}"):
-            raise UserError(f"{split.root} was prepared with data.{key}={cached} but data.{key} is "
-                            f"{getattr(cfg.data, key)}; data.{key} is a setting of `hegl prepare`: prepare a "
-                            f"cache with it (and train on that), or leave data.{key} unset")
-        setattr(cfg.data, key, cached)  # the config records the cache's; explain/predict read new images alike
-    for key in SYNTHETIC_KEYS:
-        if key not in facts and cfg.was_set(f"data.{key}"):
-            raise UserError(f"data.{key} is a setting of the built-in benchmark's `hegl prepare`, and {split.root} "
-                            f"is a {split.manifest.get('format', 'other')} cache; leave data.{key} unset")
 
 
 def check_augmentation(dataset: XrayDataset, cfg: Config) -> None:

@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hegl_cli.data.records import Finding, Record, safe_file_name
+from hegl_cli.data.formats.registry import DatasetFormat, FormatRead, ReadRequest, register
+from hegl_cli.data.records import Finding, Record, SplitSource, safe_file_name
 from hegl_cli.errors import UserError
 from hegl_cli.fs.tables import read_json
 
@@ -147,3 +148,40 @@ def find_source_layout(source: Path, fmt: str) -> dict[str, tuple[Path, Path]]:
             raise UserError(f"{source}: no images folder ({' or '.join(IMAGE_DIRS[split])}) for the {split} split")
         layout[split] = (ann, images)
     return layout
+
+
+def split_files(request: ReadRequest, fmt: str) -> dict[str, tuple[Path, Path]]:
+    """``{split: (annotation file, images folder)}`` from ``--annotations/--images`` or ``--source``."""
+    if request.annotations:
+        mismatch = set(request.annotations) ^ set(request.images)
+        if mismatch:
+            raise UserError(f"--annotations and --images must name the same splits (mismatch: "
+                            f"{', '.join(sorted(mismatch))})")
+        layout = {split: (Path(request.annotations[split]), Path(request.images[split])) for split in request.annotations}
+    else:
+        layout = find_source_layout(Path(request.source), fmt)  # type: ignore[arg-type]  # prepare checked it
+    for annotation, _ in layout.values():
+        if annotation.is_dir():
+            raise UserError(f"{annotation} is a folder, not an annotation file (--annotations SPLIT=FILE.json)")
+        if not annotation.is_file():
+            raise UserError(f"annotation file not found: {annotation}")
+    return layout
+
+
+def reader(fmt: str):
+    """The reader of ``fmt`` (ChestX-Det or ChestX-Det10): every split's JSON, identified by its images folder."""
+
+    def read(request: ReadRequest) -> FormatRead:
+        layout = split_files(request, fmt)
+        problems: list[str] = []
+        sources = [SplitSource(name, ann, img, records=parse_records(ann, LAYOUTS[fmt]["classes"], problems))
+                   for name, (ann, img) in layout.items()]
+        return FormatRead(sources=sources, classes=list(request.classes), problems=problems,
+                          where=[str(s.images.resolve()) for s in sources])
+
+    return read
+
+
+for _name in LAYOUTS:
+    register(DatasetFormat(_name, reader(_name), classes=LAYOUTS[_name]["classes"], about=__doc__.splitlines()[0],
+                           inputs="source-or-files"))

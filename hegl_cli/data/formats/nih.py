@@ -14,7 +14,8 @@ import math
 import os
 from pathlib import Path
 
-from hegl_cli.data.formats.files import find_file
+from hegl_cli.data.formats.files import find_file, official_download
+from hegl_cli.data.formats.registry import DatasetFormat, register
 from hegl_cli.data.records import Finding, Record
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
@@ -121,3 +122,8 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
         train, test = hold_out_test(records, seed, test_fraction)
     files = {"labels": entries, **({"boxes": bbox} if bbox else {})}
     return {"train": train, "test": test}, problems, files
+
+
+register(DatasetFormat(
+    "nih", lambda request: official_download(request, read_nih), classes=NIH_CLASSES,
+    about=__doc__.splitlines()[0]))

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from hegl_cli.data.formats.files import find_file, read_rows
+from hegl_cli.data.formats.files import find_file, official_download, read_rows
+from hegl_cli.data.formats.registry import DatasetFormat, register
 from hegl_cli.data.records import Finding, Record, box_from_columns
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
@@ -63,3 +64,8 @@ def read_rsna(source: Path, classes: tuple[str, ...], seed: int = 0
                               image_labels=wanted, patient=pid))
     train, test = hold_out_test(records, seed)
     return {"train": train, "test": test}, problems, {"labels": labels}
+
+
+register(DatasetFormat(
+    "rsna", lambda request: official_download(request, read_rsna), classes=RSNA_CLASSES,
+    about=__doc__.splitlines()[0]))

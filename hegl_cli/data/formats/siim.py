@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hegl_cli.data.formats.files import find_file
+from hegl_cli.data.formats.files import find_file, official_download
+from hegl_cli.data.formats.registry import DatasetFormat, register
 from hegl_cli.data.masks import run_lengths
 from hegl_cli.data.records import Finding, Record
 from hegl_cli.data.splits import hold_out_test
@@ -79,3 +80,8 @@ def _locate(source: Path, folder: Path, problems: list[str]) -> dict[str, str | 
             continue
         present[path.stem] = relative
     return present
+
+
+register(DatasetFormat(
+    "siim", lambda request: official_download(request, read_siim), classes=SIIM_CLASSES,
+    about=__doc__.splitlines()[0]))

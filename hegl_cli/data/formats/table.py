@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hegl_cli.config import TableConfig
+from hegl_cli.data.formats.registry import DatasetFormat, FormatRead, ReadRequest, register
 from hegl_cli.data.pathologies import canonical
-from hegl_cli.data.records import Finding, Record, box_from_columns, safe_file_name
+from hegl_cli.data.records import Finding, Record, SplitSource, box_from_columns, safe_file_name
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
 from hegl_cli.fs.tables import read_json, read_table
@@ -370,3 +372,24 @@ def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: 
         train, test = hold_out_test(rows, seed)
         splits = {"train": train, "test": test}
     return splits, problems, {k: v for k, v in files.items() if v.is_file()}, classes
+
+
+def read(request: ReadRequest) -> FormatRead:
+    """A dataset in no public layout, read by the ``table.*`` keys; ``data.classes`` must be the table's."""
+    source, table = Path(request.source), request.cfg.table  # type: ignore[arg-type]  # prepare checked it
+    records, problems, files, found = read_table_dataset(source, table, list(request.classes), request.seed)
+    asked = {canonical(c) for c in request.classes}
+    if asked - set(found):
+        raise UserError(f"config key 'data.classes': {sorted(asked - set(found))[0]!r} is not a class of the table "
+                        f"(classes: {', '.join(found)})")
+    return FormatRead(
+        sources=[SplitSource(name, files["labels"], source, records=recs) for name, recs in records.items()],
+        classes=[c for c in found if not asked or c in asked], problems=problems, files=files,
+        where=[str(source.resolve()), asdict(table)],
+        description={"source": str(source.resolve()), **{k: str(Path(v).resolve()) for k, v in files.items()},
+                     "table": asdict(table)})
+
+
+register(DatasetFormat(
+    "table", read, about="a labels table plus boxes, COCO or mask images, named by the table.* config keys",
+    source_help="the folder the table's image paths start from"))

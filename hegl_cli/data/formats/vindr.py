@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from hegl_cli.data.formats.files import find_file, read_rows
+from hegl_cli.data.formats.files import find_file, official_download, read_rows
+from hegl_cli.data.formats.registry import DatasetFormat, FormatRead, ReadRequest, register
 from hegl_cli.data.records import Finding, Record, box_from_columns
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
@@ -92,3 +93,16 @@ def read_vindr(source: Path, classes: tuple[str, ...], seed: int = 0, fusion: st
     if "test" not in splits:
         splits["train"], splits["test"] = hold_out_test(splits["train"], seed)
     return splits, problems, {"labels": files["train"], **({"test_labels": files["test"]} if "test" in files else {})}
+
+
+def read(request: ReadRequest) -> FormatRead:
+    """VinDr-CXR through the shared official-download reader, radiologists fused by ``data.label_fusion``."""
+    fusion = request.cfg.data.label_fusion
+    found = official_download(request, lambda source, classes, seed: read_vindr(source, classes, seed, fusion))
+    found.manifest = {"label_fusion": fusion}
+    return found
+
+
+register(DatasetFormat(
+    "vindr", read, classes=VINDR_CLASSES, about=__doc__.splitlines()[0], settings=("label_fusion",),
+    settings_of=lambda manifest: {"label_fusion": manifest["label_fusion"]} if "label_fusion" in manifest else {}))

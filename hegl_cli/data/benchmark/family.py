@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hegl_cli.data.formats.chestxdet import CHESTXDET_CLASSES
-from hegl_cli.data.formats.drawing import (
+from hegl_cli.data.benchmark.drawing import (
     LUNG_EDGE,
     MARKER_LEVEL,
     Lung,
@@ -39,7 +38,8 @@ from hegl_cli.data.formats.drawing import (
     point_in_lung,
     stroke_mask,
 )
-from hegl_cli.data.formats.shapes import shape_bank
+from hegl_cli.data.benchmark.shapes import shape_bank
+from hegl_cli.data.formats.chestxdet import CHESTXDET_CLASSES
 
 ASSETS = Path(__file__).parent / "assets"
 FOUR = ("Nodule", "Mass", "Effusion", "Consolidation")
