@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hegl_cli.config import load_config
 from hegl_cli.engine.device import select_device
-from hegl_cli.engine.train import configure_device, make_optimizer
+from hegl_cli.engine.optim import configure_device, make_optimizer
 from hegl_cli.losses import HybridCriterion, dal_loss
 from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import build_model

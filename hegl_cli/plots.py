@@ -34,13 +34,18 @@ def draw_heatmap(ax, image: np.ndarray, heat: np.ndarray, title: str | None = No
     ax.axis("off")
 
 
+def loss_terms(record: dict[str, Any]) -> list[str]:
+    """The loss keys a training epoch record logs: ``train_loss`` (the weighted total) first,
+    then ``train_<term>`` for every term the criterion returned, in its order, whatever the terms are."""
+    return sorted((k for k in record if k.startswith("train_")), key=lambda k: k != "train_loss")
+
+
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Loss terms and validation metrics per epoch."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "train_ce", "train_ha", "train_dal", "train_rrr"):
-        if key in history[0]:
-            ax_loss.plot(epochs, [h[key] for h in history], label=key[6:])
+    for key in loss_terms(history[0]):
+        ax_loss.plot(epochs, [h.get(key, float("nan")) for h in history], label=key[6:])
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss terms")
     ax_loss.legend()
     for key in ("val_auc", "val_f1", "val_mcc"):

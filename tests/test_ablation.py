@@ -129,7 +129,7 @@ def test_messages_name_the_flag_and_the_fix(monkeypatch, tmp_path):
     from hegl_cli.apps.ablation import parse_grid
     from hegl_cli.apps.family import ensure_cache, member_config
     from hegl_cli.config import load_config
-    from hegl_cli.engine.train import source_sampling_weights
+    from hegl_cli.engine.loader import source_sampling_weights
     from hegl_cli.errors import UserError
 
     with pytest.raises(UserError, match="^--reference cell 'foo'"):

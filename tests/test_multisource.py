@@ -104,7 +104,7 @@ def test_training_on_two_caches_logs_val_auc_per_source(two_caches, tmp_path):
 def test_source_weights_decide_each_sources_share(two_caches):
     from hegl_cli.data.cache import CachedSplit
     from hegl_cli.data.combined import CombinedSplit
-    from hegl_cli.engine.train import WeightedEpochSampler, source_sampling_weights
+    from hegl_cli.engine.loader import WeightedEpochSampler, source_sampling_weights
     from hegl_cli.errors import UserError
 
     both = CombinedSplit([CachedSplit(p, "train") for p in two_caches], ["v2", "cxd"])

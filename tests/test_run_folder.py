@@ -58,7 +58,6 @@ def test_every_file_of_a_used_run_is_one_the_run_folder_names(trained_run, tmp_p
 
 
 def test_one_rule_says_what_an_ablation_folder_is(tmp_path):
-    from hegl_cli.apps.ablation import prepare_ablation_folder
     from hegl_cli.apps.report import is_ablation
 
     marked = tmp_path / "marked"
@@ -71,10 +70,10 @@ def test_one_rule_says_what_an_ablation_folder_is(tmp_path):
     user.mkdir()
     (user / "results.csv").write_text("my own table\n")
     for path, expected in ((marked, True), (legacy, True), (user, False), (tmp_path / "missing", False)):
-        assert AblationFolder(path).is_ablation() is expected and is_ablation(path) is expected, path
-    assert prepare_ablation_folder(legacy).is_ablation()  # an ablation hegl made may be resumed
+        assert AblationFolder(path).is_ours() is expected and is_ablation(path) is expected, path
+    assert AblationFolder(legacy).open_for_writing().is_ours()  # an ablation hegl made may be resumed
     try:
-        prepare_ablation_folder(user)
+        AblationFolder(user).open_for_writing()
     except Exception as exc:  # noqa: BLE001 - the one-line refusal
         assert "is not a hegl ablation folder" in str(exc)
     else:

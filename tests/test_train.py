@@ -269,7 +269,7 @@ def test_resume_keeps_the_run_config_and_refuses_conflicts(tiny_cache, tmp_path)
 
 def test_every_rank_trains_at_least_one_step():
     """0.1.0 decided drop_last from the whole dataset: n=40, 4 ranks, batch 16 gave 0 batches per rank."""
-    from hegl_cli.engine.train import make_loader
+    from hegl_cli.engine.loader import make_loader
 
     class Indices(torch.utils.data.Dataset):
         def __len__(self):
@@ -291,7 +291,7 @@ def test_every_rank_trains_at_least_one_step():
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only():
-    from hegl_cli.engine.train import make_loader
+    from hegl_cli.engine.loader import make_loader
 
     def order(seed: int, epoch: int) -> list[int]:
         loader, sampler = make_loader(list(range(30)), batch_size=30, seed=seed)
@@ -341,7 +341,7 @@ def test_two_trainings_of_one_name_at_once(tiny_cache, tmp_path):
 
 def test_warmup_then_cosine_schedule_hand_values():
     from hegl_cli.config import load_config
-    from hegl_cli.engine.train import make_scheduler
+    from hegl_cli.engine.optim import make_scheduler
 
     cfg = load_config(None, ["train.epochs=4", "train.warmup_epochs=1", "train.lr=1.0"])
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -363,7 +363,7 @@ def test_warmup_then_cosine_schedule_hand_values():
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    from hegl_cli.engine.train import EarlyStopping
+    from hegl_cli.engine.optim import EarlyStopping
 
     stopper = EarlyStopping(patience=2)
     flags = [stopper.update(v, e) for e, v in enumerate([0.5, 0.6, 0.6, float("nan"), 0.7, 0.65, 0.6])]
@@ -378,7 +378,7 @@ def test_training_stops_early_on_validation_auc(tiny_cache, tmp_path, monkeypatc
 
     scores = iter([0.7, 0.6, 0.65, 0.9, 0.9])
     monkeypatch.setattr(engine, "macro_auc", lambda probs, labels: next(scores))
-    monkeypatch.setattr(engine, "_val_context_swap", lambda val, cfg: None)  # one val AUC per epoch
+    monkeypatch.setattr(engine, "val_context_swap", lambda val, cfg: None)  # one val AUC per epoch
     cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=5", "train.patience=2"])
     result = engine.train(cfg, name="es", runs_dir=tmp_path, progress=False, log=lambda *_: None)
     assert result.epochs_run == 3 and result.stopped_early and result.best_epoch == 1
@@ -459,18 +459,18 @@ def test_select_on_val_swapped_needs_masks_and_finding_free_val_images(tiny_cach
     from types import SimpleNamespace
 
     from hegl_cli.config import load_config
-    from hegl_cli.engine.train import _val_context_swap
+    from hegl_cli.engine.train_data import val_context_swap
     from hegl_cli.errors import UserError
 
     cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.select_on=val_swapped"])
     sick = SimpleNamespace(labels=np.ones((4, 2)), has_mask=np.ones((4, 2), bool))
     with pytest.raises(UserError, match="0 finding-free"):
-        _val_context_swap(sick, cfg)
+        val_context_swap(sick, cfg)
     unmasked = SimpleNamespace(labels=np.zeros((4, 2)), has_mask=np.zeros((4, 2), bool))
     with pytest.raises(UserError, match="0 masked"):
-        _val_context_swap(unmasked, cfg)
+        val_context_swap(unmasked, cfg)
     cfg.train.select_on = "val"
-    assert _val_context_swap(sick, cfg) is None  # plain selection does not need it
+    assert val_context_swap(sick, cfg) is None  # plain selection does not need it
 
 
 def test_metrics_log_the_loss_weights_in_effect_every_epoch(tiny_cache, tmp_path):
@@ -591,7 +591,7 @@ def test_background_swap_on_a_split_without_masks_is_refused():
     from types import SimpleNamespace
 
     from hegl_cli.config import load_config
-    from hegl_cli.engine.train import check_augmentation
+    from hegl_cli.engine.train_data import check_augmentation
     from hegl_cli.errors import UserError
 
     labels = np.array([[0, 0], [1, 0], [0, 0]], dtype=np.float32)
@@ -604,3 +604,35 @@ def test_background_swap_on_a_split_without_masks_is_refused():
     dataset.split.has_mask = np.array([[False, False], [True, False], [False, False]])
     dataset.swappable = np.array([True, True, True])
     check_augmentation(dataset, cfg)
+
+
+def test_a_new_loss_term_reaches_the_metrics_the_console_and_the_curves(tiny_cache, tmp_path, monkeypatch):
+    """A term the criterion adds (with its weight in loss_weights) is logged, printed and plotted with no
+    other change: nothing downstream spells the terms by hand."""
+    import matplotlib.axes
+
+    from hegl_cli.config import load_config
+    from hegl_cli.engine import train as engine
+    from hegl_cli.losses import HybridCriterion
+
+    terms, weights = HybridCriterion.terms, HybridCriterion.loss_weights
+
+    def with_sparsity(self, outputs, *args, **kwargs):
+        return {**terms(self, outputs, *args, **kwargs), "sparsity": outputs["attention"].abs().mean()}
+
+    monkeypatch.setattr(HybridCriterion, "terms", with_sparsity)
+    monkeypatch.setattr(HybridCriterion, "loss_weights", lambda self: {**weights(self), "sparsity": 0.5})
+    labels, plot = [], matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    lines: list[str] = []
+    cfg = load_config(None, TINY_OVERRIDES + [f"data.path={tiny_cache}", "train.epochs=1"])
+    engine.train(cfg, name="term", runs_dir=tmp_path, progress=False, log=lambda *a: lines.append(" ".join(map(str, a))))
+    record = json.loads((tmp_path / "term" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["weight_sparsity"] == 0.5 and record["train_sparsity"] > 0
+    assert any("sparsity=" in line and line.startswith("epoch") for line in lines)
+    assert "sparsity" in labels and labels.index("loss") < labels.index("sparsity")

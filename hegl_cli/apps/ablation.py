@@ -179,22 +179,10 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
     """Run every (cell, seed) not yet finished, then write the tables and figures across them; with
     ``methods``, every run's explanation methods too (the methods table)."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
-    folder = prepare_ablation_folder(out)
+    folder = AblationFolder(out).open_for_writing()
     with folder.lock():
         return _run_cells(cells, seeds, folder, sigma, log, progress, configs, methods)
 
-
-def prepare_ablation_folder(out: Path) -> AblationFolder:
-    """Create ``out`` (or reuse it to resume) only when it is new, empty or an ablation hegl made."""
-    folder = AblationFolder(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UserError(f"{out} is not a folder hegl can write an ablation into")
-    if out.is_dir() and any(out.iterdir()) and not folder.is_ablation():
-        raise UserError(f"{out} exists and is not a hegl ablation folder (no {folder.marker.name}); it was left "
-                        "alone: choose another --name or --out-root")
-    out.mkdir(parents=True, exist_ok=True)
-    folder.write_marker()
-    return folder
 
 
 def _run_cells(cells: list[CellSpec], seeds: int, out: AblationFolder, sigma: float, log: Callable[[str], None],

@@ -78,17 +78,6 @@ def ensure_cache(cfg: Config, progress: bool) -> None:
                         "--data-root") from None
 
 
-def prepare_family_folder(out: Path) -> FamilyFolder:
-    folder = FamilyFolder(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UserError(f"{out} is not a folder hegl can write a family ablation into")
-    if out.is_dir() and any(out.iterdir()) and not folder.is_family():
-        raise UserError(f"{out} exists and is not a hegl family ablation folder (no {folder.marker.name}); it was "
-                        "left alone: choose another --name or --out-root")
-    out.mkdir(parents=True, exist_ok=True)
-    folder.write_marker()
-    return folder
-
 
 def run_family(base: Config, members: list[str], cells: list[CellSpec], seeds: int, out: Path,
                reference: CellSpec, cue_free: bool = True, data_root: Path = Path("data"), sigma: float = 0.05,
@@ -101,13 +90,13 @@ def run_family(base: Config, members: list[str], cells: list[CellSpec], seeds: i
     for cfg in configs.values():  # every cell's config checked before anything runs
         for cell in cells:
             cell_config(cfg, cell, 0)
-    folder = prepare_family_folder(out)
+    folder = FamilyFolder(out).open_for_writing()
     with folder.lock():
         for (member, free), cfg in configs.items():
             log(f"family member {member}{' (cue-free)' if free else ''}: {cfg.data.path}")
             ensure_cache(cfg, progress)
             run_ablation(cfg, cells, seeds, folder.member(member, free).path, sigma, log, progress)
-        summary = summarise(folder, members, cells, reference, cue_free)
+        summary = summarize_family(folder, members, cells, reference, cue_free)
         write_summary(folder, summary)
     return summary
 
@@ -144,7 +133,7 @@ def _stats(values: dict[int, float]) -> dict[str, Any] | None:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "seeds": sorted(values)}
 
 
-def summarise(folder: FamilyFolder, members: list[str], cells: list[CellSpec], reference: CellSpec,
+def summarize_family(folder: FamilyFolder, members: list[str], cells: list[CellSpec], reference: CellSpec,
               cue_free: bool) -> dict[str, Any]:
     """Per member and cell, then across members; see the module's docstring."""
     per_member: dict[str, dict[str, Any]] = {}

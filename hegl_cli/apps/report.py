@@ -10,9 +10,6 @@ Several runs get a side-by-side table; an ablation folder its table and figure.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,59 +27,9 @@ from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_fil
 from hegl_cli.errors import UserError
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.fs.tables import read_json
+from hegl_cli.htmlkit import esc, figure_uri, fmt, img, page, png_uri, table
 from hegl_cli.models.inference import predict_split
 from hegl_cli.plots import draw_heatmap, plot_training_curves, plt, upsample
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;color:#1b1f24}
-h1{font-size:1.6em;margin:.2em 0} h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:1.8em}
-h3{margin-top:1.3em} table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:right} th:first-child,td:first-child{text-align:left}
-th{background:#f6f8fa} img{max-width:100%;height:auto} .muted{color:#57606a} .note{background:#fff8c5;padding:.4em .7em}
-.gallery{display:grid;grid-template-columns:1fr;gap:1em} .facts td{text-align:left}
-figure{margin:0} figcaption{font-size:.85em;color:#57606a} pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.8em}
-@media print{body{max-width:none;padding:0;font-size:11pt} h2{break-before:auto} figure,table{break-inside:avoid}
-details{display:block} details>summary{display:none}}
-"""
-
-# Marks the page's own health on the <html> element: how many images decoded and any script error.
-CHECK_SCRIPT = """
-window.hegl_errors=[];window.addEventListener('error',function(e){window.hegl_errors.push(String(e.message))});
-window.addEventListener('load',function(){var im=Array.from(document.images);
-var ok=im.filter(function(i){return i.complete&&i.naturalWidth>0}).length;
-document.documentElement.setAttribute('data-images',ok+'/'+im.length);
-document.documentElement.setAttribute('data-errors',window.hegl_errors.join(' | '));
-if(ok<im.length){var p=document.createElement('p');p.className='note';p.textContent=(im.length-ok)+' image(s) failed to decode';document.body.prepend(p);}});
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else esc(value)
-
-
-def png_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
-def figure_uri(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{esc(alt)}">'
-
-
-def table(header: list[str] | None, rows: list[list[Any]], css: str = "") -> str:
-    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table class='{css}'>{head}<tbody>{body}</tbody></table>"
 
 
 def read_output(path: Path, what: str, keys: tuple[str, ...] = (), kind: type = dict) -> Any:
@@ -387,7 +334,7 @@ def ablation_section(path: Path) -> str:
 
 
 def is_ablation(folder: Path) -> bool:
-    return AblationFolder(folder).is_ablation()
+    return AblationFolder(folder).is_ours()
 
 
 def comparison(runs: list[tuple[Path, dict[str, Any] | None, dict[str, Any]]]) -> str:
@@ -435,9 +382,5 @@ def build_report(targets: list[Path], out: Path | None = None, which: str = "bes
         sections.append(run_section(target, which, device, per_kind, report))
     head = comparison(runs) if len(runs) > 1 else ""
     title = "hegl report: " + ", ".join(t.name for t in targets)
-    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-            f"content='width=device-width, initial-scale=1'><title>{esc(title)}</title><style>{CSS}</style>"
-            f"<script>{CHECK_SCRIPT}</script></head><body><h1>{esc(title)}</h1>"
-            f"<p class=muted>made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"
-            f"</p>{head}{''.join(sections)}</body></html>")
-    return folder.write_text(name, page)
+    made = f"made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"
+    return folder.write_text(name, page(title, made, head + "".join(sections)))

@@ -133,6 +133,7 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override one key: section.key=value (repeatable)."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders live.")]
 
 
 def choice(what: str, options: tuple[str, ...]) -> Callable[[str], str]:

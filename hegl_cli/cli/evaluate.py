@@ -13,6 +13,7 @@ from hegl_cli.cli.common import (
     CheckpointOpt,
     ConfigOpt,
     DeviceOpt,
+    RunsDirOpt,
     SetOpt,
     cell,
     choice_option,
@@ -23,6 +24,7 @@ from hegl_cli.cli.common import (
     result_line,
 )
 from hegl_cli.config import THRESHOLD_METRICS
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 def _fmt(value) -> str:
@@ -39,7 +41,7 @@ def evaluate(
         "threshold metric", THRESHOLD_METRICS, "Re-choose the thresholds on val by this metric.")] = None,
     faithfulness: Annotated[bool, typer.Option(help="Deletion/insertion curves and shortcut reliance.")] = True,
     device: DeviceOpt = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     methods: Annotated[str | None, typer.Option(help="Score these explanation methods side by side, comma-separated "
                                                      "(attention, rollout, gradcam, hirescam, ig, saliency, "
                                                      "occlusion, attention-heads, attention-layers, or all).")] = None,

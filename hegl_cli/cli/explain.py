@@ -13,6 +13,7 @@ from hegl_cli.cli.common import (
     CheckpointOpt,
     ConfigOpt,
     DeviceOpt,
+    RunsDirOpt,
     SetOpt,
     error_line,
     eval_layers,
@@ -20,6 +21,7 @@ from hegl_cli.cli.common import (
     info,
     out,
 )
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 @handles_errors
@@ -30,7 +32,7 @@ def explain(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RUN/explain/<image>).")] = None,
     checkpoint: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace files hegl wrote before in --out (never others).")] = False,
     method: Annotated[str, typer.Option("--method", help="Explanation methods, comma-separated: attention, "
                                         "attention-heads, attention-layers, rollout, gradcam, hirescam, ig, saliency, "

@@ -11,6 +11,7 @@ from hegl_cli.cli.common import (
     CheckpointOpt,
     ConfigOpt,
     DeviceOpt,
+    RunsDirOpt,
     SetOpt,
     State,
     error_line,
@@ -19,6 +20,7 @@ from hegl_cli.cli.common import (
     info,
     result_line,
 )
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 @handles_errors
@@ -30,7 +32,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
     workers: Annotated[int, typer.Option(help="Loader processes that decode images.", min=0)] = 2,
     device: DeviceOpt = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing predictions CSV.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,

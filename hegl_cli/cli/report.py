@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from hegl_cli.cli.common import CheckpointOpt, DeviceOpt, handles_errors, info, result_line
+from hegl_cli.cli.common import CheckpointOpt, DeviceOpt, RunsDirOpt, handles_errors, info, result_line
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 @handles_errors
@@ -17,7 +18,7 @@ def report(
     checkpoint: CheckpointOpt = "best",
     gallery: Annotated[int, typer.Option(help="Images per gallery row (best, worst, most shortcut-driven).", min=0)] = 3,
     device: DeviceOpt = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that hegl wrote.")] = False,
 ) -> None:
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,

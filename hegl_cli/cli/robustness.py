@@ -13,6 +13,7 @@ from hegl_cli.cli.common import (
     CheckpointOpt,
     ConfigOpt,
     DeviceOpt,
+    RunsDirOpt,
     SetOpt,
     State,
     cell,
@@ -21,6 +22,7 @@ from hegl_cli.cli.common import (
     info,
     out,
 )
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 @handles_errors
@@ -34,7 +36,7 @@ def robustness(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the first run's folder).")] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared cache (default: the one each run trained on).")] = None,
     device: DeviceOpt = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace robustness files hegl wrote before in --out.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,

@@ -9,6 +9,7 @@ import typer
 
 from hegl_cli.cli.common import (
     ConfigOpt,
+    RunsDirOpt,
     SetOpt,
     State,
     choice_option,
@@ -18,6 +19,7 @@ from hegl_cli.cli.common import (
     result_line,
 )
 from hegl_cli.config import DEVICES
+from hegl_cli.engine.run_folder import RUNS_DIR
 
 
 @handles_errors
@@ -30,7 +32,7 @@ def train(
     device: Annotated[str | None, choice_option("device", DEVICES, "Where to train (train.device).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: runs/<name> (default: a timestamp).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue runs/<name> from its last finished epoch, with its own config.")] = False,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
+    runs_dir: RunsDirOpt = RUNS_DIR,
     overrides: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Start an existing hegl run of this name over.")] = False,
 ) -> None:

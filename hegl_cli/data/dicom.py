@@ -16,15 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hegl_cli.data.pixels import check_pixels, luma
 from hegl_cli.errors import UserError, first_line
 
 FRAME_POLICIES = ("first", "middle", "mean", "refuse")
 GPL_ONLY = {"1.2.840.10008.1.2.4.51": "12-bit JPEG Extended"}  # decoded only by pylibjpeg-libjpeg (GPL-3.0)
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) colour in [0, 1] -> (...) grey: ITU-R BT.601 luma, the rule for every container."""
-    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
 
 
 def read_dataset(path: Path):
@@ -159,7 +155,6 @@ def load_dicom(path: Path, max_pixels: int, frames: str = "first") -> np.ndarray
 
 
 def _load_dicom(path: Path, max_pixels: int, frames: str) -> np.ndarray:
-    from hegl_cli.data.images import check_pixels
 
     ds = read_dataset(path)
     rows, cols, count = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), _frame_count(ds)

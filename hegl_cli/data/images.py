@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hegl_cli.config import DataConfig
-from hegl_cli.data.dicom import load_dicom, luma
+from hegl_cli.data.dicom import load_dicom
+from hegl_cli.data.pixels import check_pixels, luma
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.tables import read_table
 
@@ -63,15 +64,6 @@ def is_image_file(path: Path) -> bool:
     if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
         return False
     return path.suffix.lower() in IMAGE_SUFFIXES or has_dicom_marker(path)
-
-
-def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
-    """Refuse an image whose header claims more pixels than ``max_pixels`` (before decoding it)."""
-    if width <= 0 or height <= 0:
-        raise UserError(f"cannot read image {path}: it claims {width}x{height} pixels")
-    if width * height > max_pixels:
-        raise UserError(f"image {path} is {width}x{height} = {width * height / 1e6:.0f} Mpx, over the "
-                        f"{max_pixels / 1e6:g} Mpx limit (data.max_pixels; raise it if the file is genuine)")
 
 
 def _paths_from_csv(path: Path) -> list[Path]:

@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeVar
 
 from hegl_cli import __version__
 from hegl_cli.errors import UserError
@@ -35,6 +35,9 @@ def write_marker(path: Path) -> None:
     """Write the small JSON file that marks a folder as hegl's (kept when it exists)."""
     if not path.is_file():
         path.write_text(json.dumps({"hegl": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+
+
+Folder = TypeVar("Folder", bound="HeglFolder")
 
 
 class HeglFolder:
@@ -70,6 +73,23 @@ class HeglFolder:
 
     def _is_folder(self) -> bool:
         return not self.path.is_symlink() and self.path.is_dir()
+
+    def is_ours(self) -> bool:
+        """A folder of this kind that hegl made (its marker is there)."""
+        return self._is_folder() and self.marker.is_file()
+
+    def open_for_writing(self: Folder) -> Folder:
+        """Create the folder (or reuse it, to resume) only when it is new, empty or of this kind and
+        hegl's; then mark it. Anything else is one line and left alone."""
+        out = self.path
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise UserError(f"{out} is not a folder; hegl cannot write the {self.KIND} there")
+        if out.is_dir() and any(out.iterdir()) and not self.is_ours():
+            raise UserError(f"{out} exists and is not a hegl {self.KIND} (no {self.marker.name}); it was left "
+                            "alone: choose another --name or --out-root")
+        out.mkdir(parents=True, exist_ok=True)
+        self.write_marker()
+        return self
 
 
 class RunFolder(HeglFolder):
@@ -226,6 +246,7 @@ class AblationFolder(HeglFolder):
     MARKER = "hegl-ablation.json"
     KIND = "ablation folder"
 
+
     @property
     def runs_dir(self) -> Path:
         return self.path / "runs"
@@ -262,7 +283,7 @@ class AblationFolder(HeglFolder):
     def context_vs_twin(self) -> Path:
         return self.path / "context_vs_twin.png"
 
-    def is_ablation(self) -> bool:
+    def is_ours(self) -> bool:
         """The one rule: the marker (or, from before the marker, the results table next to runs/)."""
         return self._is_folder() and (self.marker.is_file() or (self.results_csv.is_file() and self.runs_dir.is_dir()))
 
@@ -273,6 +294,7 @@ class FamilyFolder(HeglFolder):
 
     MARKER = "hegl-family.json"
     KIND = "family ablation folder"
+
 
     def member(self, name: str, cue_free: bool = False) -> AblationFolder:
         return AblationFolder(self.path / (name + ("-cuefree" if cue_free else "")))
@@ -293,8 +315,6 @@ class FamilyFolder(HeglFolder):
     def summary_png(self) -> Path:
         return self.path / "family.png"
 
-    def is_family(self) -> bool:
-        return self._is_folder() and self.marker.is_file()
 
 
 MAX_NAME_BYTES = 255  # one path component on every common file system

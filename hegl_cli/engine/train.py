@@ -7,7 +7,7 @@ order is drawn from ``(seed, epoch)``. A run killed at any point and resumed end
 weights as the same run left alone (CPU, ``train.deterministic``).
 
 The run folder is the record: its config is what was trained. Resuming takes the run's config; a
-change is refused unless the key is in :data:`RESUME_SAFE_KEYS` (then the config is updated and the
+change is refused unless the key is in :data:`~hegl_cli.engine.resume.RESUME_SAFE_KEYS` (then the config is updated and the
 history records the change). The files are :class:`RunFolder`'s. Selection (best checkpoint, early
 stopping, thresholds) only ever sees the ``val`` split. The criterion returns unweighted terms and the
 weights in effect; every epoch's line in the metrics logs both (``train_<term>``, ``weight_<term>``).
@@ -19,37 +19,49 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, read_yaml
+from hegl_cli.config import Config
 from hegl_cli.data.augment import AugmentSpec
-from hegl_cli.data.cache import CachedSplit, cache_lock, supervision_counts
-from hegl_cli.data.combined import CombinedSplit, check_no_leak_across, data_paths, open_sources
+from hegl_cli.data.cache import cache_lock
+from hegl_cli.data.combined import CombinedSplit, data_paths
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.labels import finding_free
-from hegl_cli.data.manifest import adopt_cache_facts, intensity_rule_of
-from hegl_cli.data.swap import context_swap
+from hegl_cli.data.manifest import intensity_rule_of
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
+from hegl_cli.engine.loader import make_loader, source_sampling_weights
+from hegl_cli.engine.optim import EarlyStopping, configure_device, make_optimizer, make_scheduler
+from hegl_cli.engine.resume import (
+    check_resume_config,
+    check_resume_data,
+    data_facts,
+    load_state,
+    rng_state,
+    set_rng_state,
+)
 from hegl_cli.engine.run_folder import (
+    RUNS_DIR,
     RunFolder,
     mark_latest,
     open_new_run,
     remove_if_unused,
     validate_run_name,
+)
+from hegl_cli.engine.train_data import (
+    check_augmentation,
+    describe_supervision,
+    load_train_val,
+    per_source_auc,
+    val_context_swap,
 )
 from hegl_cli.errors import TrainingDiverged, UserError
 from hegl_cli.evaluation.classification import choose_thresholds, macro_auc, summarize
@@ -57,7 +69,7 @@ from hegl_cli.fs.atomic import atomic_write, atomic_write_text
 from hegl_cli.losses import HybridCriterion
 from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import HEGLModel, build_model
-from hegl_cli.plots import plot_training_curves
+from hegl_cli.plots import loss_terms, plot_training_curves
 
 
 @dataclass
@@ -79,215 +91,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class WeightedEpochSampler(torch.utils.data.Sampler):
-    """``len(weights)`` indices per epoch drawn with replacement by ``weights``, from ``(seed, epoch)``."""
-
-    def __init__(self, weights: np.ndarray, seed: int):
-        self.weights, self.seed, self.epoch = torch.as_tensor(weights, dtype=torch.double), seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist())
-
-
-def source_sampling_weights(split, shares: list[float]) -> np.ndarray | None:
-    """Per-row weights giving each source ``shares[k]`` of the draws (None: plain shuffling)."""
-    sources = getattr(split, "source", None)
-    if not shares:
-        return None
-    if sources is None or len(shares) != len(split.source_names):
-        count = 1 if sources is None else len(split.source_names)
-        if count == 1:
-            raise UserError("config key 'data.source_weights' weighs the caches of a data.path list; data.path names "
-                            "one cache: leave data.source_weights unset")
-        raise UserError(f"config key 'data.source_weights' has {len(shares)} value(s) but data.path lists {count} "
-                        "caches: give one weight per cache")
-    if sum(shares) <= 0:
-        raise UserError("config key 'data.source_weights' must have a positive value")
-    counts = np.bincount(sources, minlength=len(shares)).astype(float)
-    return np.asarray(shares, dtype=float)[sources] / counts[sources]
-
-
-def make_loader(dataset: XrayDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                workers: int = 0, pin_memory: bool = False, weights: np.ndarray | None = None
-                ) -> tuple[DataLoader, DistributedSampler | WeightedEpochSampler]:
-    """A loader over this rank's share of a shuffled order drawn from ``(seed, epoch)``.
-
-    The partition is torch's ``DistributedSampler`` (every rank gets ``ceil(n / world)`` indices,
-    padded by wrapping); the last short batch is dropped only when the rank's share holds at least
-    one full batch, so no rank ever trains zero steps. ``weights`` (several sources, one process):
-    rows drawn with replacement in proportion to them.
-    """
-    if weights is not None:
-        if world > 1:
-            raise UserError("data.source_weights runs in one process; under torchrun leave it [] (sources in "
-                            "proportion to their size)")
-        sampler: DistributedSampler | WeightedEpochSampler = WeightedEpochSampler(weights, seed)
-    else:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        drop_last=len(sampler) >= batch_size, persistent_workers=workers > 0,
-                        pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None)
-    return loader, sampler
-
-
-def configure_device(device: torch.device) -> None:
-    """TF32 matmuls and convolutions on CUDA (bf16 autocast covers the rest)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; the fused CUDA kernel on GPUs (one launch for all parameters)."""
-    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.train.lr,
-                             weight_decay=cfg.train.weight_decay, **fused)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """Linear warm-up then cosine decay to 0 (or constant), stepped every batch."""
-    warmup = cfg.train.warmup_epochs * steps_per_epoch
-    total = max(1, cfg.train.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg.train.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG's state as tensors and plain values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a training state without unpickling arbitrary objects; a foreign or corrupt file is named."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before refusing them
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path}: not a hegl training state, refusing to load it ({reason})") from exc
-    needed = ("epoch", "model", "optimizer", "scheduler", "rng", "stopper", "history")
-    if not isinstance(state, dict) or any(k not in state for k in needed):
-        raise UserError(f"{path}: not a hegl training state (missing keys)")
-    return state
-
-
-@dataclass
-class EarlyStopping:
-    patience: int
-    best: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record ``value``; True when it is a new best."""
-        if not math.isnan(value) and value > self.best:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-
-def _load_splits(cfg: Config) -> tuple[CachedSplit | CombinedSplit, CachedSplit | CombinedSplit]:
-    """The train and val splits (of one cache, or several combined: each cache's own val); selection
-    never falls back to test. The cache decides the image size: ``cfg.data.image_size`` becomes the
-    cache's, unless the user set another (then it is refused)."""
-    paths = data_paths(cfg.data.path)
-    for data in paths:
-        train_split = CachedSplit(data, "train")
-        if "val" not in train_split.manifest["splits"]:
-            raise UserError(f"{data} has no 'val' split, and model selection and thresholds never use test: "
-                            f"re-run `hegl prepare --force` with data.val_fraction > 0 (e.g. --set "
-                            "data.val_fraction=0.15), or give a val split (--annotations val=... --images val=...)")
-        if len(train_split) == 0:
-            raise UserError(f"{data}: the train split is empty")
-        if len(CachedSplit(data, "val")) == 0:
-            raise UserError(f"{data}: the val split is empty; re-run `hegl prepare --force` with a larger "
-                            "data.val_fraction")
-    check_no_leak_across(paths)
-    train_split, val_split = open_sources(paths, "train"), open_sources(paths, "val")
-    adopt_cache_facts(cfg, train_split)
-    return train_split, val_split
-
-
-def per_source_auc(split, probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """``val_auc_<source>``: macro AUC on each source's own val images (several caches only)."""
-    if not isinstance(split, CombinedSplit):
-        return {}
-    return {f"val_auc_{name}": macro_auc(probs[split.source == k], labels[split.source == k])
-            for k, name in enumerate(split.source_names)}
-
-
-def check_augmentation(dataset: XrayDataset, cfg: Config) -> None:
-    """Refuse an augmentation that could never apply to this train split (the run would say it
-    trained with it)."""
-    if cfg.data.augment != "background_swap":
-        return
-    # a finding-free image is "swappable" too (nothing to keep), but swapping it changes nothing
-    useful = dataset.swappable & np.asarray(dataset.split.has_mask).any(1)
-    if len(dataset.donors) == 0 or not useful.any():
-        raise UserError(f"{cfg.data.path}: data.augment=background_swap needs finding-free train images to take the "
-                        f"background from and images with masks whose findings all have one; this train split has "
-                        f"{len(dataset.donors)} finding-free and {int(useful.sum())} such images "
-                        "(set data.augment=none)")
-
-
-def _val_context_swap(val: CachedSplit, cfg: Config):
-    """The val split's context swap (see :mod:`hegl_cli.data.swap`), or None when it cannot be built.
-
-    ``train.select_on=val_swapped`` needs it: an error names what the val split lacks.
-    """
-    perturb = context_swap(val, cfg.data.seed) if val.has_mask.any() else None
-    if perturb is None and cfg.train.select_on == "val_swapped":
-        raise UserError(f"{cfg.data.path}: train.select_on=val_swapped needs val images with expert masks and "
-                        "finding-free val images to take the context from; this val split has "
-                        f"{int(val.has_mask.any(1).sum())} masked and "
-                        f"{int(finding_free(val.labels).sum())} finding-free images")
-    return perturb
-
-
-def describe_supervision(split: CachedSplit) -> str:
-    """One line: how many train images carry each finding and how many of those an expert mask (HA)."""
-    positives, masked = supervision_counts(split.labels, split.has_mask)
-    per_class = ", ".join(f"{c} {p}/{m}" for c, p, m in zip(split.classes, positives, masked))
-    return (f"train: {len(split)} images, {int(split.has_mask.any(1).sum())} with an expert mask; per class "
-            f"(images/with mask): {per_class}")
-
-
 class Trainer:
     """Holds everything one run needs; :meth:`fit` runs the epochs."""
 
@@ -302,9 +105,9 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
-        self.train_split, self.val_split = _load_splits(cfg)
+        self.train_split, self.val_split = load_train_val(cfg)
         self.classes = self.train_split.classes
-        self.val_swap = _val_context_swap(self.val_split, cfg)
+        self.val_swap = val_context_swap(self.val_split, cfg)
         self.model: HEGLModel = build_model(self.classes, cfg.model, cfg.data.image_size).to(self.device)
         self.criterion = HybridCriterion(cfg.loss).to(self.device)
         if self.criterion.needs_input_grad:
@@ -339,7 +142,7 @@ class Trainer:
     def _state(self, epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": _rng_state(), "stopper": vars(self.stopper).copy(), "history": self.history,
+                "rng": rng_state(), "stopper": vars(self.stopper).copy(), "history": self.history,
                 "best_thresholds": self.best_thresholds.tolist()}
 
     def _resume(self) -> None:
@@ -355,7 +158,7 @@ class Trainer:
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.stopper = EarlyStopping(**state["stopper"])
         self.stopper.patience = self.cfg.train.patience  # a resume may change it (RESUME_SAFE_KEYS)
         self.history = list(state["history"])
@@ -479,7 +282,7 @@ class Trainer:
             if self.dist.is_main:
                 self._write_epoch(epoch, record, improved, val_auc, thresholds)
             D.barrier(self.dist)
-            self.log(_epoch_line(record, self.cfg.train.epochs))
+            self.log(epoch_line(record, self.cfg.train.epochs))
         else:
             stopped_early = self.stopper.should_stop and epoch + 1 < self.cfg.train.epochs
         seconds = time.perf_counter() - start
@@ -532,9 +335,8 @@ class Trainer:
         D.shutdown(self.dist)
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    terms = " ".join(f"{k[6:]}={record[k]:.3f}" for k in ("train_loss", "train_ce", "train_ha", "train_dal", "train_rrr")
-                     if k in record)
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    terms = " ".join(f"{k[6:]}={record[k]:.3f}" for k in loss_terms(record))
     f1 = record["val_f1"] if record["val_f1"] is not None else float("nan")
     mcc = record["val_mcc"] if record["val_mcc"] is not None else float("nan")
     star = " *" if record["best"] else ""
@@ -542,36 +344,8 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
             f"MCC={mcc:.3f}  {record['seconds']:.1f}s{star}")
 
 
-RESUME_SAFE_KEYS: tuple[str, ...] = (
-    "train.epochs", "train.patience", "train.workers", "train.device", "eval.batch_size",
-)
-
-
-def stored_config(run: Path) -> Config:
-    """The config a run was trained with."""
-    path = RunFolder(run).config
-    if not path.is_file():
-        raise UserError(f"{run} has no {path.name}; it cannot be resumed")
-    return config_from_dict(read_yaml(path), source=str(path))
-
-
-def check_resume_config(run: Path, cfg: Config) -> dict[str, list[Any]]:
-    """Refuse a resume whose config differs from the run's in any key not in :data:`RESUME_SAFE_KEYS`.
-
-    Returns ``{key: [old, new]}`` for the safe keys that change.
-    """
-    stored = stored_config(run)
-    changed = changed_keys(stored, cfg)
-    unsafe = [k for k in changed if k not in RESUME_SAFE_KEYS]
-    if unsafe:
-        detail = ", ".join(f"{k} {get_value(stored, k)!r} -> {get_value(cfg, k)!r}" for k in unsafe[:4])
-        raise UserError(f"--resume would change {detail} of {RunFolder(run).config} mid-run; a run trains with one "
-                        f"config (only {', '.join(RESUME_SAFE_KEYS)} may change on resume): start a new run instead")
-    return {k: [get_value(stored, k), get_value(cfg, k)] for k in changed}
-
-
 def train(cfg: Config, name: str | None = None, resume: bool = False, force: bool = False,
-          runs_dir: Path = Path("runs"), progress: bool = True, log=print) -> TrainResult:
+          runs_dir: Path = RUNS_DIR, progress: bool = True, log=print) -> TrainResult:
     """Train one run into ``runs_dir/<name>`` and return its summary.
 
     A new run refuses an existing, non-empty folder unless ``force``, which replaces it only when it
@@ -618,30 +392,6 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
     finally:
         if lock is not None:
             lock.release()
-
-
-def data_facts(split: CachedSplit) -> dict[str, Any]:
-    """What a run's history records of the cache it trains on (to refuse a resume on another one)."""
-    manifest = split.manifest
-    return {"data": str(split.root), "data_fingerprint": manifest.get("fingerprint"),
-            "data_classes": list(split.classes), "data_image_size": split.image_size,
-            "data_splits": manifest.get("splits")}
-
-
-def check_resume_data(run: Path, split: CachedSplit) -> None:
-    """Refuse to resume on a cache other than the one the run started with, naming what changed."""
-    started = next((r for r in reversed(RunFolder(run).read_history()) if r.get("event") == "start"), None)
-    if started is None or started.get("data_fingerprint") is None:
-        return  # a run from before the history recorded its cache
-    now = data_facts(split)
-    if started.get("data_fingerprint") == now["data_fingerprint"]:
-        return
-    changed = [f"{key[5:]} {started[key]!r} -> {now[key]!r}" for key in ("data_classes", "data_image_size", "data_splits")
-               if key in started and started[key] != now[key]]
-    detail = "; ".join(changed) if changed else "its images or annotations changed (fingerprint " \
-        f"{started['data_fingerprint']} -> {now['data_fingerprint']})"
-    raise UserError(f"--resume: the cache {split.root} is not the one {run} started with ({detail}); a run trains "
-                    "on one dataset: start a new run")
 
 
 def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[Any]], progress: bool, log,
