@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from hegl_cli.errors import UserError
+from hegl_cli.fs.atomic import atomic_write_text
 from hegl_cli.fs.yamlfile import YamlTooLarge, load_yaml
 from hegl_cli.fs.yamlfile import read_yaml as load_yaml_file
 
@@ -249,7 +250,7 @@ class Config:
 
     def dump(self, path: Path) -> None:
         """Write the resolved config as YAML."""
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def check(self) -> None:
         """Checks that involve more than one key (one-key ranges are checked when a key is set)."""

@@ -82,3 +82,18 @@ def trained_run(_trained_master, tmp_path) -> Path:
     shutil.copytree(_trained_master, copy)
     mark_latest(copy)
     return copy
+
+
+def replace_weights(run: Path, tensors: dict, which: str = "best") -> None:
+    """Put other weights into a run's checkpoint as hegl would (the metadata's digest follows them), for
+    tests that need a second model; a file replaced behind hegl's back is refused (test_crash)."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()})
+    (run / f"{which}.safetensors").write_bytes(data)
+    meta = json.loads((run / f"{which}.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    (run / f"{which}.json").write_text(json.dumps(meta))

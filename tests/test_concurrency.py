@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -132,9 +133,10 @@ def test_prepare_force_keeps_what_replaced_the_cache_meanwhile(tiny_cache, tmp_p
 
 
 @pytest.mark.slow
-def test_a_real_evaluate_is_refused_while_a_real_training_runs(tiny_cache, tmp_path):
-    """Two processes: a training in a subprocess holds its run; evaluate in this one is refused, and
-    after the training ends the run holds only what the training wrote."""
+def test_a_real_evaluate_reads_a_run_that_is_still_training(tiny_cache, tmp_path):
+    """Two processes: a training in a subprocess holds its run. Evaluate in this one does not wait: it
+    reads the last published 'best' checkpoint and says which epoch that is; a second training of the
+    same run (--force or --resume) is refused while the first goes on."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hegl_cli", "-q", "train", "--name", "long", "--runs-dir", str(tmp_path),
            *tiny(tiny_cache, "train.epochs=60", "train.patience=0")]
@@ -142,11 +144,16 @@ def test_a_real_evaluate_is_refused_while_a_real_training_runs(tiny_cache, tmp_p
     run = tmp_path / "long"
     try:
         deadline = time.time() + 120
-        while not (is_locked(run / ".hegl-lock") and RunFolder(run).weights("best").is_file()):
+        while not (RunFolder(run).is_training() and RunFolder(run).weights("best").is_file()):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.2)
-        refused(runner.invoke(app, ["-q", "evaluate", str(run)]), "wait for it to finish")
-        assert not RunFolder(run).eval_report("test").exists()
+        result = runner.invoke(app, ["evaluate", str(run)])
+        assert result.exit_code == 0, result.output
+        assert "is still training: this reads its 'best' checkpoint, of epoch" in " ".join(result.output.split())
+        assert json.loads(RunFolder(run).eval_report("test").read_text())["macro"]["auc"] is not None
+        again = ["-q", "train", "--name", "long", "--runs-dir", str(tmp_path), *tiny(tiny_cache, "train.epochs=60")]
+        refused(runner.invoke(app, [*again, "--force"]), "is in use by")
+        refused(runner.invoke(app, [*again, "--resume"]), "is in use by")
     finally:
         proc.terminate()
         proc.wait(timeout=60)

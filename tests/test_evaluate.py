@@ -58,15 +58,16 @@ def test_robustness_feeds_every_run_the_same_noisy_images(trained_run, tmp_path,
     """Two different runs (other weights) see exactly the same noisy inputs at each sigma and draw."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
+    from conftest import replace_weights
     from hegl_cli.models import inference as predict
 
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
     weights = load_file(str(other / "best.safetensors"))
-    save_file({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()},
-              str(other / "best.safetensors"))
+    replace_weights(other, {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                            for k, v in weights.items()})
     seen: dict[str, list] = {}
     original = predict.predict_images
 

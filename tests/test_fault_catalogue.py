@@ -27,7 +27,7 @@ from conftest import TINY_OVERRIDES
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
-HEGL_OWN = {".hegl-lock", ".hegl-outputs.jsonl"}  # files hegl rewrites or appends to as it works
+HEGL_OWN = {".hegl-lock", ".hegl-train-lock", ".hegl-outputs.jsonl"}  # files hegl rewrites or appends to as it works
 
 
 @dataclass

@@ -45,7 +45,7 @@ def test_every_file_of_a_used_run_is_one_the_run_folder_names(trained_run, tmp_p
     png = tmp_path / "x.png"
     Image.new("L", (40, 40), 90).save(png)
     assert runner.invoke(app, ["explain", str(png), "--run", str(trained_run)]).exit_code == 0
-    named = {folder.marker, folder.lock_file, folder.config, folder.state, folder.metrics, folder.history,
+    named = {folder.marker, folder.lock_file, folder.train_lock_file, folder.config, folder.state, folder.metrics, folder.history,
              folder.curves, folder.report, folder.eval_report("test"), folder.eval_table("test"),
              folder.eval_reliability("test"),
              *robustness_files(folder.path), *(p for w in ("best", "last") for p in (folder.weights(w), folder.meta(w)))}

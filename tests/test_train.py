@@ -108,7 +108,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    state = torch.load(tmp_path / "runs" / "killed" / "state.pt", weights_only=True)
+    from hegl_cli.engine.resume import load_state
+
+    state = load_state(tmp_path / "runs" / "killed" / "state.pt")
     assert state["epoch"] < 3, "the run finished before it could be killed"
 
     resumed = _subprocess_train(tmp_path, tiny_cache, "killed", "--resume")

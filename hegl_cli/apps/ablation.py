@@ -181,6 +181,8 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
     folder = AblationFolder(out).open_for_writing()
     with folder.lock():
+        atomic_write_json(folder.plan_json, {"runs": [f"{cell.name}_s{seed}" for cell in cells for seed in range(seeds)],
+                                             "cells": [cell.label for cell in cells], "seeds": seeds})
         return _run_cells(cells, seeds, folder, sigma, log, progress, configs, methods)
 
 

@@ -135,11 +135,13 @@ def external_fields(loaded: LoadedRun) -> dict[str, Any]:
 
 
 def reading_warnings(loaded: LoadedRun) -> list[str]:
-    """A line when the evaluated cache's images were read under another intensity rule than the run's."""
+    """A line when the run is still training (the epoch read), and when the evaluated cache's images were
+    read under another intensity rule than the run's."""
+    note = loaded.training_note()
     trained, evaluated = int(loaded.meta.get("intensity_rule", 1)), intensity_rule_of(loaded.split.manifest)
     if trained == evaluated:
-        return []
-    return [f"{loaded.data} was read under intensity rule {evaluated} but {loaded.folder} trained on images read "
+        return [note] if note else []
+    return ([note] if note else []) + [f"{loaded.data} was read under intensity rule {evaluated} but {loaded.folder} trained on images read "
             f"under rule {trained} (README, 'Images'): the scores mix two readings"]
 
 

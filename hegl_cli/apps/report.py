@@ -320,8 +320,41 @@ def run_section(folder: Path, which: str, device: str, per_kind: int, report: di
     return "".join(parts)
 
 
-def ablation_section(path: Path) -> str:
+def unfinished_runs(folder: AblationFolder) -> list[str]:
+    """The planned (cell, seed) runs of an ablation that have not finished; an ablation from before the
+    plan was recorded is finished when its results table is there."""
+    plan = read_output(folder.plan_json, "ablation plan", ("runs",))
+    if plan is None:
+        return [] if folder.results_md.is_file() else ["(every run: no results table yet)"]
+    runs = plan["runs"]
+    if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+        raise UserError(f"{folder.plan_json}: not a hegl ablation plan (damaged); run the ablation again")
+    missing = [r for r in runs if not folder.run(r).cell.is_file()]
+    return missing or ([] if folder.results_md.is_file() else ["(the results table)"])
+
+
+def finished_rows_section(folder: AblationFolder, missing: list[str]) -> str:
+    """What an unfinished ablation has: each finished run's numbers, and what is missing."""
+    rows = []
+    for cell_file in sorted(folder.runs_dir.glob("*/cell.json")):
+        row = read_output(cell_file, "ablation cell record", ("cell", "seed", "auc"))
+        rows.append([row.get("label", row["cell"]), row["seed"], row["auc"], row.get("auc_noise")])
+    return (f"<h2>Ablation {esc(folder.name)} (unfinished)</h2><p class=note>{len(missing)} planned run(s) have "
+            f"not finished: {esc(', '.join(missing))}. Run the same `hegl ablation` again to finish them.</p>"
+            + table(["cell", "seed", "test AUC", "AUC under noise"], rows))
+
+
+def ablation_section(path: Path, partial: bool = False) -> str:
+    """The ablation's table and figures; an unfinished one is refused in one line, or with ``partial``
+    shown as far as it finished (and said so)."""
     folder = AblationFolder(path)
+    missing = unfinished_runs(folder)
+    if missing and not partial:
+        raise UserError(f"{path}: the ablation is unfinished ({len(missing)} planned run(s) missing: "
+                        f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); run the same `hegl ablation` "
+                        "again to finish it (finished runs are kept), or pass --partial to report what finished")
+    if missing:
+        return finished_rows_section(folder, missing)
     rows = read_output(folder.runs_json, "ablation record", kind=list) or []
     table_md = folder.results_md.read_text() if folder.results_md.is_file() else ""
     lines = [line for line in table_md.splitlines() if line.startswith("|")]
@@ -358,7 +391,8 @@ def is_hegl_report(path: Path) -> bool:
 
 
 def build_report(targets: list[Path], out: Path | None = None, which: str = "best", device: str = "auto",
-                 per_kind: int = 3, log: Callable[[str], None] = lambda *_: None, force: bool = False) -> Path:
+                 per_kind: int = 3, log: Callable[[str], None] = lambda *_: None, force: bool = False,
+                 partial: bool = False) -> Path:
     """Write one self-contained HTML page for ``targets`` (run or ablation folders) to ``out`` (default:
     the first run's report page). A file at ``out`` that hegl did not write is never replaced; ``force``
     replaces a report hegl wrote there. Nothing is computed before that is checked."""
@@ -373,7 +407,7 @@ def build_report(targets: list[Path], out: Path | None = None, which: str = "bes
     for target in targets:
         if is_ablation(target):
             log(f"ablation {target}")
-            sections.append(ablation_section(target))
+            sections.append(ablation_section(target, partial))
             continue
         report = read_output(RunFolder(target).eval_report("test"), "evaluation",
                              ("macro", "per_class", "attention", "split", "images"))

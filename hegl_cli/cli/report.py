@@ -20,6 +20,7 @@ def report(
     device: DeviceOpt = "auto",
     runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that hegl wrote.")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="Report an unfinished ablation as far as it finished.")] = False,
 ) -> None:
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,
     shortcut audit and a gallery, in one HTML file with no outside links."""
@@ -27,5 +28,5 @@ def report(
     from hegl_cli.engine.run_folder import resolve_run
 
     folders = [t if (t is not None and is_ablation(t)) else resolve_run(t, runs_dir) for t in (targets or [None])]
-    path = build_report(folders, out, checkpoint, device, gallery, log=info, force=force)
+    path = build_report(folders, out, checkpoint, device, gallery, log=info, force=force, partial=partial)
     result_line(f"wrote {path}")

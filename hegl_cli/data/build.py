@@ -34,6 +34,7 @@ from hegl_cli.data.record_filters import class_names, keep_classes, keep_views, 
 from hegl_cli.data.records import SplitSource
 from hegl_cli.data.split_plan import check_disjoint, plan_splits
 from hegl_cli.errors import UserError
+from hegl_cli.fs.atomic import crash_point
 
 
 def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | None:
@@ -85,6 +86,7 @@ def build_cache(
             result = _build_into(fmt, sources, partial, out, options, list(classes), source_description,
                                  extra_manifest, list(reader_problems or []), identity)
             (partial / PARTIAL_MARKER).unlink()
+            crash_point("prepare:marker-removed")
             write_inventory(partial)
             commit_cache(partial, out, replace_cache=options.force or stale)
         except BaseException:

@@ -165,7 +165,8 @@ def rasterize_findings(
             try:
                 decoded = decode_pixel_mask(finding, geometry.width, geometry.height)
             except (ValueError, OSError) as exc:
-                _note(notes, f"a {finding.label} mask was left out: {exc}")
+                where = f" ({finding.origin})" if finding.origin else ""
+                _note(notes, f"a {finding.label} mask{where} was left out, the image and its label kept: {exc}")
                 continue
             pixel_masks[c] = decoded if c not in pixel_masks else pixel_masks[c] | decoded
             continue

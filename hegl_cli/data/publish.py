@@ -12,7 +12,7 @@ from hegl_cli.data.cache import PARTIAL_MARKER, foreign_files
 from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.data.manifest import MANIFEST, intensity_rule_of, read_manifest
 from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import rename_no_replace
+from hegl_cli.fs.atomic import fsync_file, fsync_folder, rename_no_replace
 from hegl_cli.fs.locks import pid_alive
 
 
@@ -85,14 +85,25 @@ def commit_cache(partial: Path, out: Path, replace_cache: bool) -> None:
             rename_no_replace(aside, out)
             raise appeared
     out.parent.mkdir(parents=True, exist_ok=True)
+    fsync_tree(partial)  # every array and the manifest on disk before the cache appears under its name
     try:
         rename_no_replace(partial, out)
     except FileExistsError:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
         raise appeared from None
+    fsync_folder(out.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """``fsync`` every file under ``folder``, then each folder (so a power cut cannot leave a cache that
+    names arrays it never wrote)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_file(Path(root) / name)
+        fsync_folder(Path(root))
 
 
 
@@ -101,7 +112,10 @@ def remove_stale_partials(out: Path) -> list[Path]:
     removed = []
     for leftover in out.parent.glob(f"{out.name}.*-*"):
         kind, _, pid = leftover.name[len(out.name) + 1 :].partition("-")
-        ours = (leftover / PARTIAL_MARKER).is_file() if kind == "partial" else is_hegl_cache(leftover)
+        # a partial still being filled has prepare's marker; one killed between removing the marker and
+        # its rename is a finished cache under the partial name: both are prepare's own
+        ours = ((leftover / PARTIAL_MARKER).is_file() or is_hegl_cache(leftover)) if kind == "partial" \
+            else is_hegl_cache(leftover)
         if (kind in ("partial", "old") and pid.isdigit() and leftover.is_dir() and not leftover.is_symlink()
                 and ours and not pid_alive(int(pid))):
             shutil.rmtree(leftover, ignore_errors=True)

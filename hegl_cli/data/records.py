@@ -24,6 +24,7 @@ class Finding:
     coco_rle: dict | None = None  # a pixel mask as COCO run-length encodes it ({"size": [h, w], "counts": ...})
     mask_file: str | None = None  # a pixel mask as an image file the size of the X-ray (non-zero = the finding)
     frame: tuple[int, int] | None = None  # (width, height) of the image the annotation was drawn on, if known
+    origin: str | None = None  # where the annotation was read ("train-rle.csv: line 12"), for the lines that name it
 
     @property
     def is_pixel_mask(self) -> bool:

@@ -9,14 +9,17 @@ data, no hub access.
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
@@ -28,7 +31,7 @@ from hegl_cli.engine.device import select_device
 from hegl_cli.engine.kernels import kernel_facts
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
-from hegl_cli.fs.atomic import atomic_write, atomic_write_json
+from hegl_cli.fs.atomic import atomic_write_bytes, atomic_write_json, crash_point
 from hegl_cli.fs.locks import FolderLock
 from hegl_cli.fs.tables import read_json
 from hegl_cli.models.model import ClassSubset, HEGLModel, build_model
@@ -43,11 +46,15 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(run: Path, stem: str, model: HEGLModel, cfg: Config, extra: dict[str, Any]) -> None:
-    """Write the weights, then the metadata, of checkpoint ``stem`` into the run folder, each atomically."""
+    """Write the weights, then the metadata, of checkpoint ``stem`` into the run folder, each atomically
+    and durably; the metadata carries the weights' SHA-256, so a reader knows the two belong together."""
     folder = RunFolder(run)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder.weights(stem), lambda tmp: save_file(state, str(tmp)))
+    data = save_safetensors(state)
+    atomic_write_bytes(folder.weights(stem), data)
+    crash_point(f"checkpoint:{stem}:between-weights-and-meta")
     meta = {
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
         "config": cfg.to_dict(),
         "classes": model.classes,
         "grid": list(model.grid),
@@ -69,12 +76,41 @@ def checkpoint_paths(run: Path, which: str) -> tuple[Path, Path]:
 
 
 def load_meta(run: Path, which: str = "best") -> dict[str, Any]:
+    """A checkpoint's metadata, checked by type: a damaged or hand-edited file is one line naming it."""
     _, meta = checkpoint_paths(run, which)
     data = read_json(meta, "checkpoint metadata")
     missing = [k for k in ("config", "classes") if not isinstance(data, dict) or k not in data]
     if missing:
         raise UserError(f"{meta}: not a hegl checkpoint description (missing {', '.join(missing)})")
+    problem = meta_problem(data)
+    if problem:
+        raise UserError(f"{meta}: not a hegl checkpoint description ({problem}); resume or retrain the run to "
+                        "write it again")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def meta_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with checkpoint metadata read from disk (None: nothing)."""
+    classes = data["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of class names"
+    if not isinstance(data["config"], dict):
+        return "'config' is not a mapping"
+    if "epoch" in data and (not isinstance(data["epoch"], int) or isinstance(data["epoch"], bool)):
+        return f"'epoch' is {data['epoch']!r}, not a whole number"
+    if "val_auc" in data and data["val_auc"] is not None and not _is_number(data["val_auc"]):
+        return f"'val_auc' is {data['val_auc']!r}, not a number"
+    thresholds = data.get("thresholds")
+    if thresholds is not None and (not isinstance(thresholds, list) or len(thresholds) != len(classes)
+                                   or not all(_is_number(t) for t in thresholds)):
+        return f"'thresholds' is not one number per class ({len(classes)})"
+    if "weights_sha256" in data and not isinstance(data["weights_sha256"], str):
+        return "'weights_sha256' is not a digest"
+    return None
 
 
 def image_size_of(meta: dict[str, Any]) -> int:
@@ -83,22 +119,48 @@ def image_size_of(meta: dict[str, Any]) -> int:
     return int(meta.get("image_size") or meta["config"]["data"]["image_size"])
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file; a corrupt or truncated file is named in one line."""
+class MismatchedCheckpoint(UserError):
+    """The weights are not the ones the metadata describes (written by different epochs, or altered)."""
+
+
+def read_weights(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a corrupt or truncated file, or one whose digest is not
+    ``sha256`` (the one its metadata recorded), is named in one line."""
+    data = Path(path).read_bytes()
     try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type (and OSError) for bad files
+        tensors = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error type for bad files
         raise UserError(f"{path}: not a readable safetensors file ({first_line(exc, 10_000)})") from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise MismatchedCheckpoint(
+            f"{path}: these weights are not the model {Path(path).with_suffix('.json').name} describes (its "
+            "recorded digest differs: a training killed between the two writes, or a replaced file); resume the "
+            f"run (`hegl train --resume --name {Path(path).parent.name}`) to write them again, or use the other "
+            "checkpoint")
+    return tensors
+
+
+def read_checkpoint(run: Path, which: str, wait: float = 10.0) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, weights) of one checkpoint that belong together. While the run is still training, a
+    pair caught between the two writes of an epoch is read again (up to ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        meta = load_meta(run, which)
+        try:
+            return meta, read_weights(checkpoint_paths(run, which)[0], meta.get("weights_sha256"))
+        except MismatchedCheckpoint:
+            if not RunFolder(run).is_training() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def load_model(run: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[HEGLModel, dict, Config]:
     """Rebuild the model of a run from its checkpoint alone; returns (model in eval mode, meta, config)."""
     weights, meta_path = checkpoint_paths(run, which)
-    meta = load_meta(run, which)
+    meta, state = read_checkpoint(run, which)
     cfg = config_from_dict(meta["config"], source=str(meta_path))
     cfg.data.image_size = image_size_of(meta)
     cfg.model.pretrained = False  # the checkpoint has the weights; never reach for the hub
-    state = read_weights(weights)
     embeddings = state.get("class_embeddings")
     if embeddings is None and meta.get("text_embeddings"):
         raise UserError(f"{weights}: class embeddings missing from the checkpoint")
@@ -174,14 +236,23 @@ class LoadedRun:
     def image_size(self) -> int:
         return self.cfg.data.image_size
 
-    def reading_warning(self) -> str | None:
-        """A line when new images are read under another intensity rule than the run's training data."""
-        trained = int(self.meta.get("intensity_rule", 1))
-        if trained == INTENSITY_RULE:
+    def training_note(self) -> str | None:
+        """A line when the run is still training: which checkpoint, of which epoch, this reads."""
+        if not RunFolder(self.folder).is_training():
             return None
-        return (f"{self.folder} was trained on images read under intensity rule {trained}, and new images are "
-                f"read under rule {INTENSITY_RULE} (README, 'Images'): predictions may shift; prepare its data "
-                "again and retrain to compare like with like")
+        return (f"{self.folder} is still training: this reads its '{self.which}' checkpoint, of epoch "
+                f"{self.meta.get('epoch', '?')}")
+
+    def reading_warning(self) -> str | None:
+        """A line when the run is still training, and when new images are read under another intensity
+        rule than the run's training data."""
+        notes = [self.training_note()]
+        trained = int(self.meta.get("intensity_rule", 1))
+        if trained != INTENSITY_RULE:
+            notes.append(f"{self.folder} was trained on images read under intensity rule {trained}, and new images "
+                         f"are read under rule {INTENSITY_RULE} (README, 'Images'): predictions may shift; prepare "
+                         "its data again and retrain to compare like with like")
+        return "; ".join(n for n in notes if n) or None
 
 
 def load_run(run: Path, which: str = "best", data: Path | None = None, device: str = "auto",

@@ -3,6 +3,7 @@ continues the same experiment (its stored config, the same cache)."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import warnings
@@ -16,6 +17,7 @@ from hegl_cli.config import Config, changed_keys, config_from_dict, get_value, r
 from hegl_cli.data.cache import CachedSplit
 from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError
+from hegl_cli.fs.sealed import read_sealed, write_sealed
 
 RESUME_SAFE_KEYS: tuple[str, ...] = (
     "train.epochs", "train.patience", "train.workers", "train.device", "eval.batch_size",
@@ -43,12 +45,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """The training state, sealed with its digest (:mod:`hegl_cli.fs.sealed`), durably and atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_sealed(path, buffer.getvalue())
+
+
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a training state without unpickling arbitrary objects; a foreign or corrupt file is named."""
+    """Read a training state without unpickling arbitrary objects; a foreign, damaged or corrupt file is
+    named in one line."""
+    payload = read_sealed(path, "training state", "the run cannot resume from it: start it over with --force, or "
+                                                  "train a new run")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before refusing them
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise UserError(f"{path}: not a hegl training state, refusing to load it ({reason})") from exc

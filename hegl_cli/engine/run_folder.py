@@ -21,13 +21,16 @@ from typing import Any, TypeVar
 
 from hegl_cli import __version__
 from hegl_cli.errors import UserError
-from hegl_cli.fs.locks import FolderLock
+from hegl_cli.fs.locks import FolderLock, is_locked
 from hegl_cli.fs.outputs import safe_name
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
 CHECKPOINTS = ("best", "last")
 LOCK = ".hegl-lock"
+# Held exclusively by the process that trains a run (new or resumed); readers never take it, so they
+# read a run that is still training (its last published checkpoint) without waiting for it.
+TRAIN_LOCK = ".hegl-train-lock"
 ROBUSTNESS_JSON, ROBUSTNESS_PNG = "robustness.json", "robustness.png"  # in a run folder or any --out folder
 
 
@@ -97,6 +100,28 @@ class RunFolder(HeglFolder):
 
     MARKER = "hegl-run.json"
     KIND = "run folder"
+
+    @property
+    def train_lock_file(self) -> Path:
+        return self.path / TRAIN_LOCK
+
+    def hold_for_training(self) -> list[FolderLock]:
+        """The locks a training process holds: the training lock (no second trainer) and the folder's
+        lock shared (readers may read what it has published; nothing may replace the folder)."""
+        training = FolderLock(self.train_lock_file, f"{self.KIND} {self.path} (training)").acquire()
+        try:
+            return [training, self.lock(shared=True).acquire()]
+        except BaseException:
+            training.release()
+            raise
+
+    def has_work(self) -> bool:
+        """Whether the run finished an epoch (a training state or a checkpoint is there)."""
+        return self.state.is_file() or any(self.weights(w).is_file() for w in ("best", "last"))
+
+    def is_training(self) -> bool:
+        """Whether a process trains this run right now."""
+        return is_locked(self.train_lock_file)
 
     # -- what training writes ---------------------------------------------------------------
     @property
@@ -173,7 +198,7 @@ class RunFolder(HeglFolder):
     # -- the folder as a whole --------------------------------------------------------------
     def top_level_names(self) -> set[str]:
         """Every name hegl puts directly in a run folder (files, and the folders it fills)."""
-        files = [self.marker, self.lock_file, self.config, self.state, self.metrics, self.history, self.curves,
+        files = [self.marker, self.lock_file, self.train_lock_file, self.config, self.state, self.metrics, self.history, self.curves,
                  self.tensorboard, self.explain_dir, self.report, self.cell, self.eval_report("test").parent,
                  *robustness_files(self.path), *(p for w in ("best", "last") for p in (self.weights(w), self.meta(w)))]
         return {p.name for p in files}
@@ -271,6 +296,11 @@ class AblationFolder(HeglFolder):
         return self.path / "runs.json"
 
     @property
+    def plan_json(self) -> Path:
+        """The (cell, seed) runs the last `hegl ablation` call set out to make, written before the first."""
+        return self.path / "plan.json"
+
+    @property
     def methods_md(self) -> Path:
         """``--methods``: every explanation method's numbers per cell, mean ± std over seeds."""
         return self.path / "methods.md"
@@ -356,9 +386,9 @@ def check_runs_dir(runs_dir: Path) -> None:
                     "alone: rename it, or choose another --runs-dir")
 
 
-def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = False) -> tuple[Path, FolderLock]:
+def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = False) -> tuple[Path, list[FolderLock]]:
     """Make ``runs_dir/<name>`` (a timestamp when no name) for a new run, mark it as hegl's, and hold
-    its lock (returned; release it when the run ends).
+    its training locks (returned; release them when the run ends).
 
     An existing non-empty folder is refused, or with ``force`` emptied (keeping its lock file, so no
     reader can slip in), but only when it is a hegl run that no process uses; anything else is never
@@ -371,7 +401,9 @@ def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = Fals
         raise UserError(f"{path} is a symbolic link; refusing to use it as a run folder")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
-    existed = path.is_dir() and any(p.name != LOCK for p in path.iterdir())
+    existed = path.is_dir() and any(p.name not in (LOCK, TRAIN_LOCK) for p in path.iterdir())
+    # a run killed before its first epoch ended holds nothing worth keeping: it starts over by itself
+    force = force or (existed and run.is_hegl_run() and not run.has_work())
     if existed and not force:
         raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
                         "start it over, or another --name")
@@ -381,7 +413,7 @@ def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = Fals
     path.mkdir(parents=True, exist_ok=True)
     lock = run.lock().acquire()  # raises, naming the holder, while any process writes or reads the run
     try:
-        left = [p for p in path.iterdir() if p.name != LOCK]
+        left = [p for p in path.iterdir() if p.name not in (LOCK, TRAIN_LOCK)]
         if left and not existed:
             raise UserError(f"run folder {path} already exists; use --resume to continue it, --force to "
                             "start it over, or another --name")
@@ -393,16 +425,22 @@ def open_new_run(name: str | None, runs_dir: Path = RUNS_DIR, force: bool = Fals
         for entry in left:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         run.write_marker()
+        training = FolderLock(run.train_lock_file, f"{run.KIND} {path} (training)").acquire()
     except BaseException:
         lock.release()
         raise
-    return path, lock
+    lock.release()  # from here on readers may read what the run publishes; the training lock keeps writers out
+    try:
+        return path, [training, run.lock(shared=True).acquire()]
+    except BaseException:
+        training.release()
+        raise
 
 
 def remove_if_unused(run: Path) -> None:
     """Remove a run folder that holds nothing but hegl's marker and lock (a run that never started)."""
     folder = RunFolder(run)
-    if folder.path.is_dir() and {p.name for p in folder.path.iterdir()} <= {RunFolder.MARKER, LOCK}:
+    if folder.path.is_dir() and {p.name for p in folder.path.iterdir()} <= {RunFolder.MARKER, LOCK, TRAIN_LOCK}:
         shutil.rmtree(folder.path)
 
 
@@ -420,6 +458,17 @@ def mark_latest(run: Path) -> None:
     os.replace(tmp, link)
 
 
+def latest_pointer(link: Path) -> str:
+    """The run name a ``latest`` pointer file holds (where links fail); anything else is one line."""
+    data = link.read_bytes()[:1024]
+    try:
+        name = data.decode("utf-8").strip()
+        return validate_run_name(name)
+    except (UnicodeDecodeError, UserError):
+        raise UserError(f"{link} is not hegl's pointer to the latest run (a link, or a file holding a run's "
+                        "name); name the run instead, or remove it") from None
+
+
 def resolve_run(run: Path | str | None, runs_dir: Path = RUNS_DIR) -> Path:
     """The run folder named, or the latest one; a clear error when there is none."""
     if run is None:
@@ -427,7 +476,7 @@ def resolve_run(run: Path | str | None, runs_dir: Path = RUNS_DIR) -> Path:
         if link.is_symlink():
             target = link.resolve()
         elif link.is_file():
-            target = Path(runs_dir) / link.read_text().strip()
+            target = Path(runs_dir) / latest_pointer(link)
         else:
             raise UserError(f"no run given and no {link}; train one with `hegl train` or pass a run folder")
         run = target

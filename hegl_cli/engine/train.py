@@ -47,6 +47,7 @@ from hegl_cli.engine.resume import (
     load_state,
     rng_state,
     set_rng_state,
+    write_state,
 )
 from hegl_cli.engine.run_folder import (
     RUNS_DIR,
@@ -65,7 +66,7 @@ from hegl_cli.engine.train_data import (
 )
 from hegl_cli.errors import TrainingDiverged, UserError
 from hegl_cli.evaluation.classification import choose_thresholds, macro_auc, summarize
-from hegl_cli.fs.atomic import atomic_write, atomic_write_text
+from hegl_cli.fs.atomic import atomic_write_text, crash_point
 from hegl_cli.losses import HybridCriterion
 from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import HEGLModel, build_model
@@ -186,6 +187,7 @@ class Trainer:
             terms = self._forward_backward(batch, epoch, step, scale=1.0 / group, sync=last_of_group)
             if last_of_group:
                 self._optimizer_step()
+            crash_point("train:step")
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if not k.startswith("weight_")})
@@ -302,9 +304,12 @@ class Trainer:
         if isinstance(self.train_split, CombinedSplit):
             extra["data_sources"] = [str(r) for r in self.train_split.roots]
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
+        crash_point("train:between-last-and-best")
         if improved:
             save_checkpoint(self.run, "best", self.model, self.cfg, extra)
-        atomic_write(self.folder.state, lambda tmp: torch.save(self._state(epoch), tmp))
+        crash_point("train:between-checkpoints-and-state")
+        write_state(self.folder.state, self._state(epoch))
+        crash_point("train:between-state-and-metrics")
         with open(self.folder.metrics, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self._tensorboard(record)
@@ -357,7 +362,7 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
     changes: dict[str, list[Any]] = {}
-    lock = None
+    locks: list = []
     if resume:
         if name is None:
             raise UserError("--resume needs --name of the run to continue")
@@ -366,9 +371,9 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
             raise UserError(f"nothing to resume: run folder {run} not found")
         if not RunFolder(run).is_hegl_run():
             raise UserError(f"nothing to resume in {run}: not a hegl run (no {RunFolder(run).state.name})")
-        lock = RunFolder(run).lock().acquire() if main else None
+        locks = RunFolder(run).hold_for_training() if main else []
     elif main:
-        run, lock = open_new_run(name, Path(runs_dir), force=force)
+        run, locks = open_new_run(name, Path(runs_dir), force=force)
     else:  # other DDP ranks only read the run folder that rank 0 makes
         run = Path(runs_dir) / validate_run_name(name if name is not None else time.strftime("%Y%m%d-%H%M%S"))
     try:
@@ -390,7 +395,7 @@ def train(cfg: Config, name: str | None = None, resume: bool = False, force: boo
             for reading in reversed(readings):
                 reading.release()
     finally:
-        if lock is not None:
+        for lock in reversed(locks):
             lock.release()
 
 

@@ -115,6 +115,9 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
         meta = {key: row[column].strip() for key, column in METADATA_COLUMNS.items() if row.get(column, "").strip()}
         records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
                               patient=row["Patient ID"].strip() or None, split=split, meta=meta))
+    if bbox is not None:
+        problems += [f"{bbox.name}: {name}: boxes of an image that {entries.name} does not list; they are skipped"
+                     for name in sorted(set(boxes) - set(first_line))]
     if test_list is not None:
         test = [r for r in records if r.split == "test"]
         train = [r for r in records if r.split == "train"]

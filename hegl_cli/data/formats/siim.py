@@ -32,7 +32,7 @@ def read_siim(source: Path, classes: tuple[str, ...], seed: int = 0
         raise UserError(f"{source}: no images folder (dicom-images-train)")
     problems: list[str] = []
     present = _locate(source, folder, problems)
-    masks: dict[str, list[str]] = {}
+    masks: dict[str, list[tuple[str, str]]] = {}
     unreadable: set[str] = set()
     table = read_table(table_path, "mask file", {"ImageId", "EncodedPixels"})
     for line, row in zip(table.lines, table.dicts()):
@@ -41,6 +41,7 @@ def read_siim(source: Path, classes: tuple[str, ...], seed: int = 0
             problems.append(f"{table_path.name}: line {line}: not 'ImageId, EncodedPixels'")
             continue
         runs = masks.setdefault(image, [])
+        origin = f"{table_path.name}: line {line}"
         if pixels == "-1":
             continue
         try:
@@ -50,7 +51,7 @@ def read_siim(source: Path, classes: tuple[str, ...], seed: int = 0
             problems.append(f"{table_path.name}: line {line} ({image}): {exc}; the image is left out")
             unreadable.add(image)
             continue
-        runs.append(pixels)
+        runs.append((pixels, origin))
     records = []
     wanted = "Pneumothorax" in classes
     for image, runs in masks.items():
@@ -61,7 +62,7 @@ def read_siim(source: Path, classes: tuple[str, ...], seed: int = 0
             continue
         if present[image] is None:
             continue  # two files carry this ImageId: named by _locate
-        findings = [Finding("Pneumothorax", (0.0, 0.0, 1.0, 1.0), rle=r) for r in runs] if wanted else []
+        findings = [Finding("Pneumothorax", (0.0, 0.0, 1.0, 1.0), rle=r, origin=o) for r, o in runs] if wanted else []
         records.append(Record(present[image], findings, image_labels={"Pneumothorax"} if findings else set()))
     train, test = hold_out_test(records, seed)
     return {"train": train, "test": test}, problems, {"labels": table_path}
