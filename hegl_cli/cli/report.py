@@ -19,12 +19,17 @@ def report(
     device: DeviceOpt = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where run folders live.")] = Path("runs"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that hegl wrote.")] = False,
+    card: Annotated[bool, typer.Option("--card", help="Also write each run's model card (RUN/MODEL_CARD.md).")] = False,
 ) -> None:
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,
     shortcut audit and a gallery, in one HTML file with no outside links."""
+    from hegl_cli.apps.card import write_card
     from hegl_cli.apps.report import build_report, is_ablation
     from hegl_cli.engine.run_folder import resolve_run
 
     folders = [t if (t is not None and is_ablation(t)) else resolve_run(t, runs_dir) for t in (targets or [None])]
     path = build_report(folders, out, checkpoint, device, gallery, log=info, force=force)
     result_line(f"wrote {path}")
+    for folder in folders if card else []:
+        if not is_ablation(folder):
+            result_line(f"wrote {write_card(folder, checkpoint)}")
