@@ -184,10 +184,11 @@ def export_run(run: Path, fmt: str = "onnx", out: Path | None = None, which: str
         parity = check_parity(forward, raw, batch, tolerance, source)
         thresholds = loaded.thresholds if cal is None else cal.thresholds
         description = describe(loaded, which, cal, thresholds, exporter, parity)
-    model_bytes = with_metadata(raw, description)
-    section = export_section(target, description, hashlib.sha256(model_bytes).hexdigest())
-    card_text = model_card(run, which, files[2], exported=section)
-    folder.write(names[0], lambda tmp: tmp.write_bytes(model_bytes))
-    folder.write_text(names[1], json_text(description))
-    folder.write_text(names[2], card_text)
+        model_bytes = with_metadata(raw, description)
+        section = export_section(target, description, hashlib.sha256(model_bytes).hexdigest())
+        card_text = model_card(run, which, files[2], exported=section)
+        # written while the run is held: no `hegl train --force` replaces it between reading and writing
+        folder.write(names[0], lambda tmp: tmp.write_bytes(model_bytes))
+        folder.write_text(names[1], json_text(description))
+        folder.write_text(names[2], card_text)
     return ExportResult(target, files[1], files[2], parity, exporter, [warning] if warning else [])

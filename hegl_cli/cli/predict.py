@@ -25,8 +25,8 @@ from hegl_cli.cli.common import (
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV lists of paths.")],
     run: Annotated[Path | None, typer.Option(help="Run folder (default: runs/latest).")] = None,
-    model: Annotated[Path | None, typer.Option(help="A model `hegl export` wrote (.onnx), run by onnxruntime "
-                                                    "instead of a run folder.")] = None,
+    model: Annotated[Path | None, typer.Option(help="A model `hegl export` wrote (.onnx), run by onnxruntime on "
+                                                    "the CPU instead of a run folder.")] = None,
     calibration: Annotated[Path | None, typer.Option(help="A site calibration (`hegl evaluate --recalibrate`): "
                                                           "its probabilities and thresholds.")] = None,
     out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
