@@ -37,6 +37,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 ThresholdMetric = Literal["mcc", "f1"]
 THRESHOLD_METRICS: tuple[str, ...] = typing.get_args(ThresholdMetric)
+CALIBRATION_METHODS = ("temperature", "isotonic")  # `hegl evaluate --recalibrate --calibration-method`
 
 
 def opt(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,

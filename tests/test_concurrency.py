@@ -17,7 +17,7 @@ from conftest import TINY_OVERRIDES
 from hegl_cli.cli.app import app
 from hegl_cli.data.cache import cache_lock
 from hegl_cli.engine.run_folder import RunFolder
-from hegl_cli.fs.locks import FolderLock, is_locked
+from hegl_cli.fs.locks import FolderLock
 
 runner = CliRunner()
 

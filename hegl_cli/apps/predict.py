@@ -4,6 +4,10 @@ Files are decoded and preprocessed exactly as in training (:func:`preprocess_fil
 workers, in batches; an unreadable file is listed and skipped. The CSV has one row per readable
 image: the file, each class's probability and its decision at the run's stored thresholds (chosen
 on validation during training).
+
+The model is a run folder (PyTorch), or a file `hegl export` wrote (``--model FILE.onnx``), run by
+onnxruntime alone with the preprocessing its metadata states; the CSV is the same. ``--calibration``
+applies a site's calibration (`hegl evaluate --recalibrate`): its probabilities and thresholds.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hegl_cli.config import DataConfig
-from hegl_cli.data.images import collect_image_files, preprocess_file
+from hegl_cli.apps.recalibrate import read_calibration
+from hegl_cli.config import DataConfig, config_from_dict
+from hegl_cli.data.images import INTENSITY_RULE, collect_image_files, preprocess_file
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
+from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError, first_line
-from hegl_cli.fs.outputs import OutputFolder
-from hegl_cli.models.inference import predict_images
+from hegl_cli.evaluation.calibration import Calibration
+from hegl_cli.fs.outputs import OutputFolder, sha256_of
+from hegl_cli.models.inference import predict_images, predict_logits
+from hegl_cli.models.onnx_runtime import OnnxModel
 
 
 class ImageFiles(Dataset):
@@ -65,23 +73,67 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def predict_batches(loaded: LoadedRun, files: list[Path], batch_size: int = 32, workers: int = 0,
-                    progress: bool = True) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
-    """Yield (file indices, probabilities (B, C), error lines) batch by batch."""
-    dataset = ImageFiles(files, loaded.image_size, loaded.cfg.data)  # read as the run's training images were
-    pin = loaded.device.type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin)
+def image_batches(files: list[Path], size: int, data: DataConfig, batch_size: int = 32, workers: int = 0,
+                  pin: bool = False, progress: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield :func:`collate`'s batches of ``files`` read as training read its images (``image``: (B, 1, S, S)
+    in [0, 1], or None when no file of the batch could be read), with a progress bar."""
+    loader = DataLoader(ImageFiles(files, size, data), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        pin_memory=pin)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, leave=False)
     try:
         for batch in loader:
-            probs = np.zeros((0, len(loaded.classes)), np.float32)
-            if batch["image"] is not None:
-                p, _ = predict_images(loaded.model, batch["image"], loaded.device, loaded.cfg.train.amp)
-                probs = p.numpy()
             bar.update(len(batch["index"]) + len(batch["errors"]))
-            yield batch["index"], probs, batch["errors"]
+            yield batch
     finally:
         bar.close()
+
+
+def predict_batches(loaded: LoadedRun, files: list[Path], batch_size: int = 32, workers: int = 0,
+                    progress: bool = True, calibration: Calibration | None = None
+                    ) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
+    """Yield (file indices, probabilities (B, C), error lines) batch by batch (``calibration``: its
+    probabilities, from the model's logits)."""
+    pin = loaded.device.type == "cuda"
+    for batch in image_batches(files, loaded.image_size, loaded.cfg.data, batch_size, workers, pin, progress):
+        probs = np.zeros((0, len(loaded.classes)), np.float32)
+        if batch["image"] is not None and calibration is None:
+            probs = predict_images(loaded.model, batch["image"], loaded.device, loaded.cfg.train.amp)[0].numpy()
+        elif batch["image"] is not None:
+            logits = predict_logits(loaded.model, batch["image"], loaded.device, loaded.cfg.train.amp).numpy()
+            probs = calibration.probabilities(logits)
+        yield batch["index"], probs, batch["errors"]
+
+
+def onnx_preprocessing(model: OnnxModel) -> DataConfig:
+    """The reading an exported model's metadata states (frames, intensity, pixel limit), checked."""
+    contract = model.description["preprocessing"]
+    try:
+        keys = {k: contract[k] for k in ("frames", "intensity", "max_pixels")}
+        return config_from_dict({"data": keys}, source=f"{model.path} metadata").data
+    except (KeyError, TypeError, UserError) as exc:
+        raise UserError(f"{model.path}: metadata 'preprocessing' is damaged ({first_line(exc)}); export the run "
+                        "again") from None
+
+
+def onnx_batches(model: OnnxModel, files: list[Path], batch_size: int = 32, workers: int = 0, progress: bool = True,
+                 calibration: Calibration | None = None) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
+    """Like :func:`predict_batches`, by onnxruntime: the graph's probabilities, or ``calibration``'s from its logits."""
+    data = onnx_preprocessing(model)
+    for batch in image_batches(files, model.image_size, data, batch_size, workers, False, progress):
+        probs = np.zeros((0, len(model.classes)), np.float32)
+        if batch["image"] is not None:
+            out = model.run(batch["image"].numpy())
+            probs = out["probabilities"] if calibration is None else calibration.probabilities(out["logits"])
+        yield batch["index"], probs, batch["errors"]
+
+
+def onnx_warning(model: OnnxModel) -> str | None:
+    """A line when the exported model was trained on images read under another intensity rule."""
+    trained = int(model.description.get("trained_intensity_rule", INTENSITY_RULE))
+    if trained == INTENSITY_RULE:
+        return None
+    return (f"{model.path} was trained on images read under intensity rule {trained}, and new images are read under "
+            f"rule {INTENSITY_RULE} (README, 'Images'): predictions may shift")
 
 
 def is_predictions_csv(path: Path) -> bool:
@@ -94,28 +146,49 @@ def is_predictions_csv(path: Path) -> bool:
     return bool(header) and header[0] == "file" and any(h.startswith("p_") for h in header)
 
 
-def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", device: str = "auto",
+def collect_rows(batches: Iterator[tuple[list[int], np.ndarray, list[str]]], files: list[Path], thresholds: np.ndarray,
+                 failed: list[str], log: Callable[[str], None]) -> list[list[Any]]:
+    """CSV rows (file, probabilities, decisions at ``thresholds``) of every readable file; errors to ``failed``."""
+    rows: list[list[Any]] = []
+    for indices, probs, errors in batches:
+        for line in errors:
+            failed.append(line)
+            log(line)
+        for i, p in zip(indices, probs):
+            rows.append([str(files[i]), *[f"{v:.6f}" for v in p], *[int(v >= t) for v, t in zip(p, thresholds)]])
+    return rows
+
+
+def predict(inputs: list[Path], run: Path | None, out: Path, which: str = "best", device: str = "auto",
             batch_size: int = 32, workers: int = 0, force: bool = False, progress: bool = True,
-            eval_layers: list | None = None, log: Callable[[str], None] = lambda *_: None) -> PredictResult:
-    """Predict every readable image in ``inputs`` and write ``out`` (CSV) atomically; nothing is
-    written when no image could be read."""
+            eval_layers: list | None = None, log: Callable[[str], None] = lambda *_: None,
+            model: Path | None = None, calibration: Path | None = None) -> PredictResult:
+    """Predict every readable image in ``inputs`` with the run (or the exported ``model``) and write ``out``
+    (CSV) atomically; nothing is written when no image could be read."""
     folder = OutputFolder(out.parent, force=force, recognise=is_predictions_csv, kind="predictions CSV")
     if out.name in ("", ".", ".."):
         raise UserError(f"--out {out} names no file")
     folder.claim([out.name])
+    if model is not None and eval_layers:
+        raise UserError("--config/--set apply to a run folder; an exported --model reads images as its metadata says")
+    exported = OnnxModel(model) if model is not None else None
     files, failed = collect_image_files(inputs, recursive=True)
     if not files:
         raise UserError(f"no readable image among the inputs ({failed[0] if failed else 'nothing given'})")
-    with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
-        classes, thresholds = loaded.classes, loaded.thresholds
-        warning = loaded.reading_warning()
-        rows: list[list[Any]] = []
-        for indices, probs, errors in predict_batches(loaded, files, batch_size, workers, progress):
-            for line in errors:
-                failed.append(line)
-                log(line)
-            for i, p in zip(indices, probs):
-                rows.append([str(files[i]), *[f"{v:.6f}" for v in p], *[int(v >= t) for v, t in zip(p, thresholds)]])
+    if exported is not None:
+        classes, warning = exported.classes, onnx_warning(exported)
+        cal = onnx_calibration(exported, calibration)
+        thresholds = exported.thresholds if cal is None else cal.thresholds
+        rows = collect_rows(onnx_batches(exported, files, batch_size, workers, progress, cal), files, thresholds,
+                            failed, log)
+    else:
+        with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
+            classes, warning = loaded.classes, loaded.reading_warning()
+            cal = None if calibration is None else read_calibration(
+                calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(which)))
+            thresholds = loaded.thresholds if cal is None else cal.thresholds
+            rows = collect_rows(predict_batches(loaded, files, batch_size, workers, progress, cal), files, thresholds,
+                                failed, log)
     if not rows:
         raise UserError(f"none of the {len(files)} image(s) could be read ({failed[0]}); {out} was not written")
 
@@ -127,3 +200,16 @@ def predict(inputs: list[Path], run: Path, out: Path, which: str = "best", devic
 
     folder.write(out.name, write)
     return PredictResult(out, len(rows), failed, classes, [warning] if warning else [])
+
+
+def onnx_calibration(model: OnnxModel, calibration: Path | None) -> Calibration | None:
+    """``--calibration`` over an exported model that carries none (one that does is refused: it would be
+    applied twice)."""
+    if calibration is None:
+        return None
+    if model.calibrated:
+        raise UserError(f"{model.path} already applies a site calibration "
+                        f"({model.description['calibration'].get('file')}); export the run without --calibration "
+                        "to apply another")
+    run_thresholds = np.asarray(model.description.get("run_thresholds", model.thresholds), np.float64)
+    return read_calibration(calibration, model.classes, run_thresholds, model.description.get("weights_sha256"))

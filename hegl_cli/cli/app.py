@@ -9,7 +9,18 @@ import typer
 from typer.core import TyperGroup
 
 from hegl_cli import __version__
-from hegl_cli.cli import ablation, config, evaluate, explain, predict, prepare, report, robustness, train
+from hegl_cli.cli import (
+    ablation,
+    config,
+    evaluate,
+    explain,
+    export,
+    predict,
+    prepare,
+    report,
+    robustness,
+    train,
+)
 from hegl_cli.cli.common import State, error_line
 from hegl_cli.engine.kernels import pin_cpu_kernels
 
@@ -77,6 +88,7 @@ app.command("robustness")(robustness.robustness)
 app.command("explain")(explain.explain)
 app.command("predict")(predict.predict)
 app.command("report")(report.report)
+app.command("export")(export.export)
 app.command("ablation")(ablation.ablation)
 app.add_typer(config.app, name="config")
 

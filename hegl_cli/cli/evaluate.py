@@ -23,7 +23,7 @@ from hegl_cli.cli.common import (
     out,
     result_line,
 )
-from hegl_cli.config import THRESHOLD_METRICS
+from hegl_cli.config import CALIBRATION_METHODS, THRESHOLD_METRICS
 from hegl_cli.engine.run_folder import RUNS_DIR
 
 
@@ -46,12 +46,18 @@ def evaluate(
                                                      "(attention, rollout, gradcam, hirescam, ig, saliency, "
                                                      "occlusion, attention-heads, attention-layers, or all).")] = None,
     sanity: Annotated[bool, typer.Option(help="--methods: also the cascading randomisation sanity check.")] = True,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Fit a calibration and thresholds on the --data "
+                                              "site's val split; score before/after on --split.")] = False,
+    calibration_method: Annotated[str, choice_option("calibration method", CALIBRATION_METHODS,
+                                                     "--recalibrate: per-class fit.")] = "temperature",
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Per-class and macro AUC/F1/MCC (95% bootstrap CI), attention alignment, faithfulness.
 
     --config/--set may change eval.* keys (bootstrap, top_share, faithfulness_images, ...).
+    --recalibrate --data SITE fits the site's calibration on its val split only and writes
+    RUN/eval/external/<site>/calibration.json for `hegl predict/export --calibration`.
     """
     from hegl_cli.apps.evaluate import evaluate_run
     from hegl_cli.engine.run_folder import RunFolder, resolve_run
@@ -59,6 +65,14 @@ def evaluate(
 
     chosen = parse_methods(methods, "--methods") if methods is not None else None
     folder = resolve_run(run, runs_dir)
+    if recalibrate:
+        from hegl_cli.apps.recalibrate import recalibrate_run
+
+        report, files = recalibrate_run(folder, data, checkpoint, calibration_method, threshold_metric, split, device,
+                                        eval_layers(config, overrides))
+        print_recalibration(report)
+        info(f"wrote {files['calibration']} and {files['report'].name}")
+        return
     report = evaluate_run(folder, split, checkpoint, data, threshold_metric, faithfulness, device,
                           eval_layers(config, overrides), methods=chosen, sanity=sanity, log=info)
     for line in report.get("warnings", []):
@@ -143,3 +157,25 @@ def print_evaluation(report: dict) -> None:
         s = f["shortcut_reliance"]
         per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_class"].items())
         result_line(f"shortcut reliance: mean |p(x) - p(twin: every cue toggled)| = {s['mean']:.3f}  ({per})")
+
+
+def print_recalibration(report: dict) -> None:
+    """Before and after the site's recalibration, on its test split, with the 95% bootstrap intervals."""
+    before, after = report["before"], report["after"]
+    fitted = report["fitted"]
+    table = Table(title=Text(f"{report['data']} · {report['split']} ({report['images']} images) · "
+                             f"{report['method']} fitted on val ({report['fitted_on']['images']} images)"))
+    for col in ("macro", "before", "after"):
+        table.add_column(col, justify="left" if col == "macro" else "right")
+
+    def shown(side: dict, key: str) -> str:
+        ci = side["macro_ci95"].get(key)
+        return f"{_fmt(side['macro'][key])}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+
+    for key in ("ece", "brier", "auc", "f1", "mcc", "sensitivity", "specificity"):
+        table.add_row(key, shown(before, key), shown(after, key))
+    out.print(table)
+    not_fitted = [c for c, ok in fitted.items() if not ok]
+    result_line(f"thresholds re-chosen on the site's val by {report['threshold_metric']}; "
+                + (f"not fitted (no positive or no negative in val): {', '.join(not_fitted)}" if not_fitted
+                   else "every scored class fitted"))

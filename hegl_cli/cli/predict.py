@@ -27,6 +27,10 @@ from hegl_cli.engine.run_folder import RUNS_DIR
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or CSV lists of paths.")],
     run: Annotated[Path | None, typer.Option(help="Run folder (default: runs/latest).")] = None,
+    model: Annotated[Path | None, typer.Option(help="A model `hegl export` wrote (.onnx), run by onnxruntime on "
+                                                    "the CPU instead of a run folder.")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="A site calibration (`hegl evaluate --recalibrate`): "
+                                                          "its probabilities and thresholds.")] = None,
     out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
     checkpoint: CheckpointOpt = "best",
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
@@ -37,16 +41,21 @@ def predict(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """One CSV row per readable image: file, p_<class>, positive_<class> at the run's thresholds.
+    """One CSV row per readable image: file, p_<class>, positive_<class> at the run's thresholds
+    (or an exported model's, or a site calibration's).
 
     Unreadable files are listed and skipped; the exit code is 2 when any was.
     """
     from hegl_cli.apps.predict import predict as run_predict
     from hegl_cli.engine.run_folder import resolve_run
+    from hegl_cli.errors import UserError
 
-    folder = resolve_run(run, runs_dir)
+    if model is not None and run is not None:
+        raise UserError("give --run (a run folder) or --model (an exported model), not both")
+    folder = resolve_run(run, runs_dir) if model is None else None
     result = run_predict(inputs, folder, out, checkpoint, device, batch_size, workers, force,
-                         progress=not State.quiet, eval_layers=eval_layers(config, overrides))
+                         progress=not State.quiet, eval_layers=eval_layers(config, overrides), model=model,
+                         calibration=calibration)
     for line in result.warnings:
         info(f"warning: {line}", style="yellow")
     for line in result.failed:

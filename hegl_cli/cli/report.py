@@ -21,12 +21,17 @@ def report(
     runs_dir: RunsDirOpt = RUNS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file that hegl wrote.")] = False,
     partial: Annotated[bool, typer.Option("--partial", help="Report an unfinished ablation as far as it finished.")] = False,
+    card: Annotated[bool, typer.Option("--card", help="Also write each run's model card (RUN/MODEL_CARD.md).")] = False,
 ) -> None:
     """Config, data, curves, metrics with CIs, alignment and faithfulness vs chance, robustness,
     shortcut audit and a gallery, in one HTML file with no outside links."""
+    from hegl_cli.apps.card import write_card
     from hegl_cli.apps.report import build_report, is_ablation
     from hegl_cli.engine.run_folder import resolve_run
 
     folders = [t if (t is not None and is_ablation(t)) else resolve_run(t, runs_dir) for t in (targets or [None])]
     path = build_report(folders, out, checkpoint, device, gallery, log=info, force=force, partial=partial)
     result_line(f"wrote {path}")
+    for folder in folders if card else []:
+        if not is_ablation(folder):
+            result_line(f"wrote {write_card(folder, checkpoint)}")

@@ -9,8 +9,10 @@ data, no hub access.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +43,26 @@ def versions() -> dict[str, str]:
     import timm
     import transformers
 
-    return {"hegl": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(), **kernel_facts()}
+    commit = source_commit()
+    return {"hegl": __version__, **({"hegl_commit": commit} if commit else {}), "torch": torch.__version__,
+            "timm": timm.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            **kernel_facts()}
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit of the hegl source that is running (``git describe --always --dirty``) when it runs
+    from a git checkout; None when installed from a wheel or when git cannot say (the model card states
+    which)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def save_checkpoint(run: Path, stem: str, model: HEGLModel, cfg: Config, extra: dict[str, Any]) -> None:

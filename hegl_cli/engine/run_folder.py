@@ -182,6 +182,36 @@ class RunFolder(HeglFolder):
         folder = self.path / "eval" / "external"
         return sorted(folder.glob(f"*/{split}.json")) if folder.is_dir() else []
 
+    def site_calibration(self, site: str) -> Path:
+        """A site's recalibration (``hegl evaluate --data SITE --recalibrate``): per-class temperatures or
+        isotonic knots and the thresholds re-chosen on the site's val; ``predict/export --calibration``
+        read it."""
+        return self.path / "eval" / "external" / site / "calibration.json"
+
+    def recalibration_report(self, split: str, site: str) -> Path:
+        """Before/after the site's recalibration on its ``split``: ECE, Brier, AUC, F1, MCC, sensitivity,
+        specificity with bootstrap intervals."""
+        return self.path / "eval" / "external" / site / f"{split}-recalibration.json"
+
+    def recalibration_reports(self, split: str = "test") -> list[Path]:
+        """Every site recalibration of the run, for ``split``."""
+        folder = self.path / "eval" / "external"
+        return sorted(folder.glob(f"*/{split}-recalibration.json")) if folder.is_dir() else []
+
+    @property
+    def export_dir(self) -> Path:
+        """``hegl export`` without ``--out``: the model file and what travels beside it."""
+        return self.path / "export"
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.export_dir / "model.onnx"
+
+    @property
+    def model_card(self) -> Path:
+        """``hegl report --card``: the run's model card (Markdown)."""
+        return self.path / "MODEL_CARD.md"
+
     @property
     def explain_dir(self) -> Path:
         return self.path / "explain"
@@ -198,8 +228,9 @@ class RunFolder(HeglFolder):
     # -- the folder as a whole --------------------------------------------------------------
     def top_level_names(self) -> set[str]:
         """Every name hegl puts directly in a run folder (files, and the folders it fills)."""
-        files = [self.marker, self.lock_file, self.train_lock_file, self.config, self.state, self.metrics, self.history, self.curves,
-                 self.tensorboard, self.explain_dir, self.report, self.cell, self.eval_report("test").parent,
+        files = [self.marker, self.lock_file, self.train_lock_file, self.config, self.state, self.metrics, self.history,
+                 self.curves, self.tensorboard, self.explain_dir, self.report, self.cell, self.export_dir, self.model_card,
+                 self.eval_report("test").parent,
                  *robustness_files(self.path), *(p for w in ("best", "last") for p in (self.weights(w), self.meta(w)))]
         return {p.name for p in files}
 

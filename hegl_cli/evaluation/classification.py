@@ -148,3 +148,31 @@ def bootstrap_macro(
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {k: ([float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] if np.isfinite(v).any() else None)
             for k, v in samples.items()}
+
+
+def sensitivity_specificity(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
+                            ) -> tuple[list[float | None], list[float | None]]:
+    """Per class, sensitivity tp / (tp + fn) and specificity tn / (tn + fp) at ``thresholds``; ``None``
+    for classes the macro rule leaves out."""
+    tp, fp, fn, tn = confusion_counts(probs, labels, thresholds)
+    defined = defined_classes(labels)
+    sens = [float(tp[c] / (tp[c] + fn[c])) if defined[c] else None for c in range(labels.shape[1])]
+    spec = [float(tn[c] / (tn[c] + fp[c])) if defined[c] else None for c in range(labels.shape[1])]
+    return sens, spec
+
+
+def bootstrap_statistics(statistics, rows: int, n: int = 200, seed: int = 0, level: float = 0.95
+                         ) -> dict[str, list[float] | None]:
+    """Percentile bootstrap interval of every figure ``statistics(idx)`` returns ({name: float or NaN})
+    over ``n`` resamples of ``rows`` images, drawn as :func:`bootstrap_macro` draws them (same seed, same
+    resamples)."""
+    if n <= 0 or rows < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n):
+        for key, value in statistics(rng.integers(0, rows, rows)).items():
+            samples.setdefault(key, []).append(np.nan if value is None else float(value))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: ([float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] if np.isfinite(v).any() else None)
+            for k, v in samples.items()}

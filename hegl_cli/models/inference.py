@@ -38,6 +38,29 @@ def predict_images(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     return torch.sigmoid(out["logits"].float()).cpu(), out["attention"].float().cpu()
 
 
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device, amp: bool = True
+                   ) -> torch.Tensor:
+    """images (B, 1, S, S) in [0, 1] -> logits (B, C) on the CPU, float32 (what a recalibration reads)."""
+    with autocast_for(device, amp):
+        out = model(images.to(device))
+    return out["logits"].float().cpu()
+
+
+def split_logits(model: torch.nn.Module, split: CachedSplit, device: torch.device, batch_size: int = 64,
+                 amp: bool = True) -> np.ndarray:
+    """The model's logits (N, C) float32 over every image of ``split``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(split), batch_size):
+        rows = range(start, min(start + batch_size, len(split)))
+        images = torch.from_numpy(np.stack([split.image(i) for i in rows])).unsqueeze(1)
+        chunks.append(predict_logits(model, images, device, amp).numpy())
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(split.classes)), np.float32)
+
+
 def predict_split(
     model: torch.nn.Module,
     split: CachedSplit,
