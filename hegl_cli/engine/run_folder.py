@@ -116,8 +116,9 @@ class RunFolder(HeglFolder):
             raise
 
     def has_work(self) -> bool:
-        """Whether the run finished an epoch (a training state or a checkpoint is there)."""
-        return self.state.is_file() or any(self.weights(w).is_file() for w in ("best", "last"))
+        """Whether the run finished an epoch: its training state is written last, after the epoch's
+        checkpoints, so a run without one (killed in its first epoch) has nothing to resume from."""
+        return self.state.is_file()
 
     def is_training(self) -> bool:
         """Whether a process trains this run right now."""
