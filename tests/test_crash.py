@@ -29,3 +29,32 @@ def test_a_killed_command_run_again_gives_the_uninterrupted_result(name, shared,
     for point in harness.kill_points(scenario, seconds, POINTS_PER_COMMAND, seed=0):
         outcome = harness.try_point(scenario, point, tmp_path, env, reference)
         assert outcome.ok, outcome
+
+
+FILE_SIZE_LIMITS = {"prepare": 16_000, "train": 100_000, "evaluate": 20_000, "report": 100_000}  # bytes, each below
+# the largest file the command writes (images.npy, a checkpoint, the reliability diagram, the page)
+
+
+@pytest.mark.parametrize("name", sorted(FILE_SIZE_LIMITS))
+def test_a_full_disk_is_one_line_and_a_rerun_gives_the_uninterrupted_result(name, shared, tmp_path):
+    """A real write past RLIMIT_FSIZE (EFBIG, as a full disk gives ENOSPC): exit 2, one line naming the
+    file, nothing torn left behind; the same command with room ends as an uninterrupted run."""
+    import resource
+    import subprocess
+
+    env = harness.environment()
+    scenario = next(s for s in harness.scenarios(shared) if s.name == name)
+    reference, _ = harness.measure(scenario, tmp_path, env)
+    folder = tmp_path / f"{name}-full"
+    folder.mkdir()
+    scenario.setup(folder)
+    limit = FILE_SIZE_LIMITS[name]
+    done = subprocess.run(scenario.argv, cwd=folder, env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("error: cannot write ") and "over the size limit" in lines[0], lines[0]
+    assert not harness.leftovers(folder)
+    answer, detail = harness.rerun(scenario, folder, env)
+    assert answer != "failed", detail
+    assert harness.digests(folder, scenario.result) == reference

@@ -34,7 +34,7 @@ from hegl_cli.data.record_filters import class_names, keep_classes, keep_views, 
 from hegl_cli.data.records import SplitSource
 from hegl_cli.data.split_plan import check_disjoint, plan_splits
 from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import crash_point
+from hegl_cli.fs.atomic import NO_ROOM, crash_point, no_room
 
 
 def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | None:
@@ -89,6 +89,11 @@ def build_cache(
             crash_point("prepare:marker-removed")
             write_inventory(partial)
             commit_cache(partial, out, replace_cache=options.force or stale)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            if exc.errno in NO_ROOM:
+                raise no_room(Path(exc.filename or partial), exc, f"no cache was published at {out}") from None
+            raise
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

@@ -28,11 +28,13 @@ from hegl_cli.data.labels import annotated_positives, positive
 from hegl_cli.data.manifest import MANIFEST, read_manifest
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.locks import FolderLock
+from hegl_cli.fs.outputs import sha256_of
 from hegl_cli.fs.tables import read_json
 
 SKIPPED = "skipped.txt"  # one line per record or image the prepare left out, and why
 METADATA = "metadata.json"  # per split: {column: one value per image} (sex, age, view, site, ...)
 INVENTORY = "inventory.txt"  # every file prepare wrote into the cache, one relative path per line
+CHECKSUMS = "checksums.json"  # {relative path: SHA-256} of every array and list: a damaged one is refused
 PARTIAL_MARKER = ".hegl-partial"  # in <out>.partial-<pid> while prepare fills it
 
 
@@ -40,7 +42,38 @@ def write_inventory(folder: Path) -> None:
     """Record every file now in the cache ``folder`` (relative POSIX paths) as prepare's own."""
     folder = Path(folder)
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
-    (folder / INVENTORY).write_text("".join(n + "\n" for n in names if n not in (INVENTORY, PARTIAL_MARKER)))
+    names = [n for n in names if n not in (INVENTORY, PARTIAL_MARKER, CHECKSUMS)]
+    (folder / INVENTORY).write_text("".join(n + "\n" for n in names))
+    sums = {n: sha256_of(folder / n) for n in names if "/" in n and not n.startswith("source/")}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=0))
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> digest, per process
+
+
+def verify_split(cache: Path, split: str) -> None:
+    """Refuse a split whose arrays or lists differ from what prepare wrote (a flipped bit, a truncated
+    or replaced file), by the cache's checksums; caches from before them are not checked."""
+    listed = Path(cache) / CHECKSUMS
+    if not listed.is_file():
+        return
+    sums = read_json(listed, "cache checksums")
+    if not isinstance(sums, dict):
+        raise UserError(f"{listed}: not hegl's checksums of the cache (damaged); re-run `hegl prepare --force`")
+    for name, expected in sums.items():
+        if not str(name).startswith(f"{split}/"):
+            continue
+        path = Path(cache) / name
+        try:
+            info = path.stat()
+        except OSError:
+            raise UserError(f"{path}: missing from the cache; re-run `hegl prepare --force`") from None
+        key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+        if key not in _VERIFIED:
+            _VERIFIED[key] = sha256_of(path)
+        if _VERIFIED[key] != expected:
+            raise UserError(f"{path}: damaged (its content differs from what `hegl prepare` wrote: truncated, "
+                            "altered or a flipped bit); re-run `hegl prepare --force`")
 
 
 def foreign_files(cache: Path) -> list[Path]:
@@ -50,7 +83,7 @@ def foreign_files(cache: Path) -> list[Path]:
     listed = cache / INVENTORY
     if not listed.is_file():
         return []
-    ours = set(listed.read_text().splitlines()) | {INVENTORY}
+    ours = set(listed.read_text().splitlines()) | {INVENTORY, CHECKSUMS}
     return sorted(p for p in cache.rglob("*") if (p.is_file() or p.is_symlink())
                   and p.relative_to(cache).as_posix() not in ours)
 
@@ -188,6 +221,7 @@ class CachedSplit:
             available = ", ".join(self.manifest["splits"])
             raise UserError(f"split '{split}' not in {self.root} (available: {available})")
         self.split = split
+        verify_split(self.root, split)
         try:
             self.classes: list[str] = list(self.manifest["classes"])
             self.image_size: int = int(self.manifest["image_size"])

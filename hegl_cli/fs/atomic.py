@@ -86,12 +86,12 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def no_room(path: Path, exc: OSError) -> UserError:
-    """The one line for a write that ran out of room."""
+def no_room(path: Path, exc: OSError, outcome: str = "nothing was replaced") -> UserError:
+    """The one line for a write that ran out of room: the file, why, what was left as it was."""
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EFBIG: "the file is over the size limit"}.get(exc.errno or 0, exc.strerror or "no room")
-    return UserError(f"cannot write {path}: {why} ({exc.strerror}); nothing was replaced: free space and run "
-                     "the command again")
+    return UserError(f"cannot write {path}: {why} ({exc.strerror}); {outcome}: make room (or raise the limit) and "
+                     "run the command again")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], replace: bool = True) -> None:
