@@ -156,3 +156,22 @@ def test_the_builder_refuses_to_write_one_image_into_two_splits(tmp_path):
     with pytest.raises(RuntimeError, match="a.png is in the splits train and test"):
         check_disjoint(tmp_path, {"train": src, "test": src}, set())
     check_disjoint(tmp_path, {"train": src, "test": src}, {"test"})  # a twin shows the same images on purpose
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_out_inside_the_source_folder_is_refused_even_through_a_link(tiny_cache, tmp_path, through_link):
+    """The dataset's root is an input: a cache is never written into it (a ChestX-Det download keeps
+    its images in train/ and test/, so the image folders alone did not cover a sibling --out)."""
+    import shutil
+
+    source = tmp_path / "download"
+    shutil.copytree(tiny_cache / "source", source)
+    given = source
+    if through_link:
+        given = tmp_path / "link"
+        given.symlink_to(source)
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    result = CliRunner().invoke(app, ["prepare", "--format", "chestxdet", "--source", str(given),
+                                      "--out", str(given / "cache"), "--image-size", "16"])
+    assert result.exit_code == 2 and "overlaps the input" in result.output, result.output
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before

@@ -30,7 +30,8 @@ def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = N
     request = ReadRequest(cfg=cfg, classes=tuple(classes), seed=options.seed, source=source,
                           annotations=annotations or {}, images=images or {}, workers=options.workers,
                           progress=options.progress)
-    return publish(dataset.name, dataset.read(request), out or dataset.out_folder(cfg), options)
+    return publish(dataset.name, dataset.read(request), out or dataset.out_folder(cfg), options,
+                   protected=(Path(source),) if source is not None else ())
 
 
 def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -> PrepareResult:
@@ -38,15 +39,18 @@ def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -
     return publish("synthetic", read_spec(spec, options.workers, options.progress), out, options)
 
 
-def publish(fmt: str, found: FormatRead, target: Path, options: PrepareOptions) -> PrepareResult:
-    """Build the cache of what a reader found at ``target``, unless an up-to-date one is there."""
+def publish(fmt: str, found: FormatRead, target: Path, options: PrepareOptions,
+            protected: tuple[Path, ...] = ()) -> PrepareResult:
+    """Build the cache of what a reader found at ``target``, unless an up-to-date one is there; never
+    inside (or around) the ``protected`` folders (the dataset the user pointed at)."""
     identity = identify(fmt, found, options)
     done = up_to_date(target, identity, options.force)
     if done is not None:
         return done
     return build_cache(fmt, found.sources, target, options, classes=found.classes,
                        source_description=found.description, extra_manifest=found.manifest,
-                       before_build=found.generate, reader_problems=found.problems, identity=identity)
+                       before_build=found.generate, reader_problems=found.problems, identity=identity,
+                       protected=protected)
 
 
 def check_inputs(dataset: DatasetFormat, source: Path | None, annotations: dict[str, Path],

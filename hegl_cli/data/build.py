@@ -59,18 +59,21 @@ def build_cache(
     extra_manifest: dict[str, Any] | None = None,
     before_build: Callable[[Path], None] | None = None,
     reader_problems: list[str] | None = None,
+    protected: tuple[Path, ...] = (),
 ) -> PrepareResult:
     """Import ``sources`` into a cache at ``out``, atomically, never replacing anything but a hegl cache.
 
     ``before_build(partial_dir)`` may write files (e.g. a generated source) into the partial folder
     before the import; ``sources`` may point inside it. ``identity`` is recorded in the manifest; an
     existing cache with the same ``inputs`` but other ``content`` is stale and replaced without ``force``.
+    ``protected``: folders the cache must stay out of besides the sources' own (the dataset's root).
     """
     start = time.perf_counter()
     out = Path(out)
     existing = cache_identity(out)
     stale = existing is not None and existing.inputs == identity.inputs
-    check_output_folder(out, [p for src in sources for p in (src.annotations, src.images)], options.force or stale)
+    inputs = [*protected, *(p for src in sources for p in (src.annotations, src.images))]
+    check_output_folder(out, inputs, options.force or stale)
     with cache_lock(out):
         remove_stale_partials(out)
         partial = out.with_name(f"{out.name}.partial-{os.getpid()}")

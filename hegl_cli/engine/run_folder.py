@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from hegl_cli import __version__
 from hegl_cli.errors import UserError
+from hegl_cli.fs.atomic import append_line
 from hegl_cli.fs.locks import FolderLock, is_locked
 from hegl_cli.fs.outputs import safe_name
 
@@ -282,8 +283,7 @@ class RunFolder(HeglFolder):
     def append_history(self, event: str, **fields: Any) -> None:
         """One line per start/resume: time, event, the command line and what changed."""
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": event, "argv": sys.argv[1:], **fields}
-        with open(self.history, "a") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
+        append_line(self.history, json.dumps(record, default=str))
 
 
 def external_name(cache: Path) -> str:

@@ -66,7 +66,7 @@ from hegl_cli.engine.train_data import (
 )
 from hegl_cli.errors import TrainingDiverged, UserError
 from hegl_cli.evaluation.classification import choose_thresholds, macro_auc, summarize
-from hegl_cli.fs.atomic import atomic_write_text, crash_point
+from hegl_cli.fs.atomic import append_line, atomic_write_text, crash_point
 from hegl_cli.losses import HybridCriterion
 from hegl_cli.models.inference import autocast_for, predict_split
 from hegl_cli.models.model import HEGLModel, build_model
@@ -310,8 +310,7 @@ class Trainer:
         crash_point("train:between-checkpoints-and-state")
         write_state(self.folder.state, self._state(epoch))
         crash_point("train:between-state-and-metrics")
-        with open(self.folder.metrics, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.folder.metrics, json.dumps(record))
         self._tensorboard(record)
 
     def _tensorboard(self, record: dict[str, Any]) -> None:

@@ -124,6 +124,20 @@ def atomic_write(path: Path, write: Callable[[Path], None], replace: bool = True
         raise
 
 
+def append_line(path: Path, line: str) -> None:
+    """Add one whole line to a log hegl keeps (metrics, history, the outputs record), on disk before it
+    returns; a full disk is one line naming the file (a torn last line is skipped by its readers)."""
+    try:
+        with open(path, "a") as handle:
+            handle.write(line.rstrip("\n") + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.errno in NO_ROOM:
+            raise no_room(Path(path), exc, "the line was not added") from None
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes, replace: bool = True) -> None:
     """``data`` as the whole of ``path`` (the writer of files whose library writes raise their own
     errors: the bytes are made in memory, then written here, where a full disk is an OSError)."""

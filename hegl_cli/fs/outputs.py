@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hegl_cli.errors import UserError
-from hegl_cli.fs.atomic import atomic_write, json_text
+from hegl_cli.fs.atomic import append_line, atomic_write, json_text
 
 RECORD = ".hegl-outputs.jsonl"
 NAME_BYTES = 120  # a derived name's UTF-8 length at most (file systems allow 255)
@@ -165,5 +165,4 @@ class OutputFolder:
         self._recorded()  # refuses a record that is not hegl's before appending to it
         rel = "/".join(PurePosixPath(str(relative).replace("\\", "/")).parts)
         line = json.dumps({"path": rel, "sha256": sha256_of(target), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        with open(self.root / RECORD, "a") as handle:  # one short append: whole lines, whoever else appends
-            handle.write(line + "\n")
+        append_line(self.root / RECORD, line)  # one short append: whole lines, whoever else appends
