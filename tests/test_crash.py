@@ -20,14 +20,28 @@ def shared(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def reference(shared, tmp_path_factory):
+    """``reference(name)``: (the scenario, its uninterrupted result, its seconds), run once per module."""
+    done: dict[str, tuple] = {}
+    root = tmp_path_factory.mktemp("crash-reference")
+
+    def get(name: str) -> tuple:
+        if name not in done:
+            scenario = next(s for s in harness.scenarios(shared) if s.name == name)
+            done[name] = (scenario, *harness.measure(scenario, root, harness.environment()))
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", ["prepare", "train", "evaluate", "ablation", "report", "explain", "predict"])
-def test_a_killed_command_run_again_gives_the_uninterrupted_result(name, shared, tmp_path):
+def test_a_killed_command_run_again_gives_the_uninterrupted_result(name, reference, tmp_path):
     env = harness.environment()
-    scenario = next(s for s in harness.scenarios(shared) if s.name == name)
-    reference, seconds = harness.measure(scenario, tmp_path, env)
-    assert reference, f"{name}: the reference run published nothing the scenario names"
+    scenario, result, seconds = reference(name)
+    assert result, f"{name}: the reference run published nothing the scenario names"
     for point in harness.kill_points(scenario, seconds, POINTS_PER_COMMAND, seed=0):
-        outcome = harness.try_point(scenario, point, tmp_path, env, reference)
+        outcome = harness.try_point(scenario, point, tmp_path, env, result)
         assert outcome.ok, outcome
 
 
@@ -36,15 +50,14 @@ FILE_SIZE_LIMITS = {"prepare": 16_000, "train": 100_000, "evaluate": 20_000, "re
 
 
 @pytest.mark.parametrize("name", sorted(FILE_SIZE_LIMITS))
-def test_a_full_disk_is_one_line_and_a_rerun_gives_the_uninterrupted_result(name, shared, tmp_path):
+def test_a_full_disk_is_one_line_and_a_rerun_gives_the_uninterrupted_result(name, reference, tmp_path):
     """A real write past RLIMIT_FSIZE (EFBIG, as a full disk gives ENOSPC): exit 2, one line naming the
     file, nothing torn left behind; the same command with room ends as an uninterrupted run."""
     import resource
     import subprocess
 
     env = harness.environment()
-    scenario = next(s for s in harness.scenarios(shared) if s.name == name)
-    reference, _ = harness.measure(scenario, tmp_path, env)
+    scenario, result, _ = reference(name)
     folder = tmp_path / f"{name}-full"
     folder.mkdir()
     scenario.setup(folder)
@@ -57,4 +70,4 @@ def test_a_full_disk_is_one_line_and_a_rerun_gives_the_uninterrupted_result(name
     assert not harness.leftovers(folder)
     answer, detail = harness.rerun(scenario, folder, env)
     assert answer != "failed", detail
-    assert harness.digests(folder, scenario.result) == reference
+    assert harness.digests(folder, scenario.result) == result
