@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_OVERRIDES
-from hegl_cli.engine.kernels import PINNED, cpu_has_avx2, pin_cpu_kernels
+from hegl_cli.engine.kernels import PINNED, SET_BY_HEGL, cpu_has_avx2, pin_cpu_kernels
 
 AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
@@ -26,7 +26,7 @@ def _cpuinfo(tmp_path: Path, flags: str) -> Path:
 def test_pin_sets_what_the_user_did_not_and_opts_out(tmp_path):
     with_avx2 = _cpuinfo(tmp_path, "fpu sse2 avx avx2 fma")
     env: dict = {}
-    assert pin_cpu_kernels(env, with_avx2) == PINNED and env == PINNED
+    assert pin_cpu_kernels(env, with_avx2) == PINNED and {k: env[k] for k in PINNED} == PINNED
     env = {"MKL_CBWR": "COMPATIBLE"}
     pin_cpu_kernels(env, with_avx2)
     assert env["MKL_CBWR"] == "COMPATIBLE" and env["ATEN_CPU_CAPABILITY"] == "avx2"
@@ -38,7 +38,7 @@ def test_pin_sets_what_the_user_did_not_and_opts_out(tmp_path):
 
 
 def _train(tmp_path: Path, cache: Path, name: str, extra_env: dict) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in {*PINNED, *AVX2_MACHINE, "HEGL_CPU_KERNELS"}}
+    env = {k: v for k, v in os.environ.items() if k not in {*PINNED, *AVX2_MACHINE, "HEGL_CPU_KERNELS", SET_BY_HEGL}}
     env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra_env})
     overrides = [a for o in TINY_OVERRIDES + [f"data.path={cache}", "train.epochs=2", "train.deterministic=true"]
                  for a in ("--set", o)]
