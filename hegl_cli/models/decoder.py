@@ -3,7 +3,9 @@
 Pre-norm decoder layers (self-attention among queries, cross-attention to the patches, FFN), as in
 KAD/DETR's ``forward_pre``. Attention runs through the fused ``scaled_dot_product_attention``
 kernel except where its weights are needed (the cross-attention whose maps we return), which is
-computed explicitly so that the maps are exactly the softmax the layer used.
+computed explicitly so that the maps are exactly the softmax the layer used. That softmax is float32
+under bf16 autocast too (the scores come from a bf16 matmul; the maps HA and DAL see do not lose
+bf16's 8-bit mantissa a second time), and is cast to the values' dtype for the weighted sum.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ class MultiHeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if need_weights or not self.fused_attn or self.record_heads:
             attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, Lq, Lk)
-            attn = attn.softmax(dim=-1)
+            attn = attn.float().softmax(dim=-1)  # float32 maps under bf16 autocast too (a no-op in fp32)
             if self.record_heads:
                 self.head_weights = attn.detach()
-            out = F.dropout(attn, p, self.training) @ v
+            out = F.dropout(attn, p, self.training).to(v.dtype) @ v
             weights = attn.mean(dim=1) if need_weights else None  # (B, Lq, Lk)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)

@@ -96,14 +96,18 @@ class HEGLModel(nn.Module):
         Returns:
             ``logits`` (B, C); ``attention`` (B, C, h, w), the last layer's cross-attention averaged
             over heads (each map sums to 1); with ``all_layers``, ``attention_layers`` (L, B, C, h, w).
+            Under bf16 autocast the logits (a small head run outside autocast) and the maps (a float32
+            softmax, :class:`~hegl_cli.models.decoder.MultiHeadAttention`) are still float32.
         """
         b = images.shape[0]
         h, w = self.grid
         tokens = self.encoder(self.normalize(images))  # (B, N, E)
         memory = self.memory_proj(tokens)  # (B, N, D)
         decoded, weights = self.decoder(self.queries(b), memory, all_weights=all_layers)  # (B, C, D)
+        with torch.autocast(decoded.device.type, enabled=False):  # C x D multiply-adds: float32 logits
+            logits = self.head(decoded.float()).squeeze(-1)  # (B, C)
         out = {
-            "logits": self.head(decoded).squeeze(-1),  # (B, C)
+            "logits": logits,
             "attention": weights[-1].reshape(b, -1, h, w),
         }
         if all_layers:
