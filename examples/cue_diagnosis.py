@@ -62,7 +62,7 @@ def reliance_by_cue(run: Path, cases: list[Case], member: str = "v2", batch: int
         for start in range(0, len(cases), batch):
             images = torch.stack([as_cached(synthetic.render_cues(img, bits ^ flip, s, **kw), size)
                                   for img, bits, s, kw in cases[start:start + batch]])[:, None]
-            chunks.append(predict_images(loaded.model, images, loaded.device)[0].numpy())
+            chunks.append(predict_images(loaded.model, images, loaded.device, loaded.in_force)[0].numpy())
         return np.concatenate(chunks)
 
     base = probs(0)

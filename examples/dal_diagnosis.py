@@ -23,7 +23,7 @@ from hegl_cli.models.inference import predict_split
 def diagnose(run: str, data: str | None) -> dict:
     loaded = load_run(Path(run), "best", Path(data) if data else None, "cpu", "test")
     split = loaded.split
-    preds = predict_split(loaded.model, split, loaded.device, 64)
+    preds = predict_split(loaded.model, split, loaded.device, 64, precision=loaded.in_force)
     maps = preds.attention  # (N, C, h, w)
     labels = np.nan_to_num(split.labels) > 0.5
     grid = maps.shape[-2:]

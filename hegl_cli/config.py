@@ -35,6 +35,8 @@ from hegl_cli.fs.yamlfile import read_yaml as load_yaml_file
 MAX_IMAGE_SIZE = 2048
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = typing.get_args(Device)
+Precision = Literal["fp32", "bf16", "auto"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 ThresholdMetric = Literal["mcc", "f1"]
 THRESHOLD_METRICS: tuple[str, ...] = typing.get_args(ThresholdMetric)
 CALIBRATION_METHODS = ("temperature", "isotonic")  # `hegl evaluate --recalibrate --calibration-method`
@@ -170,7 +172,10 @@ class TrainConfig:
     device: Device = "auto"
     workers: int = opt(0, ge=0)
     deterministic: bool = False
-    amp: bool = True  # bf16 autocast on CUDA (TF32 for what stays in float32)
+    # What the model computes in (README, "Precision"): fp32 | bf16 (autocast; losses, metrics, the maps
+    # HA/DAL see and the optimizer state stay float32) | auto (bf16 where the device has bf16 units: AMX or
+    # AVX512-BF16 on a CPU, compute capability 8.0+ on CUDA; else fp32). Replaces train.amp.
+    precision: Precision = "fp32"
     compile: bool = False  # torch.compile the model (CUDA; see README for the measured effect)
     # What chooses the checkpoint, early stopping and thresholds: the val images as they are, or
     # val_swapped: each val image's expert-masked regions on a finding-free val image's context
@@ -226,6 +231,9 @@ class EvalConfig:
     robustness_draws: int = opt(3, ge=1)  # `hegl robustness` default for --draws
     sigmas: list[float] = opt(ge=0.0, le=1.0, factory=lambda: [0.05])  # `hegl robustness` default for --sigma
     batch_size: int = opt(64, ge=1)
+    # What evaluate, robustness, explain, predict and report compute in: run (the precision the run
+    # trained in, recorded in its checkpoint) | fp32 | bf16 | auto (see train.precision).
+    precision: Literal["run", "fp32", "bf16", "auto"] = "run"
 
 
 @dataclass
@@ -370,8 +378,28 @@ def apply_mapping(cfg: Config, mapping: dict[str, Any], source: str) -> set[str]
     return touched
 
 
+REPLACED_KEYS = {
+    "train.amp": "was replaced by train.precision (fp32 | bf16 | auto); train.amp=true meant bf16 autocast on "
+                 "CUDA only: set train.precision=bf16 (or auto) for bf16, fp32 for none",
+}
+
+
+def upgrade_stored(mapping: Any) -> Any:
+    """A stored run config (a run folder's config, a checkpoint's metadata) from before ``train.precision``: its
+    ``train.amp`` is read as ``train.precision: fp32``, what such a run computed in on a CPU (on CUDA it
+    trained under bf16 autocast; README, "Precision"). The user's own ``train.amp`` is refused instead."""
+    train = mapping.get("train") if isinstance(mapping, dict) else None
+    if isinstance(train, dict) and "amp" in train:
+        train = {k: v for k, v in train.items() if k != "amp"}
+        train.setdefault("precision", "fp32")
+        mapping = {**mapping, "train": train}
+    return mapping
+
+
 def set_value(cfg: Config, dotted: str, value: Any, source: str = "--set") -> None:
     """Set ``section.key`` to ``value`` after checking the key, the value's type and its range."""
+    if dotted in REPLACED_KEYS:
+        raise UserError(f"{source}: config key '{dotted}' {REPLACED_KEYS[dotted]}")
     sections = _sections()
     if "." not in str(dotted):
         raise UserError(f"{source}: config key '{dotted}' must look like section.key")
@@ -497,7 +525,7 @@ def load_config(
     """
     cfg = Config()
     if base is not None:
-        apply_mapping(cfg, read_yaml(Path(base)), str(base))
+        apply_mapping(cfg, upgrade_stored(read_yaml(Path(base))), str(base))
     for source, values in config_layers(config_file, overrides, flags):
         apply_layer(cfg, source, values)
         cfg.mark_set(set(values))
@@ -508,7 +536,7 @@ def load_config(
 def config_from_dict(mapping: dict[str, Any], source: str = "checkpoint config") -> Config:
     """Rebuild a config stored with a checkpoint (no defaults file involved)."""
     cfg = Config()
-    apply_mapping(cfg, mapping, source)
+    apply_mapping(cfg, upgrade_stored(mapping), source)
     return cfg
 
 

@@ -36,7 +36,7 @@ def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarra
     # the run's own val, whichever cache is evaluated: another site's data never sets a threshold
     val = open_split(loaded.home_data, "val", list(loaded.meta["classes"]), loaded.image_size)
     model = loaded.model.model if loaded.external else loaded.model
-    preds = predict_split(model, val, loaded.device, loaded.cfg.eval.batch_size)
+    preds = predict_split(model, val, loaded.device, loaded.cfg.eval.batch_size, precision=loaded.in_force)
     chosen = choose_thresholds(preds.probs, val.labels, metric)
     return (chosen[list(loaded.match.model_index)] if loaded.external else chosen), f"validation ({metric})"
 
@@ -61,7 +61,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
     if len(cached) == 0:
         raise UserError(f"{loaded.data}: split '{split}' is empty")
     thresholds, threshold_source = resolve_thresholds(loaded, threshold_metric)
-    preds = predict_split(loaded.model, cached, loaded.device, cfg.eval.batch_size)
+    preds = predict_split(loaded.model, cached, loaded.device, cfg.eval.batch_size, precision=loaded.in_force)
     metrics = summarize(preds.probs, cached.labels, thresholds, classes)
     report: dict[str, Any] = {
         "run": str(run), "checkpoint": which, "epoch": loaded.meta.get("epoch"), "split": split,
@@ -73,15 +73,16 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
         "attention": alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
                                       cfg.eval.top_share),
         "eval_config": dataclasses.asdict(cfg.eval),
+        "precision": loaded.precision.record() if loaded.precision else None,
         "warnings": reading_warnings(loaded),
         **external_fields(loaded),
         "calibration": reliability(preds.probs, cached.labels, classes),
         "subgroups": subgroup_scores(preds.probs, cached.labels, cached.metadata, classes, cfg.eval.bootstrap),
     }
-    report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split)
-                              if faithfulness else {})
+    report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split,
+                                                   loaded.in_force) if faithfulness else {})
     if methods:
-        report.update(methods_section(loaded.model, cached, methods, cfg, loaded.device, sanity, log))
+        report.update(methods_section(loaded.model, cached, methods, cfg, loaded.device, sanity, log, loaded.in_force))
     run_folder, outputs = RunFolder(run), OutputFolder(run, owned=True)
     site = external_name(loaded.data) if loaded.external else None
     report["site"] = site  # where eval/external/<site>/ keeps it (None: the run's own cache)
@@ -97,13 +98,14 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
 
 
 def methods_section(model, cached: CachedSplit, methods: list[str], cfg: Config, dev: torch.device, sanity: bool,
-                    log=lambda *_: None) -> dict[str, Any]:
-    """Every method scored on the same pairs, and (``sanity``) the cascading randomisation check."""
+                    log=lambda *_: None, precision: str = "fp32") -> dict[str, Any]:
+    """Every method scored on the same pairs, and (``sanity``) the cascading randomisation check. The
+    methods' maps are computed in float32; the deletion/insertion forward passes in ``precision``."""
     def image(i: int) -> torch.Tensor:
         return torch.from_numpy(cached.image(i)).unsqueeze(0)
 
     section: dict[str, Any] = {"methods": score_methods(model, image, cached.masks, cached.labels, cached.has_mask,
-                                                        methods, cfg.eval, dev, log)}
+                                                        methods, cfg.eval, dev, log, precision)}
     if sanity:
         pairs = method_pairs(cached.labels, cached.has_mask, cfg.eval.sanity_pairs, seed=1)
         section["sanity"] = sanity_check(model, image, pairs, methods, seed=0, log=log) if len(pairs) else {"pairs": 0}
@@ -146,13 +148,14 @@ def reading_warnings(loaded: LoadedRun) -> list[str]:
 
 
 def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Config, dev: torch.device,
-                         data: Path, split: str) -> dict[str, Any]:
+                         data: Path, split: str, precision: str = "fp32") -> dict[str, Any]:
     section: dict[str, Any] = {
         **faithfulness_scores(model, lambda i: torch.from_numpy(cached.image(i)).unsqueeze(0), preds.attention,
                               cached.labels, cached.classes, cfg.eval.faithfulness_steps,
-                              cfg.eval.faithfulness_images, dev, baseline=cfg.eval.faithfulness_baseline)
+                              cfg.eval.faithfulness_images, dev, baseline=cfg.eval.faithfulness_baseline,
+                              precision=precision)
     }
-    audit = context_audit(model, cached, dev, cfg.eval.batch_size)
+    audit = context_audit(model, cached, dev, cfg.eval.batch_size, precision=precision)
     if audit is not None:
         section["context_audit"] = audit
     twin_name = counterfactual_split(cached.manifest, split)
@@ -160,7 +163,7 @@ def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Co
         twin = open_split(data, twin_name, cached.classes, cached.image_size)
         if twin.files != cached.files:
             raise UserError(f"{data}: split '{twin_name}' does not list the same images as '{split}'")
-        twin_preds = predict_split(model, twin, dev, cfg.eval.batch_size)
+        twin_preds = predict_split(model, twin, dev, cfg.eval.batch_size, precision=precision)
         section["shortcut_reliance"] = shortcut_reliance(preds.probs, twin_preds.probs, cached.classes)
         section["shortcut_reliance"]["counterfactual_split"] = twin_name
     return section

@@ -119,12 +119,12 @@ def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], folder: O
     raw = load_image(path, data.max_pixels, data.frames, data.intensity)  # decoded once: model input and display
     pixels, _ = preprocess_array(raw, size)  # uint8, exactly as the cache stores training images
     image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None, None]
-    probs_t, maps_t = predict_images(loaded.model, image, loaded.device)
+    probs_t, maps_t = predict_images(loaded.model, image, loaded.device, loaded.in_force)
     probs = probs_t[0].numpy()  # (C,)
     display, _ = square_and_resize(raw, min(DISPLAY_SIZE, max(size, 256)))
     record = {
         "image": str(path), "model_input_size": size, "grid": list(maps_t.shape[-2:]),
-        "checkpoint": loaded.which, "epoch": loaded.meta.get("epoch"),
+        "checkpoint": loaded.which, "epoch": loaded.meta.get("epoch"), "precision": loaded.in_force,
         "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
                                  "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
         "methods": {},

@@ -97,9 +97,9 @@ def predict_batches(loaded: LoadedRun, files: list[Path], batch_size: int = 32, 
     for batch in image_batches(files, loaded.image_size, loaded.cfg.data, batch_size, workers, pin, progress):
         probs = np.zeros((0, len(loaded.classes)), np.float32)
         if batch["image"] is not None and calibration is None:
-            probs = predict_images(loaded.model, batch["image"], loaded.device, loaded.cfg.train.amp)[0].numpy()
+            probs = predict_images(loaded.model, batch["image"], loaded.device, loaded.in_force)[0].numpy()
         elif batch["image"] is not None:
-            logits = predict_logits(loaded.model, batch["image"], loaded.device, loaded.cfg.train.amp).numpy()
+            logits = predict_logits(loaded.model, batch["image"], loaded.device, loaded.in_force).numpy()
             probs = calibration.probabilities(logits)
         yield batch["index"], probs, batch["errors"]
 

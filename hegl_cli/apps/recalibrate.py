@@ -45,7 +45,8 @@ def fit_site_calibration(run: Path, data: Path, which: str = "best", method: str
         cached = loaded.split
         if len(cached) == 0:
             raise UserError(f"{data}: split 'val' is empty; a site's calibration is fitted on its val split")
-        logits = split_logits(loaded.model, cached, loaded.device, loaded.cfg.eval.batch_size)
+        logits = split_logits(loaded.model, cached, loaded.device, loaded.cfg.eval.batch_size,
+                              precision=loaded.in_force)
         chosen = metric or loaded.meta.get("threshold_metric", "mcc")
         facts = {"fitted_on": {"data": str(Path(data).resolve()), "split": "val", "images": len(cached),
                                "positives": dict(zip(loaded.classes, np.nansum(cached.labels, 0).astype(int).tolist()))},
@@ -94,7 +95,8 @@ def score_recalibration(run: Path, data: Path, calibration: Calibration, which: 
         if list(loaded.classes) != list(calibration.classes):
             raise UserError(f"{data}: split '{split}' scores classes {loaded.classes}, the calibration "
                             f"{calibration.classes}")
-        logits = split_logits(loaded.model, cached, loaded.device, loaded.cfg.eval.batch_size)
+        logits = split_logits(loaded.model, cached, loaded.device, loaded.cfg.eval.batch_size,
+                              precision=loaded.in_force)
         n = loaded.cfg.eval.bootstrap
         before = scores(expit(logits.astype(np.float64)), cached.labels, loaded.thresholds, loaded.classes, n)
         after = scores(calibration.probabilities(logits), cached.labels, calibration.thresholds, loaded.classes, n)

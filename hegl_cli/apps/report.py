@@ -56,11 +56,20 @@ def run_header(loaded: LoadedRun) -> str:
                                                               f"({cfg.loss.ha_type}, HA on {cfg.loss.ha_layers} layer(s))"],
              ["training", f"AdamW lr {cfg.train.lr:g}, batch {cfg.train.batch_size}, up to {cfg.train.epochs} epochs, "
                           f"augment {cfg.data.augment}"],
+             ["precision", trained_precision(meta, loaded)],
              ["thresholds", f"chosen on {meta.get('thresholds_chosen_on', 'val')} by {meta.get('threshold_metric')}"],
              ["versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())]]
     config = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     return (table(None, facts, "facts") + "<details><summary>the resolved config</summary>"
             f"<pre>{esc(config)}</pre></details>")
+
+
+def trained_precision(meta: dict[str, Any], loaded: LoadedRun) -> str:
+    """What the run trained in (asked, in force, device) and what this report's forward passes use."""
+    record = meta.get("precision") or {}
+    trained = (f"trained in {record.get('in_force')} (asked {record.get('asked')}) on {record.get('device')}"
+               if record else "trained before hegl recorded precision")
+    return f"{trained}; this report computes in {loaded.in_force}"
 
 
 def data_section(loaded: LoadedRun) -> str:
@@ -219,7 +228,7 @@ def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
     split = loaded.split
     if split is None or len(split) == 0 or per_kind <= 0:
         return "<p class=note>no test images to show</p>"
-    preds = predict_split(loaded.model, split, loaded.device, loaded.cfg.eval.batch_size)
+    preds = predict_split(loaded.model, split, loaded.device, loaded.cfg.eval.batch_size, precision=loaded.in_force)
     pairs = np.argwhere(annotated_positives(split.labels, split.has_mask))
     energy = np.array([float(energy_in_mask(preds.attention[i, c][None], patch_coverage(split.masks(i)[c][None],
                                                                                         preds.attention.shape[-2:]))[0])
@@ -233,7 +242,8 @@ def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
     twin_name = counterfactual_split(split.manifest, split.split)
     if twin_name:
         with load_run(loaded.folder, loaded.which, loaded.data, str(loaded.device), twin_name) as twin:
-            twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size)
+            twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size,
+                                       precision=twin.in_force)
         diff = np.abs(preds.probs - twin_preds.probs)  # (N, C)
         flat = np.argsort(-diff.reshape(-1), kind="stable")[:per_kind]
         kinds.append(("Most shortcut-driven (probability moves when only the shortcut is toggled)",

@@ -84,7 +84,7 @@ def _measure(loaded_runs: list[LoadedRun], sigmas: list[float] | None, split: st
         for sigma in sigmas:
             per_draw: dict[str, list] = {"auc": [], "f1": [], "mcc": [], "energy_in_mask": [], "pointing_game": []}
             for draw in range(1 if sigma == 0 else draws):
-                preds = predict_split(model, cached, loaded.device, cfg.eval.batch_size,
+                preds = predict_split(model, cached, loaded.device, cfg.eval.batch_size, precision=loaded.in_force,
                                       perturb=gaussian_noise(sigma, seed, draw))
                 macro = summarize(preds.probs, cached.labels, loaded.thresholds, classes)["macro"]
                 att = alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,
@@ -94,6 +94,7 @@ def _measure(loaded_runs: list[LoadedRun], sigmas: list[float] | None, split: st
                 per_draw["energy_in_mask"].append(att["energy_in_mask"])
                 per_draw["pointing_game"].append(att["pointing_game"])
             records.append({"run": run.name, "run_path": str(run), "sigma": sigma, "split": split,
+                            "precision": loaded.in_force,
                             "draws": len(per_draw["auc"]), **{k: _stats(v) for k, v in per_draw.items()}})
             bar.update()
     bar.close()

@@ -2,7 +2,8 @@
 and a trained run rebuilt from them (:func:`load_run`). The files are :class:`RunFolder`'s.
 
 The metadata holds the resolved config (the image size is its ``data.image_size``), the class
-names, the chosen thresholds and the versions; the class embeddings are a buffer inside the weights.
+names, the chosen thresholds, the versions with the CPU kernels in force, and the precision (asked,
+in force, device, its bf16 units); the class embeddings are a buffer inside the weights.
 :func:`load_model` rebuilds the model from these two files alone: no text encoder, no training
 data, no hub access.
 """
@@ -30,7 +31,8 @@ from hegl_cli.data.combined import data_paths
 from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.data.pathologies import ClassMatch, match_classes
 from hegl_cli.engine.device import select_device
-from hegl_cli.engine.kernels import kernel_facts
+from hegl_cli.engine.kernels import kernel_facts, settle_cpu_kernels
+from hegl_cli.engine.precision import Precision, eval_precision
 from hegl_cli.engine.run_folder import CHECKPOINTS, RunFolder
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.atomic import atomic_write_bytes, atomic_write_json, crash_point
@@ -130,6 +132,9 @@ def meta_problem(data: dict[str, Any]) -> str | None:
         return f"'thresholds' is not one number per class ({len(classes)})"
     if "weights_sha256" in data and not isinstance(data["weights_sha256"], str):
         return "'weights_sha256' is not a digest"
+    precision = data.get("precision")
+    if precision is not None and (not isinstance(precision, dict) or precision.get("in_force") not in ("fp32", "bf16")):
+        return "'precision' does not say fp32 or bf16 in force"
     return None
 
 
@@ -226,6 +231,12 @@ class LoadedRun:
     thresholds: np.ndarray  # (C,) chosen on validation during training
     locks: list[FolderLock] = field(default_factory=list, repr=False)
     match: ClassMatch | None = None  # set when ``data`` is another cache than the run's own (external validation)
+    precision: Precision | None = None  # what the model computes in here (eval.precision on this device)
+
+    @property
+    def in_force(self) -> str:
+        """The precision every forward pass of this load uses: ``fp32`` or ``bf16``."""
+        return self.precision.in_force if self.precision is not None else "fp32"
 
     def close(self) -> None:
         for lock in reversed(self.locks):
@@ -281,11 +292,13 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
     """Load a run's checkpoint, the cache it trained on (or ``data``) and, if asked, one split of it.
 
     ``eval_layers``: the user's ``--config/--set`` layers (see :func:`config_layers`); only ``eval.*``
-    keys may change a trained run's config.
+    keys may change a trained run's config. The precision (``eval.precision``, by default the run's
+    own) is settled, with the CPU kernels it needs, before the model is built.
     """
     dev = select_device(device)
     locks = [RunFolder(run).lock(shared=True).acquire()]
     try:
+        precision = settle_precision(run, which, dev, eval_layers, command)
         model, meta, cfg = load_model(run, which, dev)
         apply_eval_layers(cfg, eval_layers or [], command)
         home = Path(meta.get("data") or data_paths(cfg.data.path)[0])
@@ -305,7 +318,19 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
         for lock in reversed(locks):
             lock.release()
         raise
-    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks, match)
+    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks, match, precision)
+
+
+def settle_precision(run: Path, which: str, device: torch.device, eval_layers: list | None, command: str) -> Precision:
+    """What a loaded run computes in (``eval.precision``, by default the run's own) on ``device``, with
+    the CPU kernels it needs settled; from the checkpoint's metadata alone, before any kernel runs."""
+    _, meta_path = checkpoint_paths(run, which)
+    meta = load_meta(run, which)
+    cfg = config_from_dict(meta["config"], source=str(meta_path))
+    apply_eval_layers(cfg, eval_layers or [], command)
+    precision = eval_precision(cfg.eval.precision, meta, cfg.train.precision, device)
+    settle_cpu_kernels(precision.in_force, device.type)
+    return precision
 
 
 def same_folder(a: Path, b: Path) -> bool:

@@ -20,7 +20,8 @@ def configure_device(device: torch.device) -> None:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; the fused CUDA kernel on GPUs (one launch for all parameters)."""
+    """AdamW, fused (one kernel for all parameters) on CUDA and CPU; its state is float32 like the
+    parameters, whatever ``train.precision`` (autocast casts copies, never the parameters)."""
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.train.lr,
                              weight_decay=cfg.train.weight_decay, **fused)

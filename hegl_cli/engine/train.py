@@ -38,8 +38,10 @@ from hegl_cli.data.manifest import intensity_rule_of
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
+from hegl_cli.engine.kernels import kernel_facts, settle_cpu_kernels
 from hegl_cli.engine.loader import make_loader, source_sampling_weights
 from hegl_cli.engine.optim import EarlyStopping, configure_device, make_optimizer, make_scheduler
+from hegl_cli.engine.precision import Precision, resolve_precision
 from hegl_cli.engine.resume import (
     check_resume_config,
     check_resume_data,
@@ -102,6 +104,9 @@ class Trainer:
         self.dist = D.init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        # before any kernel runs: the precision decides whether the CPU kernels stay pinned (kernels.py)
+        self.precision: Precision = resolve_precision(cfg.train.precision, self.device)
+        settle_cpu_kernels(self.precision.in_force, self.device.type)
         configure_device(self.device)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -207,8 +212,10 @@ class Trainer:
         has_mask = batch["has_mask"].to(self.device, non_blocking=not blocking)
         no_sync = self.net.no_sync if (self.dist.enabled and not sync and hasattr(self.net, "no_sync")) else None
         with no_sync() if no_sync else contextlib.nullcontext():
-            with autocast_for(self.device, self.cfg.train.amp):
+            with autocast_for(self.device, self.precision.in_force):
                 outputs = self.net(images, all_layers=self.criterion.needs_all_layers)
+            # the criterion runs outside autocast, on float32 logits and maps: its Dice, cosines and logs
+            # keep float32's range and resolution whatever the forward computed in
             outputs = {k: v.float() for k, v in outputs.items()}
             # unweighted terms + their weighted_total as "loss", under the weights in effect (logged too)
             terms = self.criterion(outputs, labels, masks, has_mask,
@@ -243,7 +250,7 @@ class Trainer:
         """
         shard = np.arange(self.dist.rank, len(self.val_split), self.dist.world_size)
         preds = predict_split(self.model, self.val_split, self.device, self.cfg.eval.batch_size, shard,
-                              amp=self.cfg.train.amp, perturb=perturb)
+                              perturb=perturb, precision=self.precision.in_force)
         parts = D.gather_objects((preds.index, preds.probs), self.dist)
         index = np.concatenate([p[0] for p in parts])
         probs = np.concatenate([p[1] for p in parts])
@@ -300,7 +307,8 @@ class Trainer:
         extra = {"epoch": epoch + 1, "val_auc": val_auc, "thresholds": np.asarray(thresholds).tolist(),
                  "threshold_metric": self.cfg.eval.threshold_metric,
                  "thresholds_chosen_on": self.cfg.train.select_on, "selected_on": self.cfg.train.select_on,
-                 "data": str(data_paths(self.cfg.data.path)[0]), "intensity_rule": intensity_rule_of(self.train_split.manifest)}
+                 "data": str(data_paths(self.cfg.data.path)[0]), "intensity_rule": intensity_rule_of(self.train_split.manifest),
+                 "precision": self.precision.record()}
         if isinstance(self.train_split, CombinedSplit):
             extra["data_sources"] = [str(r) for r in self.train_split.roots]
         save_checkpoint(self.run, "last", self.model, self.cfg, extra)
@@ -337,6 +345,23 @@ class Trainer:
         if self.writer:
             self.writer.close()
         D.shutdown(self.dist)
+
+
+def describe_precision(precision: Precision) -> str:
+    """One line: the precision in force (and why), and the CPU kernels the libraries will use."""
+    facts = kernel_facts()
+    return (f"{precision.line()}; CPU kernels: ATen {facts['cpu_capability']}, oneDNN {facts['onednn_max_cpu_isa']}, "
+            f"MKL {facts['mkl_cbwr']}, {facts['threads']} threads")
+
+
+def note_precision_change(run: Path, precision: Precision, log) -> None:
+    """A line when a resumed run computes in another precision than its last start (``auto`` on another
+    machine); the history records both."""
+    before = next((r.get("precision") for r in reversed(RunFolder(run).read_history())
+                   if r.get("event") in ("start", "resume") and isinstance(r.get("precision"), dict)), None)
+    if before and before.get("in_force") != precision.in_force:
+        log(f"note: {run} computed in {before['in_force']} before and resumes in {precision.in_force} "
+            f"({precision.device}); its history records both")
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -404,17 +429,20 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
         trainer = Trainer(cfg, run, resume, progress, log=log)
         if resume:
             check_resume_data(run, trainer.train_split)
+            note_precision_change(run, trainer.precision, log)
     except BaseException:
         if main and not resume:
             remove_if_unused(run)  # leave no empty run folder behind a run that never started
         raise
     log(describe_supervision(trainer.train_split))
+    log(describe_precision(trainer.precision))
     try:
         if trainer.dist.is_main:
             trainer.folder.write_marker()
             cfg.dump(trainer.folder.config)
             trainer.folder.append_history("resume" if resume else "start", epoch=trainer.start_epoch + 1,
-                                          changed=changes, **data_facts(trainer.train_split))
+                                          changed=changes, **data_facts(trainer.train_split),
+                                          precision=trainer.precision.record(), kernels=kernel_facts())
             mark_latest(run)
         return trainer.fit()
     finally:

@@ -15,8 +15,8 @@ from hegl_cli.data.swap import finding_free_pairing, paste
 from hegl_cli.models.inference import predict_split
 
 
-def context_audit(model: torch.nn.Module, split, device: torch.device, batch_size: int = 64, seed: int = 0
-                  ) -> dict | None:
+def context_audit(model: torch.nn.Module, split, device: torch.device, batch_size: int = 64, seed: int = 0,
+                  precision: str = "fp32") -> dict | None:
     """Does the decision come from the lesion or its context? No counterfactual twin needed.
 
     - ``context_reliance``: mean |p(x) - p(x')| over images with an expert mask, where x' keeps the
@@ -52,19 +52,22 @@ def context_audit(model: torch.nn.Module, split, device: torch.device, batch_siz
             return out
         return perturb
 
-    base = predict_split(model, split, device, batch_size, annotated).probs
+    base = predict_split(model, split, device, batch_size, annotated, precision=precision).probs
     report: dict = {"images": int(len(annotated))}
     for moved, suffix in ((False, ""), (True, "_chance")):
-        ctx = predict_split(model, split, device, batch_size, annotated, perturb=swap(True, moved)).probs
+        ctx = predict_split(model, split, device, batch_size, annotated, perturb=swap(True, moved),
+                            precision=precision).probs
         diff = np.abs(base - ctx)
         report[f"context_reliance{suffix}"] = float(diff.mean())
         report[f"context_reliance_per_class{suffix}"] = {c: float(diff[:, j].mean()) for j, c in enumerate(split.classes)}
     pairs = np.argwhere(annotated_positives(split.labels, split.has_mask))
     if len(pairs):
-        full = predict_split(model, split, device, batch_size, pairs[:, 0]).probs[np.arange(len(pairs)), pairs[:, 1]]
+        full = predict_split(model, split, device, batch_size, pairs[:, 0],
+                             precision=precision).probs[np.arange(len(pairs)), pairs[:, 1]]
         for moved, suffix in ((False, ""), (True, "_chance")):
             cut = predict_split(model, split, device, batch_size, pairs[:, 0],
-                                perturb=swap(False, moved, pairs[:, 1])).probs[np.arange(len(pairs)), pairs[:, 1]]
+                                perturb=swap(False, moved, pairs[:, 1]),
+                                precision=precision).probs[np.arange(len(pairs)), pairs[:, 1]]
             drop = full - cut
             report[f"lesion_necessity{suffix}"] = float(drop.mean())
             report[f"lesion_necessity_per_class{suffix}"] = {

@@ -44,7 +44,7 @@ def curve_area(values: np.ndarray) -> float:
 
 def deletion_insertion(
     model: torch.nn.Module, image: torch.Tensor, class_index: int, attention: np.ndarray, steps: int,
-    device: torch.device, rng: np.random.Generator, baseline: str = "blur",
+    device: torch.device, rng: np.random.Generator, baseline: str = "blur", precision: str = "fp32",
 ) -> dict[str, float]:
     """Deletion and insertion areas for one (image, class), by the map's order and by a random order.
 
@@ -52,6 +52,7 @@ def deletion_insertion(
         image: (1, S, S) in [0, 1].
         attention: (h, w) this class's map (any method's, at patch resolution).
         steps: curve points after the first; 0 = one per patch.
+        precision: what the forward passes compute in (fp32 | bf16).
     """
     size = image.shape[-1]
     grid = attention.shape
@@ -64,7 +65,7 @@ def deletion_insertion(
         masks = patch_masks(order, steps, grid, size)  # (K, 1, S, S)
         deleted = image * (1 - masks) + replaced * masks
         inserted = replaced * (1 - masks) + image * masks
-        probs, _ = predict_images(model, torch.cat([deleted, inserted]), device)
+        probs, _ = predict_images(model, torch.cat([deleted, inserted]), device, precision)
         p = probs[:, class_index].numpy()
         out[f"deletion_{name}"] = curve_area(p[: steps + 1])
         out[f"insertion_{name}"] = curve_area(p[steps + 1 :])
@@ -83,7 +84,7 @@ def faithfulness_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> np.
 def faithfulness_scores(
     model: torch.nn.Module, images_fn, attention: np.ndarray, labels: np.ndarray, classes: list[str],
     steps: int, max_pairs: int, device: torch.device, seed: int = 0, baseline: str = "blur",
-    pairs: np.ndarray | None = None,
+    pairs: np.ndarray | None = None, precision: str = "fp32",
 ) -> dict:
     """Mean deletion/insertion areas over up to ``max_pairs`` positive (image, class) pairs.
 
@@ -96,8 +97,8 @@ def faithfulness_scores(
     if pairs is None:
         pairs = faithfulness_pairs(labels, max_pairs, seed)
         rng = np.random.default_rng(seed)  # the same random orders whichever way the pairs came
-    rows = [deletion_insertion(model, images_fn(int(i)), int(c), attention[i, c], steps, device, rng, baseline)
-            for i, c in pairs]
+    rows = [deletion_insertion(model, images_fn(int(i)), int(c), attention[i, c], steps, device, rng, baseline,
+                               precision) for i, c in pairs]
     if not rows:
         return {"pairs": 0}
     report = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

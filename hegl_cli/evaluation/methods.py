@@ -86,11 +86,11 @@ def alignment_of(maps: Maps, masks: np.ndarray, share: float) -> dict[str, float
 
 
 def faithfulness_of(model: nn.Module, images_fn, pairs: np.ndarray, maps: Maps, steps: int, baseline: str,
-                    device: torch.device, seed: int = 0) -> dict[str, float]:
+                    device: torch.device, seed: int = 0, precision: str = "fp32") -> dict[str, float]:
     """Mean deletion/insertion areas by the maps' order and by random orders (one per pair)."""
     rng = np.random.default_rng(seed)
-    rows = [deletion_insertion(model, images_fn(int(i)), int(c), maps.patch[k, 0].numpy(), steps, device, rng, baseline)
-            for k, (i, c) in enumerate(pairs)]
+    rows = [deletion_insertion(model, images_fn(int(i)), int(c), maps.patch[k, 0].numpy(), steps, device, rng, baseline,
+                               precision) for k, (i, c) in enumerate(pairs)]
     out = {key.replace("_attention", "_method"): float(np.mean([r[key] for r in rows])) for key in rows[0]}
     out["deletion_gain"] = out["deletion_random"] - out["deletion_method"]
     out["insertion_gain"] = out["insertion_method"] - out["insertion_random"]
@@ -98,7 +98,8 @@ def faithfulness_of(model: nn.Module, images_fn, pairs: np.ndarray, maps: Maps, 
 
 
 def score_methods(model: nn.Module, images_fn, masks_fn, labels: np.ndarray, has_mask: np.ndarray,
-                  methods: list[str], cfg, device: torch.device, log=lambda *_: None) -> dict[str, Any]:
+                  methods: list[str], cfg, device: torch.device, log=lambda *_: None,
+                  precision: str = "fp32") -> dict[str, Any]:
     """Alignment, faithfulness and speed of every method on the same pairs; ``masks_fn(i)`` -> (C, S, S)."""
     pairs = method_pairs(labels, has_mask, cfg.method_pairs)
     if not len(pairs):
@@ -111,7 +112,7 @@ def score_methods(model: nn.Module, images_fn, masks_fn, labels: np.ndarray, has
         maps, seconds = maps_for_pairs(model, images_fn, pairs, method)
         out["methods"][method] = {**alignment_of(maps, masks, cfg.top_share),
                                   **faithfulness_of(model, images_fn, pairs, maps, cfg.faithfulness_steps,
-                                                    cfg.faithfulness_baseline, device),
+                                                    cfg.faithfulness_baseline, device, precision=precision),
                                   "seconds_per_image": seconds}
     return out
 
