@@ -176,7 +176,8 @@ class TrainConfig:
     # HA/DAL see and the optimizer state stay float32) | auto (bf16 where the device has bf16 units: AMX or
     # AVX512-BF16 on a CPU, compute capability 8.0+ on CUDA; else fp32). Replaces train.amp.
     precision: Precision = "fp32"
-    compile: bool = False  # torch.compile the model (CUDA; see README for the measured effect)
+    compile: bool = False  # torch.compile the training model (on a CPU, torch's inductor needs a C++ compiler)
+    channels_last: bool = False  # channels-last memory layout for the encoder's convolutions (CNN encoders)
     # What chooses the checkpoint, early stopping and thresholds: the val images as they are, or
     # val_swapped: each val image's expert-masked regions on a finding-free val image's context
     # (fixed, seeded pairing), so that a shortcut outside the masks earns nothing. Never test.

@@ -1,6 +1,7 @@
 """train.precision / eval.precision (hegl_cli.engine.precision): resolution on the device's bf16 units,
-the refusal where there are none, what a run records, float32 losses and maps under bf16, and the CPU
-kernel pin that bf16 takes back."""
+the refusal where there are none, what a run records, float32 losses and maps under bf16, the CPU
+kernel pin that bf16 takes back, and the extra options (channels-last, torch.compile) against the
+plain path."""
 
 from __future__ import annotations
 
@@ -217,3 +218,56 @@ def test_the_cli_pins_fp32_deterministic_and_unpins_bf16(tiny_cache, tmp_path):
     assert (bf16["onednn_max_cpu_isa"], bf16["mkl_cbwr"]) == ("native", "native")
     if torch.cpu._is_avx512_supported():
         assert bf16["cpu_capability"] != "AVX2"
+
+
+# -- the extra options against the plain path ---------------------------------------------------------
+def _loss_and_grads(model, images: torch.Tensor, precision: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    from hegl_cli.models.inference import autocast_for
+
+    model.eval()  # no dropout, batch norm on its running statistics: the same function both times
+    model.zero_grad(set_to_none=True)
+    with autocast_for(CPU, precision):
+        out = model(images)
+    loss = out["logits"].float().square().mean() + out["attention"].float().square().sum()
+    loss.backward()
+    return out["logits"].detach().float(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_channels_last_gives_the_plain_values_on_a_cnn():
+    model, _ = _tiny_model(encoder="resnet10t", encoder_kwargs="{}")
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    plain, plain_grads = _loss_and_grads(model, images, "fp32")
+    model.use_channels_last(True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.encoder.parameters() if p.dim() == 4)
+    last, last_grads = _loss_and_grads(model, images, "fp32")
+    torch.testing.assert_close(last, plain, atol=1e-5, rtol=1e-4)
+    for a, b in zip(last_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_compile_on_a_cpu_without_a_compiler_is_one_line(monkeypatch):
+    from hegl_cli.engine.train import require_cpp_compiler
+
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(UserError, match="train.compile=true on a CPU needs a C\\+\\+ compiler.*'no-such-compiler'"):
+        require_cpp_compiler()
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_the_plain_one(precision="bf16"):
+    """torch.compile (inductor's C++ on a CPU) against eager, forward and backward; about a minute of
+    compiling on 2 cores, so only under bf16 (fp32 passes at 1e-4 as well: run it with precision="fp32")."""
+    from hegl_cli.engine.train import require_cpp_compiler
+
+    try:
+        require_cpp_compiler()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    model, _ = _tiny_model()
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    plain, plain_grads = _loss_and_grads(model, images, precision)
+    compiled, compiled_grads = _loss_and_grads(torch.compile(model), images, precision)
+    tol = {"fp32": dict(atol=1e-4, rtol=1e-4), "bf16": dict(atol=0.05, rtol=0.05)}[precision]
+    torch.testing.assert_close(compiled, plain, **tol)
+    for a, b in zip(compiled_grads, plain_grads):
+        torch.testing.assert_close(a, b, **tol)

@@ -115,6 +115,8 @@ class Trainer:
         self.classes = self.train_split.classes
         self.val_swap = val_context_swap(self.val_split, cfg)
         self.model: HEGLModel = build_model(self.classes, cfg.model, cfg.data.image_size).to(self.device)
+        if cfg.train.channels_last:
+            self.model.use_channels_last(True)
         self.criterion = HybridCriterion(cfg.loss).to(self.device)
         if self.criterion.needs_input_grad:
             self.model.set_fused_attention(False)  # double backward has no fused CPU kernel
@@ -135,6 +137,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
+            if self.device.type == "cpu":
+                require_cpp_compiler()
             self.net = torch.compile(self.net)
         self.stopper = EarlyStopping(cfg.train.patience)
         self.start_epoch = 0
@@ -352,6 +356,16 @@ def describe_precision(precision: Precision) -> str:
     facts = kernel_facts()
     return (f"{precision.line()}; CPU kernels: ATen {facts['cpu_capability']}, oneDNN {facts['onednn_max_cpu_isa']}, "
             f"MKL {facts['mkl_cbwr']}, {facts['threads']} threads")
+
+
+def require_cpp_compiler() -> None:
+    """torch.compile on a CPU builds C++ (torch's inductor): refuse in one line when there is no compiler."""
+    import shutil
+
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        raise UserError(f"train.compile=true on a CPU needs a C++ compiler for torch's inductor, and '{compiler}' "
+                        "is not on PATH: install g++ (or set CXX) or set train.compile=false")
 
 
 def note_precision_change(run: Path, precision: Precision, log) -> None:

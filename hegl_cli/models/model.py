@@ -47,6 +47,7 @@ class HEGLModel(nn.Module):
         self.classes = list(classes)
         self.image_size = image_size
         self.in_chans = cfg.in_chans
+        self.channels_last = False  # see use_channels_last
         self.encoder = ImageEncoder(cfg.encoder, image_size, cfg.in_chans, cfg.pretrained, cfg.encoder_kwargs)
         self.grid = self.encoder.grid
         d = cfg.decoder_dim
@@ -64,6 +65,12 @@ class HEGLModel(nn.Module):
         self.decoder = QueryDecoder(d, cfg.decoder_layers, cfg.decoder_heads, cfg.decoder_ffn, cfg.dropout,
                                     num_tokens=self.grid[0] * self.grid[1])
         self.head: nn.Module = ClassHeads(len(classes), d) if cfg.head == "per_class" else nn.Linear(d, 1)
+
+    def use_channels_last(self, enabled: bool) -> None:
+        """Channels-last memory layout for the convolutions' weights and the encoder's input (NHWC
+        kernels for CNN encoders; the values are the same)."""
+        self.channels_last = enabled
+        self.encoder.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def set_fused_attention(self, enabled: bool) -> None:
         """Fused attention kernels on/off in encoder and decoder (off for double backward, RRR)."""
@@ -84,7 +91,7 @@ class HEGLModel(nn.Module):
         x = (images - PIXEL_MEAN) / PIXEL_STD
         if self.in_chans != x.shape[1]:
             x = x.expand(-1, self.in_chans, -1, -1)
-        return x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, images: torch.Tensor, all_layers: bool = False) -> dict[str, torch.Tensor]:
         """Classify and explain.
