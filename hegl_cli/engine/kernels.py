@@ -13,8 +13,8 @@ otherwise:
 - a variable the user set already (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``ONEDNN_MAX_CPU_ISA``) wins.
 
 bf16 (``train.precision``) is not bit-for-bit across machines anyway, and oneDNN capped at AVX2 has
-no bf16 kernels (a bf16 matmul falls back to a slow generic loop). So the root command pins, and
-once a command knows the precision it computes in, and before its first kernel, it calls
+no bf16 kernels (a bf16 matmul never reaches oneDNN: its verbose log shows no call). So the root
+command pins, and once a command knows the precision it computes in, and before its first kernel, it calls
 :func:`settle_cpu_kernels`: bf16 on a CPU takes back the pins hegl set (never the user's); fp32, or
 any precision on a GPU (the CPU then only loads and augments data), keeps them. The libraries read
 these variables once, at their first kernel, so the CLI settles them before it builds a model: one
