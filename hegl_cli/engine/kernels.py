@@ -125,16 +125,35 @@ def pins_wanted(precision: str, device_type: str, environ: dict | None = None) -
     return not (precision == "bf16" and device_type == "cpu")
 
 
+_SETTLED: dict[str, str] | None = None  # this process's library variables, as its first settle left them
+
+
 def settle_cpu_kernels(precision: str, device_type: str, environ: dict | None = None,
                        cpuinfo: Path = CPUINFO) -> dict[str, str]:
     """Pin or unpin (:func:`pins_wanted`) before the first kernel; returns the library variables in
-    force afterwards (``native`` where unset)."""
+    force afterwards (``native`` where unset).
+
+    For ``os.environ`` the first call of a process decides: the libraries read the variables once, so
+    a later command in the same process (an ablation's cells, a test session) gets the first one's
+    variables back, and the record it writes says what its kernels really were.
+    """
+    global _SETTLED
     env = os.environ if environ is None else environ
+    if environ is None and _SETTLED is not None:
+        for key, value in _SETTLED.items():
+            if value == "native":
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return dict(_SETTLED)
     if pins_wanted(precision, device_type, env):
         pin_cpu_kernels(env, cpuinfo)
     else:
         release_pins(env)
-    return {k: env.get(k, "native") for k in PINNED}
+    settled = {k: env.get(k, "native") for k in PINNED}
+    if environ is None:
+        _SETTLED = dict(settled)
+    return settled
 
 
 def kernel_facts() -> dict[str, str]:
