@@ -160,10 +160,17 @@ def test_loss_terms_maps_and_optimizer_state_stay_float32_under_bf16(tiny_cache,
     assert moments and {s.dtype for s in moments} == {torch.float32}
 
 
-def test_bf16_probabilities_and_maps_close_to_fp32():
+def test_bf16_logits_probabilities_and_maps_close_to_fp32():
+    from hegl_cli.models.inference import autocast_for
+
     model, _ = _tiny_model()
     model.eval()
     images = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), autocast_for(CPU, "bf16"):
+        logits16 = model(images)["logits"]
+    with torch.no_grad():
+        logits32 = model(images)["logits"]
+    torch.testing.assert_close(logits16, logits32, atol=0.1, rtol=0.05)
     p32, a32 = predict_images(model, images, CPU, "fp32")
     p16, a16 = predict_images(model, images, CPU, "bf16")
     assert p16.dtype == a16.dtype == torch.float32
@@ -191,6 +198,20 @@ def test_fp32_keeps_the_pin_and_bf16_on_a_cpu_takes_back_only_hegls(tmp_path):
     assert settle_cpu_kernels("bf16", "cuda", {}, info) == PINNED  # the CPU only feeds the GPU: pinned
     assert settle_cpu_kernels("bf16", "cpu", {"HEGL_CPU_KERNELS": "avx2"}, info) == PINNED
     assert settle_cpu_kernels("fp32", "cpu", {"HEGL_CPU_KERNELS": "native"}, info) == {k: "native" for k in PINNED}
+
+
+def test_a_process_keeps_the_kernels_of_its_first_settle(tmp_path, monkeypatch):
+    """The libraries read the variables once: a second command in the same process (an ablation's next
+    cell) gets the first one's back, so what it records is what its kernels are."""
+    from hegl_cli.engine import kernels
+
+    monkeypatch.setattr(kernels, "_SETTLED", None)
+    for key in (*PINNED, SET_BY_HEGL, "HEGL_CPU_KERNELS"):
+        monkeypatch.delenv(key, raising=False)
+    info = _cpuinfo(tmp_path)
+    assert settle_cpu_kernels("fp32", "cpu", cpuinfo=info) == PINNED
+    assert settle_cpu_kernels("bf16", "cpu", cpuinfo=info) == PINNED
+    assert {k: os.environ.get(k) for k in PINNED} == PINNED
 
 
 def _train_in_subprocess(tmp_path: Path, cache: Path, name: str, *extra: str) -> dict:

@@ -54,9 +54,18 @@ def bf16_units(device: torch.device) -> str | None:
     """The device's bf16 units (``amx_bf16``, ``avx512_bf16``, ``cuda``) or None."""
     if device.type == "cpu":
         return cpu_bf16_units()
-    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+    if device.type == "cuda" and cuda_bf16_native():
         return "cuda"
     return None
+
+
+def cuda_bf16_native() -> bool:
+    """CUDA bf16 in hardware (compute capability 8.0+), not emulated; torch before 2.4 has no
+    ``including_emulation`` and answers for the hardware alone."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def device_name(device: torch.device) -> str:
