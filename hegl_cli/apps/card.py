@@ -305,8 +305,18 @@ def versions_section(meta: dict[str, Any]) -> str:
             ["git commit of that hegl", v.get("hegl_commit", "not recorded (a checkpoint from before it was, or "
                                                                "hegl installed from a wheel)")],
             ["torch / timm / python", f"{v.get('torch', '–')} / {v.get('timm', '–')} / {v.get('python', '–')}"],
+            ["precision", precision_cell(meta)],
             ["card written by hegl", f"{__version__} (commit {source_commit() or 'unknown'})"]]
     return md_table(["", ""], rows)
+
+
+def precision_cell(meta: dict[str, Any]) -> str:
+    """What the run computed in (asked, in force, where) and the CPU kernels it recorded."""
+    record, v = meta.get("precision") or {}, meta.get("versions") or {}
+    if not record:
+        return "not recorded (a checkpoint from before train.precision: fp32 on a CPU)"
+    return (f"{record.get('in_force')} (asked {record.get('asked')}) on {record.get('device')}; CPU kernels ATen "
+            f"{v.get('cpu_capability', '–')}, oneDNN {v.get('onednn_max_cpu_isa', '–')}")
 
 
 def link(path: Path, card: Path) -> str:
