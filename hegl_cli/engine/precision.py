@@ -44,10 +44,10 @@ class Precision:
         return dataclasses.asdict(self)
 
     def line(self) -> str:
-        """One line for the log: ``precision bf16 (asked auto; cpu (AMD EPYC), AVX512-BF16)``."""
-        units = UNIT_NAMES.get(self.units, "no bf16 units")
+        """One line for the log: ``precision bf16 (asked auto; cpu (AMD EPYC), bf16 units: AVX512-BF16)``."""
+        units = UNIT_NAMES.get(self.units, "none")
         note = f"; {self.note}" if self.note else ""
-        return f"precision {self.in_force} (asked {self.asked}; {self.device}, {units}{note})"
+        return f"precision {self.in_force} (asked {self.asked}; {self.device}, bf16 units: {units}{note})"
 
 
 def bf16_units(device: torch.device) -> str | None:
