@@ -39,7 +39,6 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,6 +48,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from run import interleaved  # noqa: E402  (benchmarks/run.py)
 from torch import nn  # noqa: E402
 
 from hegl_cli.config import Config, load_config  # noqa: E402
@@ -99,33 +99,11 @@ def machine_facts(device: torch.device) -> dict[str, str]:
     return facts
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device,
-                warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each step, every repeat taking each step once, in turn."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    sync(device)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def matmul_rates(device: torch.device, n: int, repeats: int) -> dict[str, float]:
     """GFLOP/s of an n x n matmul in fp32 and in bf16, interleaved."""
     pairs = {p: (torch.randn(n, n, device=device, dtype=d), torch.randn(n, n, device=device, dtype=d))
              for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    seconds = interleaved({p: (lambda a=a, b=b: a @ b) for p, (a, b) in pairs.items()}, repeats, device)
+    seconds = interleaved({p: (lambda a=a, b=b: a @ b) for p, (a, b) in pairs.items()}, repeats, device, warmup=2)
     return {p: 2 * n**3 / s / 1e9 for p, s in seconds.items()}
 
 
@@ -271,7 +249,7 @@ def measure_config(name: str, args: argparse.Namespace, variants: list[str], dev
         batch = cfg.train.batch_size
         steps = {f"hegl {v}": setup.hegl_step(v) for v in variants}
         steps.update({f"timm {p}": setup.timm_step(p) for p in args.timm_precisions})
-        seconds = interleaved(steps, args.repeats, device)
+        seconds = interleaved(steps, args.repeats, device, warmup=2)
         test = CachedSplit(cache, "test")
         inference = interleaved({p: setup.inference(p, test) for p in args.timm_precisions}, args.repeats, device,
                                 warmup=1)

@@ -118,10 +118,13 @@ def flops_of(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
-def interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each step, the steps taken in turn."""
-    for step in steps.values():  # warm-up
-        step()
+def interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device,
+                warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each step, every repeat taking each step once, in turn (after
+    ``warmup`` calls of each)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
