@@ -48,7 +48,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from run import interleaved  # noqa: E402  (benchmarks/run.py)
+from run import classifier_step, interleaved  # noqa: E402  (benchmarks/run.py)
 from torch import nn  # noqa: E402
 
 from hegl_cli.config import Config, load_config  # noqa: E402
@@ -57,7 +57,7 @@ from hegl_cli.engine.kernels import PINNED, SET_BY_HEGL, cpu_bf16_units, cpu_mod
 from hegl_cli.engine.precision import bf16_units, device_name  # noqa: E402
 from hegl_cli.engine.train import Trainer, make_optimizer  # noqa: E402
 from hegl_cli.models.encoder import create_timm_backbone  # noqa: E402
-from hegl_cli.models.inference import autocast_for, predict_split  # noqa: E402
+from hegl_cli.models.inference import predict_split  # noqa: E402
 
 # A seconds-long smoke run: the demo's shape of model, shrunk.
 QUICK = ["data.image_size=32", "model.encoder_kwargs={patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}",
@@ -205,13 +205,7 @@ class Setup:
         def step() -> None:
             batch = next(batches)
             images = batch["image"].to(device).expand(-1, cfg.model.in_chans, -1, -1)
-            labels = torch.nan_to_num(batch["labels"].to(device))
-            with autocast_for(device, precision):
-                logits = model(images)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            classifier_step(model, optimizer, images, torch.nan_to_num(batch["labels"].to(device)), device, precision)
 
         return step
 

@@ -100,15 +100,19 @@ def timm_step(cfg, batch: int, device: torch.device) -> Callable[[], None]:
     images = torch.rand(batch, 1, s, s, device=device)
     labels = (torch.rand(batch, len(CLASSES), device=device) < 0.3).float()
 
-    def step() -> None:
-        with autocast_for(device, precision_on(device)):
-            logits = model(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    return lambda: classifier_step(model, opt, images, labels, device, precision_on(device))
 
-    return step
+
+def classifier_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    labels: torch.Tensor, device: torch.device, precision: str) -> None:
+    """One training step of a plain timm classifier (BCE on its logits): the reference hegl is timed
+    against. images (B, in_chans, S, S); labels (B, C) of 0/1."""
+    with autocast_for(device, precision):
+        logits = model(images)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def flops_of(step: Callable[[], None]) -> float:
