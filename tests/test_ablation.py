@@ -74,6 +74,9 @@ def test_spearman_is_pearson_on_ranks():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 100]) == pytest.approx(1.0)  # monotone, not linear
+    # ties take their average rank (2, 2, 2, 4, 5): Pearson on ranks = 8 / sqrt(8 * 10), whatever the order
+    assert spearman([0, 0, 0, 1, 2], [1, 2, 3, 4, 5]) == pytest.approx(8 / 80**0.5)
+    assert spearman([0, 2, 0, 1, 0], [3, 5, 1, 4, 2]) == pytest.approx(8 / 80**0.5)
 
 
 def test_ablation_carries_the_explanation_methods_table(tiny_cache, tmp_path):

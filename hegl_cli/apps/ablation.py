@@ -282,9 +282,11 @@ def plot_ablation(table: list[dict[str, Any]], path: Path) -> None:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (Pearson on ranks; ties broken by order)."""
-    rx, ry = (np.argsort(np.argsort(np.asarray(v))) for v in (x, y))
-    return float(np.corrcoef(rx, ry)[0, 1])
+    """Spearman's rank correlation with tied values given their average rank (scipy's), so the answer
+    does not depend on the order the runs are listed in."""
+    from scipy import stats
+
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def plot_context_vs_twin(rows: list[dict[str, Any]], path: Path) -> None:
