@@ -6,7 +6,7 @@ from __future__ import annotations
 from hegl_cli.data.dicom import dicom_metadata
 from hegl_cli.data.images import is_dicom
 from hegl_cli.data.pathologies import canonical
-from hegl_cli.data.records import Record, SplitSource
+from hegl_cli.data.records import Record, SplitSource, view_name
 from hegl_cli.errors import UserError
 
 
@@ -61,15 +61,16 @@ def rename_classes(records: list[Record], mapping: dict[str, str]) -> list[Recor
 
 def keep_views(parsed: dict[str, tuple[SplitSource, list[Record]]], views: list[str]
                ) -> tuple[dict[str, tuple[SplitSource, list[Record]]], int]:
-    """Only the images of ``data.views`` (by their 'view' metadata, any case); how many were left out."""
+    """Only the images of ``data.views`` (by their 'view' metadata, any case, one spelling per view:
+    :func:`~hegl_cli.data.records.view_name`); how many were left out."""
     if not views:
         return parsed, 0
-    wanted = {v.strip().upper() for v in views}
+    wanted = {view_name(v) for v in views}
     for src, records in parsed.values():
         for record in records:  # a DICOM says its view in its header: read it now to choose
             path = src.images / record.file_name
             if "view" not in record.meta and is_dicom(path) and path.is_file():
                 record.meta = {**dicom_metadata(path), **record.meta}
-    kept = {name: (src, [r for r in records if r.meta.get("view", "").strip().upper() in wanted])
+    kept = {name: (src, [r for r in records if view_name(r.meta.get("view", "")) in wanted])
             for name, (src, records) in parsed.items()}
     return kept, sum(len(r) for _, r in parsed.values()) - sum(len(r) for _, r in kept.values())

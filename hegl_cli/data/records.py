@@ -50,6 +50,18 @@ class Record:
         return found if self.image_labels is None else self.image_labels | found
 
 
+# The one spelling of a view across datasets (torchxrayvision's: NIH and PadChest say L, MIMIC LATERAL);
+# every other view keeps its words, in capitals ("AP_horizontal" is PadChest's "AP Supine").
+VIEW_ALIASES = {"LATERAL": "L", "LAT": "L", "AP_HORIZONTAL": "AP SUPINE"}
+
+
+def view_name(text: str) -> str:
+    """A view as metadata and as ``data.views`` compare it: ``pa`` -> ``PA``, ``LATERAL`` -> ``L``,
+    ``AP_horizontal`` -> ``AP SUPINE``; blank stays blank."""
+    words = " ".join(str(text).split()).upper()
+    return VIEW_ALIASES.get(words, words)
+
+
 def safe_file_name(name: Any) -> str | None:
     """The name in normal form (``./a.png`` and ``a.png`` are one file) if it stays inside the images
     folder, else None (``../x``, ``/x``, ``C:\\x``, empty, NUL)."""
