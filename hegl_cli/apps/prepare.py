@@ -50,7 +50,8 @@ def publish(fmt: str, found: FormatRead, target: Path, options: PrepareOptions,
     return build_cache(fmt, found.sources, target, options, classes=found.classes,
                        source_description=found.description, extra_manifest=found.manifest,
                        before_build=found.generate, reader_problems=found.problems, identity=identity,
-                       protected=protected)
+                       protected=protected, original_names=found.original_names,
+                       reader_warnings=found.warnings)
 
 
 def check_inputs(dataset: DatasetFormat, source: Path | None, annotations: dict[str, Path],

@@ -60,6 +60,8 @@ def build_cache(
     before_build: Callable[[Path], None] | None = None,
     reader_problems: list[str] | None = None,
     protected: tuple[Path, ...] = (),
+    original_names: dict[str, list[str]] | None = None,
+    reader_warnings: list[str] | None = None,
 ) -> PrepareResult:
     """Import ``sources`` into a cache at ``out``, atomically, never replacing anything but a hegl cache.
 
@@ -67,6 +69,8 @@ def build_cache(
     before the import; ``sources`` may point inside it. ``identity`` is recorded in the manifest; an
     existing cache with the same ``inputs`` but other ``content`` is stale and replaced without ``force``.
     ``protected``: folders the cache must stay out of besides the sources' own (the dataset's root).
+    ``original_names``: a class of ``classes`` -> the names the dataset spells it with, where the reader
+    knows them to differ from the class (default: the class as the reader names it).
     """
     start = time.perf_counter()
     out = Path(out)
@@ -87,7 +91,8 @@ def build_cache(
             if before_build is not None:
                 before_build(partial)
             result = _build_into(fmt, sources, partial, out, options, list(classes), source_description,
-                                 extra_manifest, list(reader_problems or []), identity)
+                                 extra_manifest, list(reader_problems or []), identity, original_names or {},
+                                 list(reader_warnings or []))
             (partial / PARTIAL_MARKER).unlink()
             crash_point("prepare:marker-removed")
             write_inventory(partial)
@@ -108,11 +113,12 @@ def build_cache(
 def _build_into(
     fmt: str, sources: list[SplitSource], partial: Path, out: Path, options: PrepareOptions,
     classes: list[str], source_description: str | dict[str, Any] | None, extra_manifest: dict[str, Any] | None,
-    reader_problems: list[str], identity: Identity,
+    reader_problems: list[str], identity: Identity, spelled: dict[str, list[str]], reader_warnings: list[str],
 ) -> PrepareResult:
     read_problems = list(reader_problems)
     classes, mapping = class_names(list(classes), options.class_map)
-    original_names = {name: [o for o, m in mapping.items() if m == name] for name in classes}
+    original_names = {name: list(dict.fromkeys(o for c, m in mapping.items() if m == name for o in spelled.get(c, [c])))
+                      for name in classes}
     parsed = {src.name: (src, rename_classes(keep_classes(list(src.records or []), list(mapping)), mapping))
               for src in sources}
     for src in sources:
@@ -141,8 +147,8 @@ def _build_into(
     if options.strict and len(problems) > len(read_problems):
         raise UserError(f"--strict: {problems[len(read_problems)]} ({len(problems)} problem(s) in all)")
     counts = {name: w.counts(classes) for name, w in writers.items()}
-    warnings = [f"class '{c}' has no positive image in train: its query learns nothing"
-                for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
+    warnings = reader_warnings + [f"class '{c}' has no positive image in train: its query learns nothing"
+                                  for c, n in counts.get("train", ({}, {}))[0].items() if n == 0]
     if by_view:
         warnings.append(f"data.views={options.views} left out {by_view} image(s) of other (or no) views")
     source = source_description or {s.name: {"annotations": str(s.annotations.resolve()),

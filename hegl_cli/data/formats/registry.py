@@ -58,7 +58,10 @@ class FormatRead:
     - ``description``: the manifest's ``source`` entry (None: each split's files);
     - ``manifest``: extra manifest keys of this format;
     - ``generate``: writes a generated source into the partial folder (the built-in benchmark);
-    - ``identity``: the whole inputs of a generated source (its content is its spec).
+    - ``identity``: the whole inputs of a generated source (its content is its spec);
+    - ``original_names``: class -> the names the dataset spells it with, where they are not the class
+      itself (a table's columns before they were made canonical, the PadChest terms a class gathers);
+    - ``warnings``: what the user should know of the data as read (one line each; the manifest keeps them).
     """
 
     sources: list[SplitSource]
@@ -70,6 +73,8 @@ class FormatRead:
     manifest: dict[str, Any] | None = None
     generate: Callable[[Path], None] | None = None
     identity: list[Any] | None = None
+    original_names: dict[str, list[str]] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,17 @@ class DatasetFormat:
     # data.* keys that only this format's prepare uses, read back from a manifest by ``settings_of``
     settings_of: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     settings: tuple[str, ...] = ()
+    # (name as the dataset writes it, the classes it feeds) for `hegl prepare --show-class-map`; None:
+    # each class is fed by its own name (made canonical)
+    source_names: Callable[[], list[tuple[str, tuple[str, ...]]]] | None = None
+    class_map_note: str = ""  # what --show-class-map adds under the map
 
     def out_folder(self, cfg: Config) -> Path:
         return self.default_out(cfg) if self.default_out is not None else Path("data") / self.name
+
+    def class_sources(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every name the dataset writes a label with and the classes (of :attr:`classes`) it feeds."""
+        return self.source_names() if self.source_names is not None else [(c, (c,)) for c in self.classes]
 
     def prepared_settings(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """This format's ``data.*`` settings as the cache's manifest records them."""
@@ -133,8 +146,13 @@ def format_classes(name: str) -> tuple[str, ...]:
 
 
 def settings_owners() -> dict[str, str]:
-    """Every ``data.*`` key that some format's prepare owns -> that format's name."""
-    return {key: fmt.name for fmt in _load_builtin().values() for key in fmt.settings}
+    """Every ``data.*`` key that some format's prepare owns -> the formats' names (``chexpert|mimic``
+    for a key two formats share)."""
+    owners: dict[str, list[str]] = {}
+    for fmt in _load_builtin().values():
+        for key in fmt.settings:
+            owners.setdefault(key, []).append(fmt.name)
+    return {key: "|".join(names) for key, names in owners.items()}
 
 
 def prepared_settings(manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 - labels (``table.labels``): a CSV/TSV with an image path column and either one column per class
   (``1`` positive, ``0`` negative, blank or ``-1`` unknown: the CheXpert convention) or one column
   of findings separated by ``|`` (the NIH convention; ``No Finding`` or blank for none); optional
-  patient, study, split (train/val/test) and metadata columns, each named by a ``table.*`` key.
+  patient, study, split (train/val/test, also training, valid, validate, validation, testing: any
+  other value stops the prepare naming its row) and metadata columns, each named by a ``table.*``
+  key. Without a patient column the splits are by image: warned in one line, kept in the manifest.
 - localisation, any of: a boxes CSV (image, class, x1,y1,x2,y2 or x,y,w,h in pixels of the original
   image, optionally the width and height it was drawn on), a COCO JSON (boxes, polygons, RLE masks,
   decoded by pycocotools), or a folder of per-class mask images (``masks/<class>/<image>.png``).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,6 +34,9 @@ from hegl_cli.fs.tables import read_json, read_table
 
 POSITIVE, NEGATIVE, UNKNOWN = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}, {"", "-1", "-1.0", "nan"}
 SPLITS = ("train", "val", "test")
+# The split values a table may hold (any case) -> hegl's split; any other value stops the prepare.
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
+                "validation": "val", "test": "test", "testing": "test"}
 
 
 def _user_path(text: str, what: str) -> Path:
@@ -78,8 +83,10 @@ class ImageLocator:
         return self._by_name
 
 
-def _row_labels(row: dict[str, str], cfg: TableConfig, classes: list[str]) -> tuple[set[str], set[str]]:
-    """(positive classes, unknown classes) of one row; ValueError for a value that is no label."""
+def _row_labels(row: dict[str, str], cfg: TableConfig, classes: list[str],
+                spelled: dict[str, dict[str, None]] | None = None) -> tuple[set[str], set[str]]:
+    """(positive classes, unknown classes) of one row; ValueError for a value that is no label.
+    ``spelled`` gathers, per class, how the labels column writes it."""
     if cfg.class_columns:
         positive, unknown = set(), set()
         for column, name in zip(cfg.class_columns, classes):
@@ -100,6 +107,9 @@ def _row_labels(row: dict[str, str], cfg: TableConfig, classes: list[str]) -> tu
     if unreadable:
         raise ValueError(f"column {cfg.labels_column!r} holds {unreadable[0]!r}, which is no finding")
     found = {canonical(v) for v in values}
+    if spelled is not None:
+        for value in values:
+            spelled.setdefault(canonical(value), {})[value] = None
     return found & set(classes), set()  # a finding outside data.classes is left out, as for every format
 
 
@@ -142,8 +152,20 @@ class Labels:
         return self.records.get(other) if other else None
 
 
-def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: list[str]) -> tuple[Labels, Path]:
-    """The labels table's records (see :class:`Labels`) and its path."""
+def split_of(value: str, where: str) -> str:
+    """hegl's split for a table's split value (:data:`SPLIT_VALUES`); any other value, blank included, is
+    one line naming the row: an official split is never guessed, nor its row dropped without a word."""
+    split = SPLIT_VALUES.get(value.strip().lower())
+    if split is None:
+        raise UserError(f"{where}: split {value!r} is not a split hegl knows (train, val or test; also training, "
+                        "valid, validate, validation, testing); fix the table's split column, or leave "
+                        "table.split_column unset")
+    return split
+
+
+def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: list[str],
+                spelled: dict[str, dict[str, None]] | None = None) -> tuple[Labels, Path]:
+    """The labels table's records (see :class:`Labels`) and its path; an unknown split value stops."""
     path = _user_path(cfg.labels, "table.labels (or --labels FILE)")
     columns = {cfg.image_column, *cfg.class_columns, *([cfg.labels_column] if cfg.labels_column else []),
                *(c for c in (cfg.patient_column, cfg.study_column, cfg.split_column) if c),
@@ -157,11 +179,9 @@ def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: li
         if key in records:
             problems.append(f"{where}: the image is listed again; the first line is kept")
             continue
+        split = split_of(row[cfg.split_column], where) if cfg.split_column else None
         try:
-            positive, unknown = _row_labels(row, cfg, classes)
-            split = row[cfg.split_column].strip().lower() if cfg.split_column else None
-            if split is not None and split not in SPLITS:
-                raise ValueError(f"split {row[cfg.split_column]!r} is not train, val or test")
+            positive, unknown = _row_labels(row, cfg, classes, spelled)
         except ValueError as exc:
             problems.append(f"{where}: {exc}; the row is skipped")
             continue
@@ -348,15 +368,33 @@ def check_table_config(cfg: TableConfig) -> None:
                             "{name: column} with both as text, e.g. {sex: Patient Sex}")
 
 
-def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: int = 0
-                       ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path], list[str]]:
-    """({split: records}, problems, the files read, the classes) of a table-described dataset."""
+BY_IMAGE = ("table.patient_column is not set: the splits are drawn by image, so one patient's images can be "
+            "in train and test (name the table's patient column to split by patient)")
+
+
+@dataclass
+class TableRead:
+    """What :func:`read_table_dataset` found: each split's records, the rows left out, the files read,
+    the classes, how the table spells each class and what the user should know."""
+
+    splits: dict[str, list[Record]]
+    problems: list[str]
+    files: dict[str, Path]
+    classes: list[str]
+    spelled: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: int = 0) -> TableRead:
+    """A table-described dataset read (:class:`TableRead`). Without a patient column the splits are by
+    image, which is warned (one line, also in the manifest), never silent."""
     check_table_config(cfg)
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
     classes = table_classes(cfg, wanted)
     problems: list[str] = []
-    labels, labels_path = read_labels(source, cfg, classes, problems)
+    found_spellings: dict[str, dict[str, None]] = {}
+    labels, labels_path = read_labels(source, cfg, classes, problems, found_spellings)
     files = {"labels": labels_path}
     readers = (("boxes", cfg.boxes, read_boxes), ("coco", cfg.coco, read_coco), ("masks", cfg.masks, read_mask_folder))
     for name, given, reader in readers:
@@ -371,23 +409,30 @@ def read_table_dataset(source: Path, cfg: TableConfig, wanted: list[str], seed: 
     else:
         train, test = hold_out_test(rows, seed)
         splits = {"train": train, "test": test}
-    return splits, problems, {k: v for k, v in files.items() if v.is_file()}, classes
+    if cfg.class_columns:
+        spelled = {canonical(c): [c] for c in cfg.class_columns}
+    else:
+        spelled = {c: list(found_spellings.get(c, {c: None})) for c in classes}
+    return TableRead(splits, problems, {k: v for k, v in files.items() if v.is_file()}, classes, spelled,
+                     [] if cfg.patient_column else [BY_IMAGE])
 
 
 def read(request: ReadRequest) -> FormatRead:
     """A dataset in no public layout, read by the ``table.*`` keys; ``data.classes`` must be the table's."""
     source, table = Path(request.source), request.cfg.table  # type: ignore[arg-type]  # prepare checked it
-    records, problems, files, found = read_table_dataset(source, table, list(request.classes), request.seed)
+    found = read_table_dataset(source, table, list(request.classes), request.seed)
+    files = found.files
     asked = {canonical(c) for c in request.classes}
-    if asked - set(found):
-        raise UserError(f"config key 'data.classes': {sorted(asked - set(found))[0]!r} is not a class of the table "
-                        f"(classes: {', '.join(found)})")
+    if asked - set(found.classes):
+        raise UserError(f"config key 'data.classes': {sorted(asked - set(found.classes))[0]!r} is not a class of "
+                        f"the table (classes: {', '.join(found.classes)})")
     return FormatRead(
-        sources=[SplitSource(name, files["labels"], source, records=recs) for name, recs in records.items()],
-        classes=[c for c in found if not asked or c in asked], problems=problems, files=files,
+        sources=[SplitSource(name, files["labels"], source, records=recs) for name, recs in found.splits.items()],
+        classes=[c for c in found.classes if not asked or c in asked], problems=found.problems, files=files,
         where=[str(source.resolve()), asdict(table)],
         description={"source": str(source.resolve()), **{k: str(Path(v).resolve()) for k, v in files.items()},
-                     "table": asdict(table)})
+                     "table": asdict(table)},
+        original_names=found.spelled, warnings=found.warnings)
 
 
 register(DatasetFormat(
