@@ -70,6 +70,14 @@ class DataConfig:
     class_map: dict = field(default_factory=dict)
     # VinDr-CXR's three radiologists per image: any (one marked it; union of boxes) | majority
     label_fusion: Literal["any", "majority"] = "any"
+    # CheXpert-style labels (--format chexpert, mimic: 1, 0, -1 uncertain, blank not mentioned; README,
+    # "CheXpert, MIMIC-CXR and PadChest"). A blank on a row whose No Finding is 1: negative (the field's
+    # convention, as torchxrayvision reads them) | unknown (NaN, as every other blank).
+    label_no_finding: Literal["negative", "unknown"] = "negative"
+    # What an uncertain label (-1) becomes: unknown (NaN: out of the loss and the scores) | ones (U-Ones)
+    # | zeros (U-Zeros); and per class over that, e.g. {Atelectasis: ones, Edema: ones}.
+    label_uncertain: Literal["unknown", "ones", "zeros"] = "unknown"
+    label_uncertain_per_class: dict = field(default_factory=dict)
     # A patient whose images the data puts in two splits (official lists can): move them all to the
     # held-out split (test, then val) and name them in skipped.txt | refuse the prepare.
     patient_overlap: Literal["move", "refuse"] = "move"

@@ -17,6 +17,7 @@ from hegl_cli.data.formats.registry import DatasetFormat, FormatRead, ReadReques
 from hegl_cli.data.formats.synthetic import read_spec
 from hegl_cli.data.identity import Identity, content_fingerprint, fingerprint
 from hegl_cli.data.options import PrepareOptions, PrepareResult
+from hegl_cli.data.record_filters import class_names
 from hegl_cli.errors import UserError
 
 
@@ -32,6 +33,21 @@ def prepare(fmt: str, cfg: Config, options: PrepareOptions, out: Path | None = N
                           progress=options.progress)
     return publish(dataset.name, dataset.read(request), out or dataset.out_folder(cfg), options,
                    protected=(Path(source),) if source is not None else ())
+
+
+def class_map(fmt: str, cfg: Config) -> tuple[list[tuple[str, list[str]]], str]:
+    """(every name ``--format fmt`` reads a label under, with the cache classes it feeds, in order), and
+    the format's note on the map: what `hegl prepare --show-class-map` prints. The names are made
+    canonical and ``data.classes`` / ``data.class_map`` apply, as they will in the cache."""
+    dataset = get_format(fmt)
+    if not dataset.classes:
+        raise UserError(f"--format {fmt} takes its classes from its source (for a table: table.class_columns or "
+                        "the findings of table.labels_column); --show-class-map shows a format's own map")
+    chosen = select_classes(dataset, cfg.data.classes)
+    _, mapping = class_names(chosen, cfg.data.class_map)
+    rows = [(name, list(dict.fromkeys(mapping[c] for c in feeds if c in mapping)))
+            for name, feeds in dataset.class_sources()]
+    return rows, dataset.class_map_note
 
 
 def prepare_synthetic(out: Path, options: PrepareOptions, spec: SyntheticSpec) -> PrepareResult:

@@ -14,6 +14,7 @@ from hegl_cli.cli.common import (
     State,
     handles_errors,
     info,
+    out,
     resolve_config,
 )
 from hegl_cli.data.cache import SKIPPED
@@ -45,6 +46,9 @@ def prepare(
     workers: Annotated[int, typer.Option(help="Decoding processes (0 = one per core).")] = 0,
     strict: Annotated[bool, typer.Option(help="Make skipped records and unreadable images fatal.")] = False,
     force: ForceOpt = False,
+    show_class_map: Annotated[bool, typer.Option(
+        "--show-class-map", help="Print which classes each label name of --format feeds (PadChest: its terms), "
+                                 "after data.classes and data.class_map, and stop.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -56,11 +60,27 @@ def prepare(
         raise UserError(f"--workers must be 0 (one per core) or more, got {workers}")
     cfg = resolve_config(config, overrides, data__image_size=image_size, data__seed=seed,
                          table__labels=str(labels) if labels else None)
+    if show_class_map:
+        print_class_map(fmt, cfg)
+        return
     options = PrepareOptions.from_config(cfg.data, strict=strict, force=force, workers=workers,
                                          progress=not State.quiet)
     result = run_prepare(fmt, cfg, options, out, source, _pairs(annotations, "--annotations"),
                          _pairs(images, "--images"))
     print_summary(result)
+
+
+def print_class_map(fmt: str, cfg) -> None:
+    """One line per label name of the format: the name as the dataset writes it -> the classes it feeds."""
+    from hegl_cli.apps.prepare import class_map
+
+    rows, note = class_map(fmt, cfg)
+    width = max(len(name) for name, _ in rows)
+    for name, classes in rows:
+        out.print(f"{name:<{width}}  -> {', '.join(classes) if classes else '(no class)'}", markup=False,
+                  highlight=False, soft_wrap=True)
+    if note:
+        out.print(f"# {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary(result) -> None:

@@ -109,7 +109,8 @@ class DatasetFormat:
 
 
 # The modules of this folder that register a format, in the order `hegl prepare --help` lists them.
-BUILTIN_FORMATS = ("synthetic", "chestxdet", "nih", "rsna", "vindr", "siim", "table")
+BUILTIN_FORMATS = ("synthetic", "chestxdet", "nih", "rsna", "vindr", "siim", "chexpert", "mimic", "padchest",
+                   "table")
 FORMATS: dict[str, DatasetFormat] = {}  # read it through the functions below: they load the built-in ones
 
 
