@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from hegl_cli.data.formats import chexpert_labels as cx
 from hegl_cli.data.formats.files import find_file, official_download
@@ -53,10 +53,11 @@ def find_root(source: Path) -> Path:
 def image_name(path: str) -> str | None:
     """The ``Path`` cell relative to the dataset's folder (its leading ``CheXpert-v1.0*/`` dropped);
     None when it leaves the folder."""
-    parts = PurePosixPath(path.strip().replace("\\", "/")).parts
-    if parts and parts[0].startswith("CheXpert-v1.0"):
-        parts = parts[1:]
-    return safe_file_name("/".join(parts)) if parts else None
+    text = path.strip().replace("\\", "/")
+    first, _, rest = text.partition("/")
+    if first.startswith("CheXpert-v1.0"):
+        text = rest
+    return safe_file_name(text) if text else None
 
 
 def chexpert_view(row: dict[str, str], name: str) -> str:
@@ -69,13 +70,14 @@ def chexpert_view(row: dict[str, str], name: str) -> str:
 
 
 def read_split(table: Path, root: Path, split: str, classes: tuple[str, ...], policy: cx.LabelPolicy,
-               problems: list[str], seen: dict[str, str], exists: Callable[[Path], bool] = os.path.isfile
+               problems: list[str], seen: dict[str, str], exists: Callable[[str], bool] = os.path.isfile
                ) -> list[Record]:
     """The records of one CheXpert table, streamed; a bad row or a missing image (by ``exists``) is named
     and skipped."""
     wanted = frozenset(classes)
     shared = cx.Interned()
     records = []
+    folder = str(root)
     with stream_table(table, "CheXpert table", {"Path", cx.NO_FINDING}) as rows:
         columns = tuple(c for c in CHEXPERT_CLASSES if c in rows.header)
         missing = frozenset(classes) - set(columns)  # a class the table has no column for: unknown
@@ -95,7 +97,7 @@ def read_split(table: Path, root: Path, split: str, classes: tuple[str, ...], po
             except ValueError as exc:
                 problems.append(f"{where} ({name}): {exc}; the row is skipped")
                 continue
-            if not exists(root / name):
+            if not exists(os.path.join(folder, name)):
                 problems.append(f"image not found: {name} ({table.name}, line {line})")
                 continue
             found = PATIENT.search(name)
@@ -119,7 +121,7 @@ def has_labels(table: Path) -> bool:
 
 
 def read_chexpert(source: Path, classes: tuple[str, ...], policy: cx.LabelPolicy,
-                  exists: Callable[[Path], bool] = os.path.isfile
+                  exists: Callable[[str], bool] = os.path.isfile
                   ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path], Path]:
     """({split: records}, problems, the tables read, the dataset's folder); ``exists`` says whether an
     image is there (the tests read the real tables without their 224k images)."""

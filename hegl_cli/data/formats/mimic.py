@@ -70,7 +70,7 @@ def official_splits(path: Path) -> dict[str, str]:
 
 
 def read_mimic(source: Path, classes: tuple[str, ...], policy: cx.LabelPolicy,
-               exists: Callable[[Path], bool] = os.path.isfile
+               exists: Callable[[str], bool] = os.path.isfile
                ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
     """({train, val, test}: records, problems, the tables read); ``exists`` says whether an image is there."""
     if not source.is_dir():
@@ -84,7 +84,7 @@ def read_mimic(source: Path, classes: tuple[str, ...], policy: cx.LabelPolicy,
     problems: list[str] = []
     studies = study_labels(labels, classes, policy, problems)
     splits = official_splits(split_file)
-    prefix = "files/" if (source / "files").is_dir() else ""
+    prefix, folder = "files/" if (source / "files").is_dir() else "", str(source)
     shared = cx.Interned()
     out: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     with stream_table(metadata, "MIMIC-CXR metadata table", {"dicom_id", "subject_id", "study_id"}) as rows:
@@ -104,7 +104,7 @@ def read_mimic(source: Path, classes: tuple[str, ...], policy: cx.LabelPolicy,
                 problems.append(f"{where}: not in {split_file.name}; left out")
                 continue
             name = f"{prefix}p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
-            if not exists(source / name):
+            if not exists(os.path.join(folder, name)):
                 problems.append(f"image not found: {name} ({metadata.name}, line {line})")
                 continue
             meta = {"study": study}

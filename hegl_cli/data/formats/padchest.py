@@ -162,7 +162,7 @@ def age_of(row: dict[str, str]) -> str:
         return ""
 
 
-def image_file(source: Path, row: dict[str, str], exists: Callable[[Path], bool] = os.path.isfile) -> str | None:
+def image_file(source: Path, row: dict[str, str], exists: Callable[[str], bool] = os.path.isfile) -> str | None:
     """``<ImageDir>/<ImageID>`` or ``<ImageID>`` under ``source``, whichever is there (None: neither)."""
     image = row["ImageID"].strip()
     folder = row.get("ImageDir", "").strip()
@@ -170,13 +170,13 @@ def image_file(source: Path, row: dict[str, str], exists: Callable[[Path], bool]
         folder = folder[:-2]
     for name in (f"{folder}/{image}" if folder else None, image):
         name = safe_file_name(name) if name else None
-        if name and exists(source / name):
+        if name and exists(os.path.join(source, name)):
             return name
     return None
 
 
 def read_padchest(source: Path, classes: tuple[str, ...], seed: int = 0,
-                  exists: Callable[[Path], bool] = os.path.isfile
+                  exists: Callable[[str], bool] = os.path.isfile
                   ) -> tuple[dict[str, list[Record]], list[str], dict[str, Path]]:
     """({train, test}: records, problems, the table read); test is a seeded 20% of the patients (PadChest
     has no official split); ``exists`` says whether an image is there."""
