@@ -615,3 +615,60 @@ def test_mimic_reader_agrees_with_torchxrayvision_on_a_stand_in_of_real_label_ro
                                             metacsvpath=str(tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz"),
                                             views=views, unique_patients=False)
         assert {Path(n).stem for n in hegl_views(list(ours.values()), views)} == set(chosen.csv.dicom_id), views
+
+
+# --- DICOM as hospitals send it: Presentation LUT Shape ----------------------------------------------
+def dx_file(path: Path, photometric: str, shape: str | None) -> Path:
+    """A DX For Presentation image written to the standard by pydicom: 12-bit ramp, a VOI window, and a
+    Presentation LUT Shape (DX: INVERSE with MONOCHROME1, IDENTITY with MONOCHROME2)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image, For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 64, 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    ds.PixelData = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (16, 1)).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_presentation_lut_shape_inverse_is_applied_once(tmp_path):
+    """INVERSE inverts after the VOI; MONOCHROME1 with INVERSE (what DX requires) is one inversion, not
+    two; a real MONOCHROME1 chest X-ray rewritten with each combination reads as the standard says."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi_lut
+
+    from hegl_cli.data.images import load_image
+
+    ramp = load_image(dx_file(tmp_path / "m2.dcm", "MONOCHROME2", "IDENTITY"))[0]
+    assert ramp[0] < 0.01 and ramp[-1] > 0.99  # stored 0 is black
+    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME1", None), ("MONOCHROME2", "INVERSE")):
+        read = load_image(dx_file(tmp_path / f"{photometric}-{shape}.dcm", photometric, shape))[0]
+        np.testing.assert_allclose(read, 1 - ramp, atol=1e-6, err_msg=f"{photometric} {shape}")
+    m2_inverse = pydicom.dcmread(tmp_path / "MONOCHROME2-INVERSE.dcm")
+    theirs = apply_presentation_lut(apply_voi_lut(apply_modality_lut(m2_inverse.pixel_array, m2_inverse),
+                                                  m2_inverse), m2_inverse)[0]
+    assert np.all(np.diff(theirs) <= 0) and np.all(np.diff(load_image(tmp_path / "MONOCHROME2-INVERSE.dcm")[0]) <= 0)
+
+    real = Path(pydicom.data.get_testdata_file("RG1_UNCR.dcm") or "")  # a real MONOCHROME1 CR (pydicom-data)
+    if not real.is_file():
+        pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed")
+    reference = load_image(real)
+    ds = pydicom.dcmread(real)
+    for photometric, shape, inverted in (("MONOCHROME1", "INVERSE", False), ("MONOCHROME2", "INVERSE", False),
+                                         ("MONOCHROME2", "IDENTITY", True), ("MONOCHROME1", "IDENTITY", False)):
+        ds.PhotometricInterpretation, ds.PresentationLUTShape = photometric, shape
+        ds.save_as(tmp_path / "real.dcm")
+        expected = 1 - reference if inverted else reference
+        np.testing.assert_allclose(load_image(tmp_path / "real.dcm"), expected, atol=1e-6,
+                                   err_msg=f"{photometric} {shape}")

@@ -6,7 +6,9 @@ deflate). Grey images go through the modality LUT (rescale or LUT) and, when the
 VOI window or VOI LUT, then are scaled by the range those values can take: the stored bit depth
 through the rescale, or the window's output range. Colour images (RGB, every YBR_* pydicom converts,
 PALETTE COLOR through its colour LUT) are scaled by their bit depth and turned to grey by the one
-luma rule. MONOCHROME1 is inverted. Multi-frame files follow ``data.frames``.
+luma rule. A grey image is inverted (after the VOI, over its output range) when it is MONOCHROME1 or
+its Presentation LUT Shape is INVERSE: once, never twice (:func:`presentation_inverts`). Multi-frame
+files follow ``data.frames``.
 """
 
 from __future__ import annotations
@@ -111,8 +113,23 @@ def _voi_range(ds, modality: tuple[float, float]) -> tuple[float, float] | None:
     return None
 
 
+def presentation_inverts(ds) -> bool:
+    """Whether the VOI output is shown inverted (its minimum white): the Presentation LUT Shape (2050,0020)
+    is INVERSE, or the image is MONOCHROME1.
+
+    In the standard's grayscale pipeline (modality LUT, VOI LUT, Presentation LUT) the two are one and the
+    same inversion: a DX image that is MONOCHROME1 must say INVERSE, and IDENTITY is for MONOCHROME2
+    (PS3.3 C.8.11.3), so MONOCHROME1 with INVERSE is inverted once. MONOCHROME2 with INVERSE (a
+    hospital's "show it inverted") is inverted, as pydicom's ``apply_presentation_lut`` does. An explicit
+    IDENTITY on a MONOCHROME1 image, outside DX's rule, is read as MONOCHROME1 says (as hegl always has).
+    """
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return shape == "INVERSE" or str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+
 def grey_frame(ds, pixels: np.ndarray) -> np.ndarray:
-    """A grey frame's stored values -> [0, 1]: modality LUT, VOI when present, range, MONOCHROME1."""
+    """A grey frame's stored values -> [0, 1]: modality LUT, VOI when present, range, then the presentation's
+    inversion (MONOCHROME1 or Presentation LUT Shape INVERSE, :func:`presentation_inverts`)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     with warnings.catch_warnings():
@@ -125,7 +142,7 @@ def grey_frame(ds, pixels: np.ndarray) -> np.ndarray:
             low, high = voi
     values = np.asarray(values, dtype=np.float64)
     scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if presentation_inverts(ds):
         scaled = 1.0 - scaled
     return scaled.astype(np.float32)
 

@@ -12,7 +12,8 @@ predict): an image becomes grey intensities in [0, 1], bone bright.
    window's output range. A PNG and a DICOM of the same 8-bit (or 16-bit) pixels give the same input.
 5. Colour (RGB, RGBA, palette, every YBR_* pydicom converts, DICOM PALETTE COLOR through its colour
    LUT): scaled by its bit depth, then ITU-R BT.601 luma, 0.299 R + 0.587 G + 0.114 B.
-6. MONOCHROME1 (high values dark) is inverted. A float image (a TIFF of floats) is kept as it is when
+6. MONOCHROME1 (high values dark), or a DICOM whose Presentation LUT Shape is INVERSE, is inverted
+   after the VOI, once (the two are one inversion in DICOM's pipeline). A float image (a TIFF of floats) is kept as it is when
    it lies in [0, 1], else stretched to its own minimum and maximum (it has no bit depth to go by).
 7. ``data.intensity: min_max`` stretches every image, after 1-6, to its own minimum and maximum.
 
