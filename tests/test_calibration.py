@@ -45,9 +45,33 @@ def test_subgroups_score_each_group_and_the_gap():
     probs[40:] = rng.random((40, 2))  # the second group's probabilities are noise
     metadata = {"sex": ["F"] * 40 + ["M"] * 40, "view": ["pa"] * 75 + ["AP"] * 5}
     out = subgroup_scores(probs, labels, metadata, ["a", "b"], bootstrap=20)
-    assert set(out) == {"sex"}  # the AP group has 5 images: under the minimum, so view has one group only
     assert out["sex"]["groups"]["F"]["macro_auc"] == 1.0 and out["sex"]["groups"]["M"]["macro_auc"] < 0.8
     assert out["sex"]["gap"] == pytest.approx(1.0 - out["sex"]["groups"]["M"]["macro_auc"])
+    # the AP group has 5 images, under the minimum: listed with its size, not dropped; no gap with one group
+    assert set(out["view"]["groups"]) == {"PA"} and out["view"]["gap"] is None
+    assert out["view"]["unscored"] == {"AP": {"images": 5, "reason": "fewer than 10 images"}}
+    assert out["sex"]["unscored"] == {} and out["sex"]["without_value"] == 0
+
+
+def test_a_subgroup_without_a_class_to_score_and_images_without_a_value_are_named():
+    labels = np.zeros((30, 2))
+    labels[:10, 0] = 1  # only the first group holds positives
+    probs = np.random.default_rng(1).random((30, 2))
+    out = subgroup_scores(probs, labels, {"site": ["a"] * 15 + ["b"] * 12 + [""] * 3}, ["x", "y"], bootstrap=5)
+    assert set(out["site"]["groups"]) == {"A"} and out["site"]["without_value"] == 3
+    assert out["site"]["unscored"]["B"] == {"images": 12,
+                                            "reason": "no class has both a positive and a negative in the group"}
+
+
+def test_the_macro_names_each_class_it_leaves_out_and_why():
+    from hegl_cli.evaluation.classification import summarize
+
+    labels = np.array([[1, 0, np.nan, 1], [0, 0, np.nan, 1], [1, 0, np.nan, 1.0]])
+    probs = np.full(labels.shape, 0.5)
+    macro = summarize(probs, labels, np.full(4, 0.5), ["a", "b", "c", "d"])["macro"]
+    assert macro["classes"] == ["a"]
+    assert macro["not_scored"] == {"b": "no positive in the split, 3 negatives", "c": "no known label in the split",
+                                   "d": "no negative in the split, 3 positives"}
 
 
 @pytest.mark.slow

@@ -88,3 +88,34 @@ def test_a_cache_that_shares_no_class_or_no_size_is_refused(trained_run, tmp_pat
                       SyntheticSpec(n_train=8, n_test=4, size=32))
     result = runner.invoke(app, ["-q", "evaluate", str(trained_run), "--data", str(small)])
     assert result.exit_code == 2 and "prepare it with --image-size 32" in result.output
+
+
+def test_another_site_is_scored_honestly_classes_subgroups_and_calibration(trained_run, tiny_cache, tmp_path):
+    """At a site whose test split has no positive of one class and a sex group of four images: the macro
+    leaves the class out and every output says so with the reason (it used to print 'not scored: none');
+    the small group is listed with its size; the terminal summary and the HTML report carry the subgroups,
+    the ECE and the reliability diagram."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(tiny_cache, site)
+    labels = np.load(site / "test" / "labels.npy")
+    classes = json.loads((site / "manifest.json").read_text())["classes"]
+    labels[:, 0] = 0  # no positive of the first class at this site
+    np.save(site / "test" / "labels.npy", labels)
+    (site / "test" / "metadata.json").write_text(json.dumps({"sex": ["F"] * 12 + ["M"] * (len(labels) - 12)}))
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(site), "--no-faithfulness"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(next((trained_run / "eval" / "external").glob("*/test.json")).read_text())
+    assert classes[0] not in report["macro"]["classes"]
+    assert report["unscored"] == {classes[0]: f"no positive in the split, {len(labels)} negatives"}
+    output = " ".join(result.output.split())
+    assert f"not scored: {classes[0]} (no positive in the split, {len(labels)} negatives)" in output
+    assert "not scored: none" not in output
+    assert f"M (n={len(labels) - 12}: fewer than 10 images)" in output and "by sex: F" in output
+    assert "reliability: ECE" in output and "reliability diagram:" in output
+    page = runner.invoke(app, ["-q", "report", str(trained_run), "--gallery", "0"])
+    assert page.exit_code == 0, page.output
+    html = (trained_run / "report.html").read_text()
+    assert f"{classes[0]} (no positive in the split" in html and "not scored: fewer than 10 images" in html
+    assert html.count("reliability diagram") >= 1 and "By sex" in html

@@ -79,6 +79,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
         "calibration": reliability(preds.probs, cached.labels, classes),
         "subgroups": subgroup_scores(preds.probs, cached.labels, cached.metadata, classes, cfg.eval.bootstrap),
     }
+    report["unscored"] = unscored(loaded, metrics["macro"])
     report["faithfulness"] = (faithfulness_section(loaded.model, cached, preds, cfg, loaded.device, loaded.data, split,
                                                    loaded.in_force) if faithfulness else {})
     if methods:
@@ -134,6 +135,16 @@ def external_fields(loaded: LoadedRun) -> dict[str, Any]:
         return {"external": False}
     return {"external": True, "home_data": str(loaded.home_data), "scored_classes": list(loaded.match.scored),
             "not_scored": {"model_only": list(loaded.match.model_only), "data_only": list(loaded.match.data_only)}}
+
+
+def unscored(loaded: LoadedRun, macro: dict[str, Any]) -> dict[str, str]:
+    """Every class that counts in no macro figure of this evaluation -> why: the split has no positive (or
+    no negative, or no label) for it, or, at another site, only the model or only the data has it."""
+    reasons = dict(macro.get("not_scored") or {})
+    if loaded.external:
+        reasons.update({c: "this site's data does not label it" for c in loaded.match.model_only})
+        reasons.update({c: "the model has no such class" for c in loaded.match.data_only})
+    return reasons
 
 
 def reading_warnings(loaded: LoadedRun) -> list[str]:

@@ -122,7 +122,7 @@ def results_section(report: dict[str, Any] | None) -> str:
            f"F1 {fmt(m['f1'])} {interval('f1')}, MCC {fmt(m['mcc'])} {interval('mcc')} (95% bootstrap CI).</p>"
            + table(["class", "AUC", "F1", "MCC", "threshold", "positives", "energy in mask", "flat map (chance)",
                     "pointing game"], rows)
-           + f"<p class=muted>{esc(report.get('macro_rule', ''))}</p>")
+           + f"<p class=muted>{esc(report.get('macro_rule', ''))}</p>" + unscored_line(report))
     f = report.get("faithfulness") or {}
     if f.get("pairs"):
         out += "<h3>Faithfulness</h3>" + table(
@@ -149,27 +149,41 @@ def results_section(report: dict[str, Any] | None) -> str:
     return out
 
 
+def unscored_line(report: dict[str, Any]) -> str:
+    """The classes no macro figure of ``report`` covers, each with why (or that none is left out)."""
+    reasons = report.get("unscored")
+    if reasons is None:  # a report from before the reasons were written
+        reasons = dict((report.get("macro") or {}).get("not_scored") or {})
+        for key, why in (("model_only", "this site's data does not label it"), ("data_only", "the model has no such class")):
+            reasons.update({c: why for c in (report.get("not_scored") or {}).get(key, [])})
+    listed = "; ".join(f"{c} ({why})" for c, why in reasons.items())
+    return f"<p class=muted>not scored: {esc(listed) if listed else 'none, every class is in the macro'}</p>"
+
+
 def external_section(folder: Path, home: dict[str, Any] | None) -> str:
     """Home against every other site the run was evaluated on, over the classes both have."""
-    reports = [read_output(path, "evaluation", ("macro", "per_class", "scored_classes"))
+    reports = [(path.parent.name, read_output(path, "evaluation", ("macro", "per_class", "scored_classes")))
                for path in RunFolder(folder).external_reports()]
     if not reports:
         return ("<p class=muted>not evaluated on another site: <code>hegl evaluate RUN --data OTHER_CACHE</code> "
                 "scores the classes both share</p>")
     out = []
-    for ext in reports:
+    for site, ext in reports:
         scored = ext["scored_classes"]
         home_auc = [((home or {}).get("per_class", {}).get(c) or {}).get("auc") for c in scored]
-        known = [a for a in home_auc if a is not None]
+        in_macro = set(ext["macro"].get("classes", scored))  # the classes the site's macro covers
+        known = [a for c, a in zip(scored, home_auc) if a is not None and c in in_macro]
         ci = ext.get("macro_ci95", {}).get("auc")
         rows = [[c, a, (ext["per_class"].get(c) or {}).get("auc")] for c, a in zip(scored, home_auc)]
-        rows.append(["macro (these classes)", float(np.mean(known)) if known else None, ext["macro"]["auc"]])
-        not_scored = ext["not_scored"]["model_only"] + ext["not_scored"]["data_only"]
+        rows.append([f"macro (the {len(in_macro)} classes scored here)", float(np.mean(known)) if known else None,
+                     ext["macro"]["auc"]])
         out.append(f"<h4>{esc(ext['data'])} ({ext['split']}, {ext['images']} images)</h4>"
                    + table(["class", f"AUC home ({esc(Path(ext.get('home_data', '')).name)})", "AUC this site"], rows)
                    + f"<p class=muted>macro AUC here {fmt(ext['macro']['auc'])}"
-                   + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "; thresholds from the run's own val; "
-                   + f"not scored: {esc(', '.join(not_scored)) or 'none'}</p>")
+                   + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + " over "
+                   + f"{len(ext['macro'].get('classes', []))} classes; thresholds from the run's own val</p>"
+                   + unscored_line(ext)
+                   + calibration_html(ext, RunFolder(folder).eval_files(ext["split"], site)["reliability"]))
     return "".join(out)
 
 
@@ -178,17 +192,30 @@ def calibration_section(folder: Path, report: dict[str, Any] | None) -> str:
     calibration = (report or {}).get("calibration")
     if not calibration:
         return "<p class=note>no calibration yet: run <code>hegl evaluate RUN</code></p>"
+    return calibration_html(report, RunFolder(folder).eval_reliability(report["split"]))
+
+
+def calibration_html(report: dict[str, Any], picture: Path) -> str:
+    """One evaluation's Brier score and ECE per class, its reliability diagram, and its AUC per subgroup,
+    with every group left unscored listed with its size and why."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return ""
     rows = [[name, c["pairs"], c["brier"], c["ece"]] for name, c in calibration["per_class"].items()]
     rows.append(["all pairs", calibration["pairs"], calibration["brier"], calibration["ece"]])
-    picture = RunFolder(folder).eval_reliability(report["split"])
     out = (table(["class", "known pairs", "Brier score", "ECE"], rows)
            + (img(png_uri(picture), "reliability diagram") if picture.is_file() else ""))
     for column, entry in (report.get("subgroups") or {}).items():
         group_rows = [[group, g["images"], g["macro_auc"],
-                       f"[{g['macro_auc_ci95'][0]:.3f}, {g['macro_auc_ci95'][1]:.3f}]" if g["macro_auc_ci95"] else "–"]
+                       f"[{g['macro_auc_ci95'][0]:.3f}, {g['macro_auc_ci95'][1]:.3f}]" if g["macro_auc_ci95"] else "–", ""]
                       for group, g in entry["groups"].items()]
-        out += (f"<h4>By {esc(column)} (gap {entry['gap']:.3f})</h4>"
-                + table([column, "images", "macro AUC", "95% CI"], group_rows))
+        group_rows += [[group, g["images"], None, "–", f"not scored: {g['reason']}"]
+                       for group, g in (entry.get("unscored") or {}).items()]
+        if entry.get("without_value"):
+            group_rows.append(["(no value)", entry["without_value"], None, "–", "not scored: no value"])
+        gap = f"gap {entry['gap']:.3f}" if entry.get("gap") is not None else "fewer than two scored groups"
+        out += (f"<h4>By {esc(column)} ({gap})</h4>"
+                + table([column, "images", "macro AUC", "95% CI", ""], group_rows))
     return out
 
 

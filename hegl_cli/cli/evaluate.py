@@ -79,10 +79,10 @@ def evaluate(
         info(f"warning: {line}", style="yellow")
     print_evaluation(report)
     site = report.get("site")
-    if site is not None:
-        info(f"scored on {report.get('data')}: {', '.join(report['scored_classes'])}; not scored: "
-             f"{', '.join(report['not_scored']['model_only'] + report['not_scored']['data_only']) or 'none'}")
     files = RunFolder(folder).eval_files(split, site)
+    print_scored(report)
+    print_calibration(report, files["reliability"])
+    print_subgroups(report)
     if report.get("methods"):
         print_methods(report)
     info(f"wrote {files['report']} and {files['table'].name}"
@@ -157,6 +157,48 @@ def print_evaluation(report: dict) -> None:
         s = f["shortcut_reliance"]
         per = ", ".join(f"{k} {v:.3f}" for k, v in s["per_class"].items())
         result_line(f"shortcut reliance: mean |p(x) - p(twin: every cue toggled)| = {s['mean']:.3f}  ({per})")
+
+
+def print_scored(report: dict) -> None:
+    """Which classes the macro figures cover, and every class they leave out with the reason."""
+    scored = report["macro"].get("classes", [])
+    reasons = report.get("unscored") or {}
+    where = f" on {report['data']}" if report.get("site") is not None else ""
+    result_line(f"scored{where}: {', '.join(scored) or 'no class'}; not scored: "
+                + ("; ".join(f"{c} ({why})" for c, why in reasons.items()) if reasons else "none"))
+
+
+def print_calibration(report: dict, diagram: Path) -> None:
+    """ECE and Brier score over the known pairs, and the reliability diagram as a table (and its file)."""
+    c = report.get("calibration") or {}
+    if not c.get("pairs"):
+        return
+    table = Table(title=Text(f"reliability: ECE {_fmt(c['ece'])}, Brier {_fmt(c['brier'])} over {c['pairs']} known "
+                             f"(image, class) pairs"))
+    for col in ("predicted p", "pairs", "mean p", "share positive", "gap"):
+        table.add_column(col, justify="right")
+    for b in c["curve"]:
+        table.add_row(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", str(b["pairs"]), _fmt(b["mean_probability"]),
+                      _fmt(b["positive_share"]), _fmt(b["positive_share"] - b["mean_probability"]))
+    out.print(table)
+    if diagram.is_file():
+        result_line(f"reliability diagram: {diagram}")
+
+
+def print_subgroups(report: dict) -> None:
+    """Per metadata column: each group's macro AUC with its interval and size, the gap, and every group
+    left unscored with its size and why."""
+    for column, entry in (report.get("subgroups") or {}).items():
+        groups = ", ".join(f"{g} {_fmt(v['macro_auc'])}"
+                           + (f" [{_fmt(v['macro_auc_ci95'][0])}, {_fmt(v['macro_auc_ci95'][1])}]"
+                              if v.get("macro_auc_ci95") else "") + f" (n={v['images']})"
+                           for g, v in entry["groups"].items())
+        gap = f"gap {_fmt(entry['gap'])}" if entry.get("gap") is not None else "no gap (fewer than two scored groups)"
+        left = "; ".join(f"{g} (n={v['images']}: {v['reason']})" for g, v in (entry.get("unscored") or {}).items())
+        missing = entry.get("without_value") or 0
+        result_line(f"by {column}: {groups or 'no group scored'}; {gap}"
+                    + (f"; not scored: {left}" if left else "")
+                    + (f"; {missing} image(s) without a {column}" if missing else ""))
 
 
 def print_recalibration(report: dict) -> None:

@@ -7,7 +7,8 @@ Arrays: ``probs`` and ``labels`` are (N, C); NaN labels are unknown and left out
 - ECE (expected calibration error): known pairs in ``bins`` equal-width bins of ``p``; the mean, weighted
   by each bin's share of pairs, of ``|mean p - share of positives|`` in the bin.
 - Subgroups: per value of a metadata column (sex, view, site, scanner; age in bands), the macro AUC
-  under the usual macro rule with a bootstrap interval, and the gap between the best and worst group.
+  under the usual macro rule with a bootstrap interval, and the gap between the best and worst group;
+  a group too small (under :data:`MIN_GROUP` images) or with no class to score is listed with its size.
 - Recalibration at a site (:class:`Calibration`): per class, a temperature ``T`` (``p = sigmoid(z / T)``,
   Guo et al. 2017, fitted by cross-entropy) or an isotonic map of the probability (piecewise linear
   through knots, clipped at both ends), and thresholds re-chosen on the calibrated probabilities. It
@@ -87,28 +88,36 @@ def groups_of(column: str, values: list[str]) -> list[str | None]:
 
 def subgroup_scores(probs: np.ndarray, labels: np.ndarray, metadata: dict[str, list[str]], classes: list[str],
                     bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Per metadata column and value with at least :data:`MIN_GROUP` images: macro AUC with a 95% bootstrap
-    interval and per-class AUC; per column the gap between its best and worst scored group."""
+    """Per metadata column (``study`` aside): every value with at least :data:`MIN_GROUP` images and a class
+    it can score (``groups``: macro AUC with a 95% bootstrap interval, per-class AUC); every other value
+    under ``unscored`` with its size and why, never dropped unsaid; the images with no value
+    (``without_value``); the gap between the best and worst scored group (None with fewer than two)."""
     out: dict[str, Any] = {}
     for column, values in sorted(metadata.items()):
         if column in ("study",):
             continue
         groups = np.array(groups_of(column, values), dtype=object)
         scored: dict[str, Any] = {}
+        unscored: dict[str, Any] = {}
         for group in sorted({g for g in groups if g is not None}):
             rows = np.flatnonzero(groups == group)
             if len(rows) < MIN_GROUP:
+                unscored[group] = {"images": int(len(rows)), "reason": f"fewer than {MIN_GROUP} images"}
                 continue
             aucs = auc_per_class(probs[rows], labels[rows])
             kept = [a for a in aucs if a is not None]
             if not kept:
+                unscored[group] = {"images": int(len(rows)),
+                                   "reason": "no class has both a positive and a negative in the group"}
                 continue
             ci = bootstrap_macro(probs[rows], labels[rows], np.full(labels.shape[1], 0.5), bootstrap, seed)["auc"]
             scored[group] = {"images": int(len(rows)), "macro_auc": float(np.mean(kept)), "macro_auc_ci95": ci,
                              "per_class_auc": dict(zip(classes, aucs))}
-        if len(scored) >= 2:
-            values_ = [g["macro_auc"] for g in scored.values()]
-            out[column] = {"groups": scored, "gap": float(max(values_) - min(values_))}
+        if not scored and not unscored:
+            continue
+        aucs_ = [g["macro_auc"] for g in scored.values()]
+        out[column] = {"groups": scored, "gap": float(max(aucs_) - min(aucs_)) if len(scored) >= 2 else None,
+                       "unscored": unscored, "without_value": int(sum(g is None for g in groups))}
     return out
 
 

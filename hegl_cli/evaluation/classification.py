@@ -106,8 +106,26 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def unscored_classes(labels: np.ndarray, classes: list[str]) -> dict[str, str]:
+    """Class -> why the macro rule leaves it out of the split's scores (no known label, no positive or no
+    negative, with the count of the other); the classes it scores are not listed."""
+    known = ~np.isnan(labels)
+    y = np.nan_to_num(labels) > 0.5
+    positives, negatives = (y & known).sum(0), (~y & known).sum(0)
+    out = {}
+    for c, name in enumerate(classes):
+        if not known[:, c].any():
+            out[name] = "no known label in the split"
+        elif positives[c] == 0:
+            out[name] = f"no positive in the split, {int(negatives[c])} negatives"
+        elif negatives[c] == 0:
+            out[name] = f"no negative in the split, {int(positives[c])} positives"
+    return out
+
+
 def summarize(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
-    """Macro and per-class AUC / F1 / MCC at the given thresholds (macro rule: :data:`MACRO_RULE`)."""
+    """Macro and per-class AUC / F1 / MCC at the given thresholds (macro rule: :data:`MACRO_RULE`); the
+    macro names the classes it covers (``classes``) and why it leaves the others out (``not_scored``)."""
     aucs = auc_per_class(probs, labels)
     f1s, mccs = f1_mcc_per_class(probs, labels, thresholds)
     per_class = {
@@ -116,7 +134,8 @@ def summarize(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, cla
         for c, name in enumerate(classes)
     }
     macro = {"auc": _mean(aucs), "f1": _mean(f1s), "mcc": _mean(mccs),
-             "classes": [name for c, name in enumerate(classes) if aucs[c] is not None]}
+             "classes": [name for c, name in enumerate(classes) if aucs[c] is not None],
+             "not_scored": unscored_classes(labels, classes)}
     return {"macro": macro, "per_class": per_class, "macro_rule": MACRO_RULE}
 
 
