@@ -8,7 +8,7 @@ policy (:mod:`.chexpert_labels`: the No Finding convention, which spares ``Suppo
 torchxrayvision does, and ``-1`` unknown, U-Ones or U-Zeros per class).
 
 Splits: ``train.csv`` is train (val is carved from it by patient); ``valid.csv``, the radiologists'
-labels of 234 images, is the held-out split ``test``. When a labelled ``test.csv`` is there too (the
+validation set, is the held-out split ``test``. When a labelled ``test.csv`` is there too (the
 later test set), ``valid.csv`` is ``val`` and ``test.csv`` is ``test``; a ``test.csv`` without labels
 is named and left out. The patient is the path's ``patientNNNNN``; the view is ``AP``/``PA`` (the
 ``AP/PA`` column) for a frontal image and ``L`` for a lateral one, as torchxrayvision names them.
