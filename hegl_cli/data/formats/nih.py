@@ -19,7 +19,7 @@ from hegl_cli.data.formats.registry import DatasetFormat, register
 from hegl_cli.data.records import Finding, Record
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
-from hegl_cli.fs.tables import read_lines, read_table
+from hegl_cli.fs.tables import read_lines, read_table, stream_table
 
 NIH_CLASSES: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -89,32 +89,32 @@ def read_nih(source: Path, classes: tuple[str, ...], seed: int = 0, test_fractio
     records: list[Record] = []
     wanted = set(classes)
     first_line: dict[str, int] = {}
-    table = read_table(entries, "label file", {"Image Index", "Finding Labels", "Patient ID"})
-    for line, row in zip(table.lines, table.dicts()):
-        name = row["Image Index"].strip()
-        labels = {v.strip() for v in row["Finding Labels"].split("|") if v.strip()} - {NO_FINDING}
-        unknown = labels - set(NIH_CLASSES)
-        if not name or unknown:
-            problems.append(f"{entries.name}: line {line} ({name}): unknown finding {sorted(unknown)}")
-            continue
-        if name in first_line:
-            problems.append(f"{entries.name}: line {line} ({name}): the image is listed again (first on line "
-                            f"{first_line[name]}); the first line is kept")
-            continue
-        first_line[name] = line
-        if name not in located:
-            problems.append(f"image not found: {name} (in images/ or images_0XX/images/)")
-            continue
-        split = None
-        if test_list is not None:
-            split = "test" if name in test_list else "train" if (train_list is None or name in train_list) else None
-            if split is None:
-                problems.append(f"{entries.name}: line {line} ({name}): in neither test_list.txt nor "
-                                "train_val_list.txt; left out")
+    with stream_table(entries, "label file", {"Image Index", "Finding Labels", "Patient ID"}) as table:
+        for line, row in table:
+            name = row["Image Index"].strip()
+            labels = {v.strip() for v in row["Finding Labels"].split("|") if v.strip()} - {NO_FINDING}
+            unknown = labels - set(NIH_CLASSES)
+            if not name or unknown:
+                problems.append(f"{entries.name}: line {line} ({name}): unknown finding {sorted(unknown)}")
                 continue
-        meta = {key: row[column].strip() for key, column in METADATA_COLUMNS.items() if row.get(column, "").strip()}
-        records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
-                              patient=row["Patient ID"].strip() or None, split=split, meta=meta))
+            if name in first_line:
+                problems.append(f"{entries.name}: line {line} ({name}): the image is listed again (first on line "
+                                f"{first_line[name]}); the first line is kept")
+                continue
+            first_line[name] = line
+            if name not in located:
+                problems.append(f"image not found: {name} (in images/ or images_0XX/images/)")
+                continue
+            split = None
+            if test_list is not None:
+                split = "test" if name in test_list else "train" if (train_list is None or name in train_list) else None
+                if split is None:
+                    problems.append(f"{entries.name}: line {line} ({name}): in neither test_list.txt nor "
+                                    "train_val_list.txt; left out")
+                    continue
+            meta = {key: row[column].strip() for key, column in METADATA_COLUMNS.items() if row.get(column, "").strip()}
+            records.append(Record(located[name], boxes.get(name, []), image_labels=labels & wanted,
+                                  patient=row["Patient ID"].strip() or None, split=split, meta=meta))
     if bbox is not None:
         problems += [f"{bbox.name}: {name}: boxes of an image that {entries.name} does not list; they are skipped"
                      for name in sorted(set(boxes) - set(first_line))]

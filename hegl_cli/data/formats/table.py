@@ -30,7 +30,7 @@ from hegl_cli.data.pathologies import canonical
 from hegl_cli.data.records import Finding, Record, SplitSource, box_from_columns, safe_file_name
 from hegl_cli.data.splits import hold_out_test
 from hegl_cli.errors import UserError
-from hegl_cli.fs.tables import read_json, read_table
+from hegl_cli.fs.tables import read_json, read_table, stream_table
 
 POSITIVE, NEGATIVE, UNKNOWN = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}, {"", "-1", "-1.0", "nan"}
 SPLITS = ("train", "val", "test")
@@ -123,14 +123,14 @@ def table_classes(cfg: TableConfig, wanted: list[str]) -> list[str]:
         return [canonical(c) for c in cfg.class_columns]
     if wanted:
         return list(dict.fromkeys(canonical(c) for c in wanted))
-    table = read_table(_user_path(cfg.labels, "table.labels (or --labels FILE)"), "labels table",
-                       {cfg.labels_column})
     seen: dict[str, None] = {}
-    for row in table.dicts():
-        for value in row[cfg.labels_column].split(cfg.separator):
-            if (value.strip() and value.strip().lower() not in UNKNOWN
-                    and canonical(value) != canonical(cfg.no_finding)):
-                seen[canonical(value)] = None
+    with stream_table(_user_path(cfg.labels, "table.labels (or --labels FILE)"), "labels table",
+                      {cfg.labels_column}) as table:
+        for _, row in table:
+            for value in row[cfg.labels_column].split(cfg.separator):
+                if (value.strip() and value.strip().lower() not in UNKNOWN
+                        and canonical(value) != canonical(cfg.no_finding)):
+                    seen[canonical(value)] = None
     return list(seen)
 
 
@@ -170,33 +170,33 @@ def read_labels(source: Path, cfg: TableConfig, classes: list[str], problems: li
     columns = {cfg.image_column, *cfg.class_columns, *([cfg.labels_column] if cfg.labels_column else []),
                *(c for c in (cfg.patient_column, cfg.study_column, cfg.split_column) if c),
                *cfg.metadata_columns.values()}
-    table = read_table(path, "labels table", columns)
     locate = ImageLocator(source)
     records: dict[str, Record] = {}
-    for line, row in zip(table.lines, table.dicts()):
-        key = row[cfg.image_column].strip()
-        where = f"{path.name}: line {line} ({key})"
-        if key in records:
-            problems.append(f"{where}: the image is listed again; the first line is kept")
-            continue
-        split = split_of(row[cfg.split_column], where) if cfg.split_column else None
-        try:
-            positive, unknown = _row_labels(row, cfg, classes, spelled)
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}; the row is skipped")
-            continue
-        located = locate(key) if key else None
-        if located is None:
-            why = "escapes the source folder" if key and (
-                Path(key).is_absolute() or safe_file_name(key) is None) else "not found under the source"
-            problems.append(f"image {why}: {key} ({path.name}, line {line})")
-            continue
-        patient = row[cfg.patient_column].strip() if cfg.patient_column else ""
-        meta = {name: row[column].strip() for name, column in cfg.metadata_columns.items() if row[column].strip()}
-        if cfg.study_column and row[cfg.study_column].strip():
-            meta["study"] = row[cfg.study_column].strip()
-        records[key] = Record(located, [], image_labels=positive, patient=patient or None, unknown=unknown,
-                              split=split, meta=meta)
+    with stream_table(path, "labels table", columns) as table:
+        for line, row in table:
+            key = row[cfg.image_column].strip()
+            where = f"{path.name}: line {line} ({key})"
+            if key in records:
+                problems.append(f"{where}: the image is listed again; the first line is kept")
+                continue
+            split = split_of(row[cfg.split_column], where) if cfg.split_column else None
+            try:
+                positive, unknown = _row_labels(row, cfg, classes, spelled)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}; the row is skipped")
+                continue
+            located = locate(key) if key else None
+            if located is None:
+                why = "escapes the source folder" if key and (
+                    Path(key).is_absolute() or safe_file_name(key) is None) else "not found under the source"
+                problems.append(f"image {why}: {key} ({path.name}, line {line})")
+                continue
+            patient = row[cfg.patient_column].strip() if cfg.patient_column else ""
+            meta = {name: row[column].strip() for name, column in cfg.metadata_columns.items() if row[column].strip()}
+            if cfg.study_column and row[cfg.study_column].strip():
+                meta["study"] = row[cfg.study_column].strip()
+            records[key] = Record(located, [], image_labels=positive, patient=patient or None, unknown=unknown,
+                                  split=split, meta=meta)
     return Labels(records), path
 
 
