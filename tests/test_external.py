@@ -104,6 +104,9 @@ def test_another_site_is_scored_honestly_classes_subgroups_and_calibration(train
     labels[:, 0] = 0  # no positive of the first class at this site
     np.save(site / "test" / "labels.npy", labels)
     (site / "test" / "metadata.json").write_text(json.dumps({"sex": ["F"] * 12 + ["M"] * (len(labels) - 12)}))
+    from hegl_cli.data.cache import write_inventory
+
+    write_inventory(site)  # sealed as prepare seals what it writes (the cache's checksums)
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(site), "--no-faithfulness"])
     assert result.exit_code == 0, result.output
     report = json.loads(next((trained_run / "eval" / "external").glob("*/test.json")).read_text())
