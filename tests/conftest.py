@@ -97,3 +97,11 @@ def replace_weights(run: Path, tensors: dict, which: str = "best") -> None:
     meta = json.loads((run / f"{which}.json").read_text())
     meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
     (run / f"{which}.json").write_text(json.dumps(meta))
+
+
+def reseal(cache: Path) -> None:
+    """Seal a cache a test edited on purpose (to make a dataset it needs) as prepare seals what it writes:
+    an edit hegl did not make is otherwise refused as damage (test_integrity)."""
+    from hegl_cli.data.cache import write_inventory
+
+    write_inventory(cache)

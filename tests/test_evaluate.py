@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_OVERRIDES, shared_data
+from conftest import TINY_OVERRIDES, reseal, shared_data
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
@@ -39,6 +39,7 @@ def test_thresholds_do_not_depend_on_test_labels(trained_run, tmp_path):
     first = evaluate_run(trained_run, "test", data=cache, threshold_metric="f1", faithfulness=False)
     labels = np.load(cache / "test" / "labels.npy")
     np.save(cache / "test" / "labels.npy", 1.0 - labels)  # flip every test label
+    reseal(cache)
     second = evaluate_run(trained_run, "test", data=cache, threshold_metric="f1", faithfulness=False)
     assert first["thresholds"] == second["thresholds"]
     assert first["macro"]["auc"] != second["macro"]["auc"]

@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.special import expit
 from typer.testing import CliRunner
 
+from conftest import reseal
 from hegl_cli.cli.app import app
 from hegl_cli.evaluation.calibration import fit_calibration, fit_temperature, reliability
 from hegl_cli.evaluation.classification import auc_per_class
@@ -329,6 +330,7 @@ def test_recalibrate_at_a_site_then_predict_and_export_with_it(trained_run, site
 
     labels = np.load(site / "test" / "labels.npy")  # the site's test labels never reach the calibration
     np.save(site / "test" / "labels.npy", 1.0 - labels)
+    reseal(site)
     assert runner.invoke(app, args).exit_code == 0
     assert json.loads(calibration_file.read_text())["per_class"] == fitted["per_class"]
     refused = runner.invoke(app, ["evaluate", str(trained_run), "--recalibrate"])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import shared_data
+from conftest import reseal, shared_data
 from hegl_cli.cli.app import app
 from hegl_cli.data.pathologies import canonical, match_classes
 
@@ -31,7 +31,7 @@ def chestxdet_site(tmp_path_factory) -> Path:
         for record in records:
             (root / split / record["file_name"]).write_bytes(data)
         (root / f"ChestX_Det_{split}.json").write_text(json.dumps(records))
-    out = root / "cache"
+    out = root.with_name(root.name + "-cache")  # beside the download: a cache is never written into it
     result = runner.invoke(app, ["-q", "prepare", "--format", "chestxdet", "--source", str(root), "--out", str(out),
                                  "--image-size", "32", "--workers", "1"])
     assert result.exit_code == 0, result.output
@@ -104,9 +104,7 @@ def test_another_site_is_scored_honestly_classes_subgroups_and_calibration(train
     labels[:, 0] = 0  # no positive of the first class at this site
     np.save(site / "test" / "labels.npy", labels)
     (site / "test" / "metadata.json").write_text(json.dumps({"sex": ["F"] * 12 + ["M"] * (len(labels) - 12)}))
-    from hegl_cli.data.cache import write_inventory
-
-    write_inventory(site)  # sealed as prepare seals what it writes (the cache's checksums)
+    reseal(site)  # sealed as prepare seals what it writes (the cache's checksums)
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(site), "--no-faithfulness"])
     assert result.exit_code == 0, result.output
     report = json.loads(next((trained_run / "eval" / "external").glob("*/test.json")).read_text())

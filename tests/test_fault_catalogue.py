@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, reseal
 from hegl_cli.cli.app import app
 
 runner = CliRunner()
@@ -602,6 +602,7 @@ def _cache_without_finding_free(cache: Path, out: Path) -> None:
     labels = np.load(out / "train" / "labels.npy")
     labels[:, 0] = 1.0  # every train image now has a finding
     np.save(out / "train" / "labels.npy", labels)
+    reseal(out)
 
 
 CASES += MECHANISM_CASES

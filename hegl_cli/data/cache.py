@@ -221,7 +221,6 @@ class CachedSplit:
             available = ", ".join(self.manifest["splits"])
             raise UserError(f"split '{split}' not in {self.root} (available: {available})")
         self.split = split
-        verify_split(self.root, split)
         try:
             self.classes: list[str] = list(self.manifest["classes"])
             self.image_size: int = int(self.manifest["image_size"])
@@ -241,6 +240,7 @@ class CachedSplit:
         self.cue = _load_array(cue_path) if cue_path.is_file() else None
         self.metadata = _load_metadata(folder / METADATA, len(self.files))
         self._check_shapes(folder)
+        verify_split(self.root, split)  # after the checks that name what is wrong more plainly
 
     def _check_shapes(self, folder: Path) -> None:
         n, size, c = len(self.files), self.image_size, len(self.classes)
