@@ -84,7 +84,7 @@ def trained_run(_trained_master, tmp_path) -> Path:
     return copy
 
 
-def replace_weights(run: Path, tensors: dict, which: str = "best") -> None:
+def replace_weights(run: Path, tensors: dict, checkpoint: str = "best") -> None:
     """Put other weights into a run's checkpoint as hegl would (the metadata's digest follows them), for
     tests that need a second model; a file replaced behind hegl's back is refused (test_crash)."""
     import hashlib
@@ -93,10 +93,10 @@ def replace_weights(run: Path, tensors: dict, which: str = "best") -> None:
     from safetensors.torch import save
 
     data = save({k: v.contiguous() for k, v in tensors.items()})
-    (run / f"{which}.safetensors").write_bytes(data)
-    meta = json.loads((run / f"{which}.json").read_text())
+    (run / f"{checkpoint}.safetensors").write_bytes(data)
+    meta = json.loads((run / f"{checkpoint}.json").read_text())
     meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
-    (run / f"{which}.json").write_text(json.dumps(meta))
+    (run / f"{checkpoint}.json").write_text(json.dumps(meta))
 
 
 def reseal(cache: Path) -> None:

@@ -202,12 +202,12 @@ def one_error_line(result, message: str) -> None:
     assert "Traceback" not in result.output
 
 
-def _val_thresholds(run: Path, which: str) -> np.ndarray:
+def _val_thresholds(run: Path, checkpoint: str) -> np.ndarray:
     from hegl_cli.engine.checkpoint import load_run
     from hegl_cli.evaluation.classification import choose_thresholds
     from hegl_cli.models.inference import predict_split
 
-    loaded = load_run(run, which, split="val", device="cpu")
+    loaded = load_run(run, checkpoint, split="val", device="cpu")
     preds = predict_split(loaded.model, loaded.split, loaded.device, 64)
     return choose_thresholds(preds.probs, loaded.split.labels, loaded.meta["threshold_metric"])
 

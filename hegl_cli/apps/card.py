@@ -64,7 +64,7 @@ def read_optional(path: Path, what: str) -> Any:
 
 
 # --- sections ----------------------------------------------------------------------------------------------
-def model_section(meta: dict[str, Any], cfg: Config, which: str) -> str:
+def model_section(meta: dict[str, Any], cfg: Config, checkpoint: str) -> str:
     m = cfg.model
     thresholds = ", ".join(f"{c} {t:.3f}" for c, t in zip(meta["classes"], meta.get("thresholds") or []))
     rows = [["encoder", f"{m.encoder} {m.encoder_kwargs or ''} at {cfg.data.image_size} px, patch grid "
@@ -72,7 +72,7 @@ def model_section(meta: dict[str, Any], cfg: Config, which: str) -> str:
             ["decoder", f"{m.decoder_layers} layers, width {m.decoder_dim}, {m.decoder_heads} heads, head {m.head}"],
             ["class queries", f"text encoder {m.text_encoder}" if meta.get("text_embeddings") else "learned"],
             ["classes", ", ".join(meta["classes"])],
-            ["checkpoint", f"{which}: epoch {meta.get('epoch')}, val macro AUC {num(meta.get('val_auc'))}"],
+            ["checkpoint", f"{checkpoint}: epoch {meta.get('epoch')}, val macro AUC {num(meta.get('val_auc'))}"],
             ["thresholds", f"{thresholds or 'none stored (0.5)'}; chosen on {meta.get('thresholds_chosen_on', 'val')} "
                            f"by {meta.get('threshold_metric', 'mcc')}"],
             ["output", "per class a probability and a cross-attention map over the patch grid (each sums to 1)"],
@@ -328,19 +328,19 @@ def link(path: Path, card: Path) -> str:
 
 
 # --- the card ---------------------------------------------------------------------------------------------
-def model_card(run: Path, which: str = "best", card: Path | None = None, exported: str = "") -> str:
+def model_card(run: Path, checkpoint: str = "best", card: Path | None = None, exported: str = "") -> str:
     """The Markdown card of ``run`` (``card``: where it will be written, for its links; ``exported``: a
     section on an exported file, from :mod:`hegl_cli.apps.export`)."""
     folder = RunFolder(run)
-    meta = load_meta(run, which)
-    cfg = config_from_dict(meta["config"], source=str(folder.meta(which)))
+    meta = load_meta(run, checkpoint)
+    cfg = config_from_dict(meta["config"], source=str(folder.meta(checkpoint)))
     report = read_optional(folder.eval_report("test"), "evaluation")
     card = card or folder.model_card
     parts = [f"# Model card: {folder.name}\n",
              f"Written {time.strftime('%Y-%m-%d %H:%M')} by hegl {__version__} from run folder `{folder.path}` "
-             f"({which} checkpoint). Every number is read from the run's own files; a section whose file is missing "
+             f"({checkpoint} checkpoint). Every number is read from the run's own files; a section whose file is missing "
              "says so and names the command that measures it.\n",
-             "## Model\n", model_section(meta, cfg, which)]
+             "## Model\n", model_section(meta, cfg, checkpoint)]
     if exported:
         parts += ["## Exported model\n", exported]
     parts += ["## Training data\n", data_section(meta, cfg), "## Recipe and config\n", recipe_section(cfg),
@@ -356,7 +356,7 @@ def model_card(run: Path, which: str = "best", card: Path | None = None, exporte
     return "\n".join(parts)
 
 
-def write_card(run: Path, which: str = "best") -> Path:
+def write_card(run: Path, checkpoint: str = "best") -> Path:
     """Write the run's own card (``RunFolder.model_card``)."""
     folder = RunFolder(run)
-    return OutputFolder(folder.path, owned=True).write_text(folder.model_card.name, model_card(run, which))
+    return OutputFolder(folder.path, owned=True).write_text(folder.model_card.name, model_card(run, checkpoint))

@@ -42,18 +42,18 @@ def resolve_thresholds(loaded: LoadedRun, metric: str | None) -> tuple[np.ndarra
 
 
 def evaluate_run(
-    run: Path, split: str = "test", which: str = "best", data: Path | None = None,
+    run: Path, split: str = "test", checkpoint: str = "best", data: Path | None = None,
     threshold_metric: str | None = None, faithfulness: bool = True, device: str = "auto",
     eval_layers: list | None = None, methods: list[str] | None = None, sanity: bool = True,
     log=lambda *_: None,
 ) -> dict[str, Any]:
     """Evaluate a run on a split; writes the run's evaluation report (JSON) and per-class table (CSV) of
     that split (and, with ``methods``, the explanation methods' table and figure); returns the report."""
-    with load_run(run, which, data, device, split, eval_layers, "hegl evaluate") as loaded:
-        return _evaluate(loaded, run, split, which, threshold_metric, faithfulness, methods, sanity, log)
+    with load_run(run, checkpoint, data, device, split, eval_layers, "hegl evaluate") as loaded:
+        return _evaluate(loaded, run, split, checkpoint, threshold_metric, faithfulness, methods, sanity, log)
 
 
-def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_metric: str | None,
+def _evaluate(loaded: LoadedRun, run: Path, split: str, checkpoint: str, threshold_metric: str | None,
               faithfulness: bool, methods: list[str] | None = None, sanity: bool = True,
               log=lambda *_: None) -> dict[str, Any]:
     cached, cfg, classes = loaded.split, loaded.cfg, loaded.classes
@@ -64,7 +64,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, which: str, threshold_me
     preds = predict_split(loaded.model, cached, loaded.device, cfg.eval.batch_size, precision=loaded.in_force)
     metrics = summarize(preds.probs, cached.labels, thresholds, classes)
     report: dict[str, Any] = {
-        "run": str(run), "checkpoint": which, "epoch": loaded.meta.get("epoch"), "split": split,
+        "run": str(run), "checkpoint": checkpoint, "epoch": loaded.meta.get("epoch"), "split": split,
         "data": str(loaded.data), "images": len(cached),
         "macro": metrics["macro"], "macro_rule": MACRO_RULE,
         "macro_ci95": bootstrap_macro(preds.probs, cached.labels, thresholds, cfg.eval.bootstrap, seed=0),

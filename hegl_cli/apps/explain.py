@@ -124,7 +124,7 @@ def explain_image(loaded: LoadedRun, path: Path, class_idx: list[int], folder: O
     display, _ = square_and_resize(raw, min(DISPLAY_SIZE, max(size, 256)))
     record = {
         "image": str(path), "model_input_size": size, "grid": list(maps_t.shape[-2:]),
-        "checkpoint": loaded.which, "epoch": loaded.meta.get("epoch"), "precision": loaded.in_force,
+        "checkpoint": loaded.checkpoint, "epoch": loaded.meta.get("epoch"), "precision": loaded.in_force,
         "classes": {classes[c]: {"probability": float(probs[c]), "threshold": float(thresholds[c]),
                                  "positive": bool(probs[c] >= thresholds[c])} for c in class_idx},
         "methods": {},
@@ -210,7 +210,7 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").lower()
 
 
-def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[str] | None = None,
+def explain(inputs: list[Path], run: Path, checkpoint: str = "best", classes: list[str] | None = None,
             out: Path | None = None, device: str = "auto", log=lambda *_: None,
             eval_layers: list | None = None, force: bool = False, methods: list[str] | None = None) -> ExplainResult:
     """Explain every readable image in ``inputs``; an unreadable one is reported and skipped, and the
@@ -222,7 +222,7 @@ def explain(inputs: list[Path], run: Path, which: str = "best", classes: list[st
     """
     methods = list(methods or ["attention"])
     files, failed = collect_image_files(inputs, recursive=False)
-    with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl explain") as loaded:
+    with load_run(run, checkpoint, device=device, eval_layers=eval_layers, command="hegl explain") as loaded:
         class_idx = select_classes(loaded.classes, classes)
         folder = OutputFolder(out, force=force) if out is not None else OutputFolder(RunFolder(run).explain_dir,
                                                                                         owned=True)

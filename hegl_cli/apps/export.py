@@ -115,15 +115,15 @@ def check_parity(forward: ExportedForward, onnx_bytes: bytes, images: np.ndarray
     return parity
 
 
-def describe(loaded: LoadedRun, which: str, calibration: Calibration | None, thresholds: np.ndarray,
+def describe(loaded: LoadedRun, checkpoint: str, calibration: Calibration | None, thresholds: np.ndarray,
              exporter: dict[str, Any], parity: dict[str, Any]) -> dict[str, Any]:
     """What travels with the model: into its metadata and ``<stem>.preprocessing.json``."""
     meta, cfg, classes = loaded.meta, loaded.cfg, loaded.classes
     h, w = meta.get("grid") or loaded.model.grid
     return {
         "format": FORMAT, "format_version": 1, "hegl": __version__, "hegl_commit": source_commit(),
-        "run": loaded.folder.name, "run_path": str(loaded.folder), "checkpoint": which, "epoch": meta.get("epoch"),
-        "val_auc": meta.get("val_auc"), "weights_sha256": sha256_of(RunFolder(loaded.folder).weights(which)),
+        "run": loaded.folder.name, "run_path": str(loaded.folder), "checkpoint": checkpoint, "epoch": meta.get("epoch"),
+        "val_auc": meta.get("val_auc"), "weights_sha256": sha256_of(RunFolder(loaded.folder).weights(checkpoint)),
         "trained_with": meta.get("versions"), "trained_intensity_rule": int(meta.get("intensity_rule", 1)),
         "encoder": cfg.model.encoder, "classes": classes, "thresholds": [float(t) for t in thresholds],
         "run_thresholds": [float(t) for t in loaded.thresholds],
@@ -157,7 +157,7 @@ def export_section(out: Path, description: dict[str, Any], sha256: str) -> str:
     return md_table(["", ""], rows)
 
 
-def export_run(run: Path, fmt: str = "onnx", out: Path | None = None, which: str = "best",
+def export_run(run: Path, fmt: str = "onnx", out: Path | None = None, checkpoint: str = "best",
                calibration: Path | None = None, force: bool = False, tolerance: float = DEFAULT_TOLERANCE,
                images: int = PARITY_IMAGES) -> ExportResult:
     """Export ``run``'s checkpoint ``which`` to ``out`` (default ``RUN/export/model.onnx``) with its
@@ -172,10 +172,10 @@ def export_run(run: Path, fmt: str = "onnx", out: Path | None = None, which: str
     files = [target, *sidecars(target)]
     names = [p.relative_to(folder.root) if out is None else p.name for p in files]
     folder.claim(names)
-    with load_run(run, which, device="cpu", command="hegl export") as loaded:
+    with load_run(run, checkpoint, device="cpu", command="hegl export") as loaded:
         warning = loaded.reading_warning()
         cal = None if calibration is None else read_calibration(
-            calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(which)))
+            calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(checkpoint)))
         temperature, knots_x, knots_y = (identity_calibration(len(loaded.classes)) if cal is None
                                          else (cal.temperature, *cal.padded_knots()))
         forward = ExportedForward(loaded.model, temperature, knots_x, knots_y).eval()
@@ -183,10 +183,10 @@ def export_run(run: Path, fmt: str = "onnx", out: Path | None = None, which: str
         batch, source = parity_images(loaded, images)
         parity = check_parity(forward, raw, batch, tolerance, source)
         thresholds = loaded.thresholds if cal is None else cal.thresholds
-        description = describe(loaded, which, cal, thresholds, exporter, parity)
+        description = describe(loaded, checkpoint, cal, thresholds, exporter, parity)
         model_bytes = with_metadata(raw, description)
         section = export_section(target, description, hashlib.sha256(model_bytes).hexdigest())
-        card_text = model_card(run, which, files[2], exported=section)
+        card_text = model_card(run, checkpoint, files[2], exported=section)
         # written while the run is held: no `hegl train --force` replaces it between reading and writing
         folder.write(names[0], lambda tmp: tmp.write_bytes(model_bytes))
         folder.write_text(names[1], json_text(description))

@@ -159,7 +159,7 @@ def collect_rows(batches: Iterator[tuple[list[int], np.ndarray, list[str]]], fil
     return rows
 
 
-def predict(inputs: list[Path], run: Path | None, out: Path, which: str = "best", device: str = "auto",
+def predict(inputs: list[Path], run: Path | None, out: Path, checkpoint: str = "best", device: str = "auto",
             batch_size: int = 32, workers: int = 0, force: bool = False, progress: bool = True,
             eval_layers: list | None = None, log: Callable[[str], None] = lambda *_: None,
             model: Path | None = None, calibration: Path | None = None) -> PredictResult:
@@ -182,10 +182,10 @@ def predict(inputs: list[Path], run: Path | None, out: Path, which: str = "best"
         rows = collect_rows(onnx_batches(exported, files, batch_size, workers, progress, cal), files, thresholds,
                             failed, log)
     else:
-        with load_run(run, which, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
+        with load_run(run, checkpoint, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
             classes, warning = loaded.classes, loaded.reading_warning()
             cal = None if calibration is None else read_calibration(
-                calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(which)))
+                calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(checkpoint)))
             thresholds = loaded.thresholds if cal is None else cal.thresholds
             rows = collect_rows(predict_batches(loaded, files, batch_size, workers, progress, cal), files, thresholds,
                                 failed, log)

@@ -37,11 +37,11 @@ from hegl_cli.fs.tables import read_json
 from hegl_cli.models.inference import split_logits
 
 
-def fit_site_calibration(run: Path, data: Path, which: str = "best", method: str = "temperature",
+def fit_site_calibration(run: Path, data: Path, checkpoint: str = "best", method: str = "temperature",
                          metric: str | None = None, device: str = "auto", eval_layers: list | None = None
                          ) -> Calibration:
     """Fit the site's calibration on its val split (the only split this opens) and re-choose thresholds there."""
-    with load_run(run, which, data, device, "val", eval_layers, "hegl evaluate") as loaded:
+    with load_run(run, checkpoint, data, device, "val", eval_layers, "hegl evaluate") as loaded:
         cached = loaded.split
         if len(cached) == 0:
             raise UserError(f"{data}: split 'val' is empty; a site's calibration is fitted on its val split")
@@ -51,8 +51,8 @@ def fit_site_calibration(run: Path, data: Path, which: str = "best", method: str
         facts = {"fitted_on": {"data": str(Path(data).resolve()), "split": "val", "images": len(cached),
                                "positives": dict(zip(loaded.classes, np.nansum(cached.labels, 0).astype(int).tolist()))},
                  "threshold_metric": chosen, "run_thresholds": dict(zip(loaded.classes, loaded.thresholds.tolist())),
-                 "model": {"run": str(run), "checkpoint": which, "classes": list(loaded.meta["classes"]),
-                           "weights_sha256": sha256_of(RunFolder(run).weights(which))},
+                 "model": {"run": str(run), "checkpoint": checkpoint, "classes": list(loaded.meta["classes"]),
+                           "weights_sha256": sha256_of(RunFolder(run).weights(checkpoint))},
                  "hegl": __version__}
         return fit_calibration(logits, cached.labels, loaded.classes, method, chosen, loaded.thresholds, facts)
 
@@ -85,10 +85,10 @@ def scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, classe
             "thresholds": dict(zip(classes, map(float, thresholds)))}
 
 
-def score_recalibration(run: Path, data: Path, calibration: Calibration, which: str = "best", split: str = "test",
+def score_recalibration(run: Path, data: Path, calibration: Calibration, checkpoint: str = "best", split: str = "test",
                         device: str = "auto", eval_layers: list | None = None) -> dict[str, Any]:
     """The site's ``split`` scored with the run's own probabilities and thresholds, and with ``calibration``'s."""
-    with load_run(run, which, data, device, split, eval_layers, "hegl evaluate") as loaded:
+    with load_run(run, checkpoint, data, device, split, eval_layers, "hegl evaluate") as loaded:
         cached = loaded.split
         if len(cached) == 0:
             raise UserError(f"{data}: split '{split}' is empty")
@@ -100,14 +100,14 @@ def score_recalibration(run: Path, data: Path, calibration: Calibration, which: 
         n = loaded.cfg.eval.bootstrap
         before = scores(expit(logits.astype(np.float64)), cached.labels, loaded.thresholds, loaded.classes, n)
         after = scores(calibration.probabilities(logits), cached.labels, calibration.thresholds, loaded.classes, n)
-        return {"run": str(run), "checkpoint": which, "data": str(data), "split": split, "images": len(cached),
+        return {"run": str(run), "checkpoint": checkpoint, "data": str(data), "split": split, "images": len(cached),
                 "method": calibration.method, "fitted_on": calibration.facts.get("fitted_on"),
                 "threshold_metric": calibration.facts.get("threshold_metric"), "classes": list(loaded.classes),
                 "fitted": dict(zip(calibration.classes, calibration.fitted)), "macro_rule": MACRO_RULE,
                 "before": before, "after": after}
 
 
-def recalibrate_run(run: Path, data: Path | None, which: str = "best", method: str = "temperature",
+def recalibrate_run(run: Path, data: Path | None, checkpoint: str = "best", method: str = "temperature",
                     metric: str | None = None, split: str = "test", device: str = "auto",
                     eval_layers: list | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """Fit on the site's val, score on its ``split``, write both files; returns (report, {calibration, report})."""
@@ -115,8 +115,8 @@ def recalibrate_run(run: Path, data: Path | None, which: str = "best", method: s
         raise UserError("--recalibrate fits a site's calibration on its val split: name the site's cache with --data")
     if split == "val":
         raise UserError("--recalibrate fits on the site's val split and scores --split: choose another split (test)")
-    calibration = fit_site_calibration(run, data, which, method, metric, device, eval_layers)
-    report = score_recalibration(run, data, calibration, which, split, device, eval_layers)
+    calibration = fit_site_calibration(run, data, checkpoint, method, metric, device, eval_layers)
+    report = score_recalibration(run, data, calibration, checkpoint, split, device, eval_layers)
     folder, site = RunFolder(run), external_name(data)
     files = {"calibration": folder.site_calibration(site), "report": folder.recalibration_report(split, site)}
     report["calibration_file"] = str(files["calibration"])

@@ -50,7 +50,7 @@ def run_header(loaded: LoadedRun) -> str:
     cfg, meta = loaded.cfg, loaded.meta
     marker = read_output(RunFolder(loaded.folder).marker, "run marker") or {}
     facts = [["run folder", str(loaded.folder)], ["created", marker.get("created", "–")],
-             ["checkpoint", f"{loaded.which} (epoch {meta.get('epoch')}, val macro AUC {fmt(meta.get('val_auc'))})"],
+             ["checkpoint", f"{loaded.checkpoint} (epoch {meta.get('epoch')}, val macro AUC {fmt(meta.get('val_auc'))})"],
              ["encoder", f"{cfg.model.encoder} {cfg.model.encoder_kwargs or ''} at {cfg.data.image_size} px"],
              ["text encoder", cfg.model.text_encoder], ["loss", f"alpha={cfg.loss.alpha:g} beta={cfg.loss.beta:g} "
                                                               f"({cfg.loss.ha_type}, HA on {cfg.loss.ha_layers} layer(s))"],
@@ -268,7 +268,7 @@ def gallery_section(loaded: LoadedRun, per_kind: int) -> str:
                            for k in order[::-1][:per_kind]])]
     twin_name = counterfactual_split(split.manifest, split.split)
     if twin_name:
-        with load_run(loaded.folder, loaded.which, loaded.data, str(loaded.device), twin_name) as twin:
+        with load_run(loaded.folder, loaded.checkpoint, loaded.data, str(loaded.device), twin_name) as twin:
             twin_preds = predict_split(twin.model, twin.split, twin.device, loaded.cfg.eval.batch_size,
                                        precision=twin.in_force)
         diff = np.abs(preds.probs - twin_preds.probs)  # (N, C)
@@ -339,12 +339,12 @@ def _methods_gallery(loaded: LoadedRun, methods: list[str], per_kind: int) -> st
     return "<h3>The methods side by side</h3>" + "".join(figures)
 
 
-def run_section(folder: Path, which: str, device: str, per_kind: int, report: dict[str, Any] | None) -> str:
+def run_section(folder: Path, checkpoint: str, device: str, per_kind: int, report: dict[str, Any] | None) -> str:
     split = (report or {}).get("split", "test")
     try:
-        loaded = load_run(folder, which, device=device, split=split)
+        loaded = load_run(folder, checkpoint, device=device, split=split)
     except UserError:
-        loaded = load_run(folder, which, device=device)
+        loaded = load_run(folder, checkpoint, device=device)
     with loaded:
         parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
                  "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
@@ -427,7 +427,7 @@ def is_hegl_report(path: Path) -> bool:
         return False
 
 
-def build_report(targets: list[Path], out: Path | None = None, which: str = "best", device: str = "auto",
+def build_report(targets: list[Path], out: Path | None = None, checkpoint: str = "best", device: str = "auto",
                  per_kind: int = 3, log: Callable[[str], None] = lambda *_: None, force: bool = False,
                  partial: bool = False) -> Path:
     """Write one self-contained HTML page for ``targets`` (run or ablation folders) to ``out`` (default:
@@ -448,9 +448,9 @@ def build_report(targets: list[Path], out: Path | None = None, which: str = "bes
             continue
         report = read_output(RunFolder(target).eval_report("test"), "evaluation",
                              ("macro", "per_class", "attention", "split", "images"))
-        runs.append((target, report, load_meta(target, which)))
+        runs.append((target, report, load_meta(target, checkpoint)))
         log(f"run {target}")
-        sections.append(run_section(target, which, device, per_kind, report))
+        sections.append(run_section(target, checkpoint, device, per_kind, report))
     head = comparison(runs) if len(runs) > 1 else ""
     title = "hegl report: " + ", ".join(t.name for t in targets)
     made = f"made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"

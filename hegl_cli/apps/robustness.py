@@ -47,7 +47,7 @@ def _stats(values: list[float | None]) -> dict[str, float] | None:
 
 def robustness_runs(
     runs: list[Path], sigmas: list[float] | None, out_dir: Path | None = None, split: str = "test",
-    draws: int | None = None, seed: int = 0, which: str = "best", data: Path | None = None, device: str = "auto",
+    draws: int | None = None, seed: int = 0, checkpoint: str = "best", data: Path | None = None, device: str = "auto",
     progress: bool = True, eval_layers: list | None = None, force: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate every run at every sigma; write the robustness JSON and plot (:func:`robustness_files`)
@@ -62,7 +62,7 @@ def robustness_runs(
     loaded_runs: list[LoadedRun] = []
     try:
         for run in runs:
-            loaded_runs.append(load_run(run, which, data, device, split, eval_layers, "hegl robustness"))
+            loaded_runs.append(load_run(run, checkpoint, data, device, split, eval_layers, "hegl robustness"))
         records, sigmas, draws = _measure(loaded_runs, sigmas, split, draws, seed, progress)
     finally:
         for loaded in loaded_runs:

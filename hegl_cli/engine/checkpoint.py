@@ -87,19 +87,19 @@ def save_checkpoint(run: Path, stem: str, model: HEGLModel, cfg: Config, extra: 
     atomic_write_json(folder.meta(stem), meta)
 
 
-def checkpoint_paths(run: Path, which: str) -> tuple[Path, Path]:
-    if which not in CHECKPOINTS:
-        raise UserError(f"unknown checkpoint '{which}' (valid: {', '.join(CHECKPOINTS)})")
+def checkpoint_paths(run: Path, checkpoint: str) -> tuple[Path, Path]:
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"unknown checkpoint '{checkpoint}' (valid: {', '.join(CHECKPOINTS)})")
     folder = RunFolder(run)
-    weights, meta = folder.weights(which), folder.meta(which)
+    weights, meta = folder.weights(checkpoint), folder.meta(checkpoint)
     if not weights.is_file() or not meta.is_file():
-        raise UserError(f"run folder {run} has no '{which}' checkpoint ({weights.name}); was it trained?")
+        raise UserError(f"run folder {run} has no '{checkpoint}' checkpoint ({weights.name}); was it trained?")
     return weights, meta
 
 
-def load_meta(run: Path, which: str = "best") -> dict[str, Any]:
+def load_meta(run: Path, checkpoint: str = "best") -> dict[str, Any]:
     """A checkpoint's metadata, checked by type: a damaged or hand-edited file is one line naming it."""
-    _, meta = checkpoint_paths(run, which)
+    _, meta = checkpoint_paths(run, checkpoint)
     data = read_json(meta, "checkpoint metadata")
     missing = [k for k in ("config", "classes") if not isinstance(data, dict) or k not in data]
     if missing:
@@ -165,24 +165,24 @@ def read_weights(path: Path, sha256: str | None = None) -> dict[str, torch.Tenso
     return tensors
 
 
-def read_checkpoint(run: Path, which: str, wait: float = 10.0) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_checkpoint(run: Path, checkpoint: str, wait: float = 10.0) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(metadata, weights) of one checkpoint that belong together. While the run is still training, a
     pair caught between the two writes of an epoch is read again (up to ``wait`` seconds)."""
     deadline = time.monotonic() + wait
     while True:
-        meta = load_meta(run, which)
+        meta = load_meta(run, checkpoint)
         try:
-            return meta, read_weights(checkpoint_paths(run, which)[0], meta.get("weights_sha256"))
+            return meta, read_weights(checkpoint_paths(run, checkpoint)[0], meta.get("weights_sha256"))
         except MismatchedCheckpoint:
             if not RunFolder(run).is_training() or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
 
-def load_model(run: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[HEGLModel, dict, Config]:
+def load_model(run: Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[HEGLModel, dict, Config]:
     """Rebuild the model of a run from its checkpoint alone; returns (model in eval mode, meta, config)."""
-    weights, meta_path = checkpoint_paths(run, which)
-    meta, state = read_checkpoint(run, which)
+    weights, meta_path = checkpoint_paths(run, checkpoint)
+    meta, state = read_checkpoint(run, checkpoint)
     cfg = config_from_dict(meta["config"], source=str(meta_path))
     cfg.data.image_size = image_size_of(meta)
     cfg.model.pretrained = False  # the checkpoint has the weights; never reach for the hub
@@ -221,7 +221,7 @@ class LoadedRun:
     """
 
     folder: Path
-    which: str
+    checkpoint: str
     model: torch.nn.Module
     meta: dict[str, Any]
     cfg: Config
@@ -271,7 +271,7 @@ class LoadedRun:
         """A line when the run is still training: which checkpoint, of which epoch, this reads."""
         if not RunFolder(self.folder).is_training():
             return None
-        return (f"{self.folder} is still training: this reads its '{self.which}' checkpoint, of epoch "
+        return (f"{self.folder} is still training: this reads its '{self.checkpoint}' checkpoint, of epoch "
                 f"{self.meta.get('epoch', '?')}")
 
     def reading_warning(self) -> str | None:
@@ -286,7 +286,7 @@ class LoadedRun:
         return "; ".join(n for n in notes if n) or None
 
 
-def load_run(run: Path, which: str = "best", data: Path | None = None, device: str = "auto",
+def load_run(run: Path, checkpoint: str = "best", data: Path | None = None, device: str = "auto",
              split: str | None = None, eval_layers: list[tuple[str, dict[str, Any]]] | None = None,
              command: str = "hegl evaluate") -> LoadedRun:
     """Load a run's checkpoint, the cache it trained on (or ``data``) and, if asked, one split of it.
@@ -298,8 +298,8 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
     dev = select_device(device)
     locks = [RunFolder(run).lock(shared=True).acquire()]
     try:
-        precision = settle_precision(run, which, dev, eval_layers, command)
-        model, meta, cfg = load_model(run, which, dev)
+        precision = settle_precision(run, checkpoint, dev, eval_layers, command)
+        model, meta, cfg = load_model(run, checkpoint, dev)
         apply_eval_layers(cfg, eval_layers or [], command)
         home = Path(meta.get("data") or data_paths(cfg.data.path)[0])
         folder = Path(data) if data is not None else home
@@ -318,14 +318,14 @@ def load_run(run: Path, which: str = "best", data: Path | None = None, device: s
         for lock in reversed(locks):
             lock.release()
         raise
-    return LoadedRun(Path(run), which, model, meta, cfg, dev, folder, cached, thresholds, locks, match, precision)
+    return LoadedRun(Path(run), checkpoint, model, meta, cfg, dev, folder, cached, thresholds, locks, match, precision)
 
 
-def settle_precision(run: Path, which: str, device: torch.device, eval_layers: list | None, command: str) -> Precision:
+def settle_precision(run: Path, checkpoint: str, device: torch.device, eval_layers: list | None, command: str) -> Precision:
     """What a loaded run computes in (``eval.precision``, by default the run's own) on ``device``, with
     the CPU kernels it needs settled; from the checkpoint's metadata alone, before any kernel runs."""
-    _, meta_path = checkpoint_paths(run, which)
-    meta = load_meta(run, which)
+    _, meta_path = checkpoint_paths(run, checkpoint)
+    meta = load_meta(run, checkpoint)
     cfg = config_from_dict(meta["config"], source=str(meta_path))
     apply_eval_layers(cfg, eval_layers or [], command)
     precision = eval_precision(cfg.eval.precision, meta, cfg.train.precision, device)

@@ -154,11 +154,11 @@ class RunFolder(HeglFolder):
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
-    def weights(self, which: str) -> Path:
-        return self.path / f"{which}.safetensors"
+    def weights(self, checkpoint: str) -> Path:
+        return self.path / f"{checkpoint}.safetensors"
 
-    def meta(self, which: str) -> Path:
-        return self.path / f"{which}.json"
+    def meta(self, checkpoint: str) -> Path:
+        return self.path / f"{checkpoint}.json"
 
     # -- what the other commands write ------------------------------------------------------
     def eval_report(self, split: str) -> Path:
