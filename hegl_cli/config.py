@@ -73,7 +73,7 @@ class DataConfig:
     # CheXpert-style labels (--format chexpert, mimic: 1, 0, -1 uncertain, blank not mentioned; README,
     # "CheXpert, MIMIC-CXR and PadChest"). A blank on a row whose No Finding is 1: negative (the field's
     # convention, as torchxrayvision reads them) | unknown (NaN, as every other blank).
-    label_no_finding: Literal["negative", "unknown"] = "negative"
+    label_no_finding: Literal["negative", "unknown", "all-negative"] = "negative"
     # What an uncertain label (-1) becomes: unknown (NaN: out of the loss and the scores) | ones (U-Ones)
     # | zeros (U-Zeros); and per class over that, e.g. {Atelectasis: ones, Edema: ones}.
     label_uncertain: Literal["unknown", "ones", "zeros"] = "unknown"

@@ -614,6 +614,12 @@ def test_mimic_reader_agrees_with_torchxrayvision_on_a_stand_in_of_real_label_ro
     assert sum(differ.values()) == healthy_kept, differ  # each of the documented kind, and only those
     assert all(b == 0.0 and a in (1.0, "NaN") for (_, a, b) in differ)
     assert share >= 0.99, share
+    same_policy = cx.label_policy(DataConfig(label_no_finding="all-negative"), mimic.MIMIC_CLASSES)
+    found, _, _ = mimic.read_mimic(tmp_path, mimic.MIMIC_CLASSES, same_policy, exists=lambda p: True)
+    ours_alike = {Path(r.file_name).stem: r for s in found.values() for r in s}
+    share_alike, _, differ_alike = agreement(theirs, ours_alike, lambda d: list(d.csv.dicom_id),
+                                             lambda c: "Pleural Effusion" if c == "Effusion" else c)
+    assert share_alike == 1.0, differ_alike.most_common(5)  # data.label_no_finding=all-negative reads as it does
     for views in (["PA"], ["LATERAL"], ["AP"]):
         chosen = xrv.datasets.MIMIC_Dataset(imgpath=str(tmp_path),
                                             csvpath=str(tmp_path / "mimic-cxr-2.0.0-chexpert.csv.gz"),

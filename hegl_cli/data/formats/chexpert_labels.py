@@ -9,7 +9,9 @@ manifest (``label_policy``) so a cache says how it was labelled:
   is a negative (``negative``, the field's default, as torchxrayvision reads both datasets), or stays
   unknown (``unknown``). Only blanks: a 1 or a -1 on such a row keeps its meaning. The classes a
   format spares (CheXpert: ``Support Devices``, which the labeler's No Finding does not cover) keep
-  their blank unknown;
+  their blank unknown. ``all-negative`` reads such a row as negative for every class it does not
+  spare, a 1 or -1 included: torchxrayvision's MIMIC reading, which turns a device on a No Finding
+  study into a negative (offered to compare like with like; not the default);
 - uncertainty (``data.label_uncertain``, and per class ``data.label_uncertain_per_class``): ``-1``
   becomes unknown (NaN, left out of the loss and the scores: the default), positive (U-Ones) or
   negative (U-Zeros).
@@ -89,11 +91,14 @@ def row_labels(row: Mapping[str, str], columns: tuple[str, ...], policy: LabelPo
         if cell is None:
             raise ValueError(f"column {column!r} holds {text!r}, not 1, 0, -1 or blank")
         cells[column] = cell
-    healthy = cells[NO_FINDING] == POSITIVE and policy.no_finding == "negative"
+    healthy = cells[NO_FINDING] == POSITIVE and policy.no_finding in ("negative", "all-negative")
+    overrides = cells[NO_FINDING] == POSITIVE and policy.no_finding == "all-negative"
     positive, unknown = set(), set()
     for column in columns:
         cell = cells[column]
-        if cell == UNCERTAIN:
+        if overrides and column not in policy.spares:
+            cell = NEGATIVE
+        elif cell == UNCERTAIN:
             cell = {"ones": POSITIVE, "zeros": NEGATIVE}.get(policy.uncertain_of(column), BLANK)
         elif cell == BLANK and healthy and column not in policy.spares:
             cell = NEGATIVE
