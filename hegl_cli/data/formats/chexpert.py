@@ -154,10 +154,7 @@ def read(request: ReadRequest) -> FormatRead:
     found = official_download(request, reader)
     for src in found.sources:
         src.images = where["root"]
-    record = policy.record(tuple(request.classes))
-    found.where.append(record)
-    found.manifest = {"label_policy": record}
-    return found
+    return cx.recorded(found, policy, tuple(request.classes))
 
 
 register(DatasetFormat(

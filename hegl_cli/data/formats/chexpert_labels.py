@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hegl_cli.config import DataConfig
+from hegl_cli.data.formats.registry import FormatRead
 from hegl_cli.data.pathologies import canonical
 from hegl_cli.errors import UserError
 
@@ -61,6 +62,14 @@ class LabelPolicy:
         return {"no_finding": self.no_finding, "no_finding_spares": sorted(canonical(c) for c in self.spares),
                 "uncertain": self.uncertain, "uncertain_per_class": dict(self.given_per_class),
                 "uncertain_by_class": {canonical(c): self.uncertain_of(c) for c in classes}}
+
+
+def recorded(found: FormatRead, policy: LabelPolicy, classes: tuple[str, ...]) -> FormatRead:
+    """``found`` with its label policy in the cache's identity and manifest (``label_policy``)."""
+    record = policy.record(classes)
+    found.where.append(record)
+    found.manifest = {**(found.manifest or {}), "label_policy": record}
+    return found
 
 
 def label_policy(data: DataConfig, classes: tuple[str, ...], spares: tuple[str, ...] = ()) -> LabelPolicy:

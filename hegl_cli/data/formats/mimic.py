@@ -121,10 +121,7 @@ def read(request: ReadRequest) -> FormatRead:
     policy = cx.label_policy(request.cfg.data, MIMIC_CLASSES)
     found = official_download(request, lambda source, classes, seed: read_mimic(source, classes, policy))
     found.sources = [src for src in found.sources if src.records]  # a download without, say, test images
-    record = policy.record(tuple(request.classes))
-    found.where.append(record)
-    found.manifest = {"label_policy": record}
-    return found
+    return cx.recorded(found, policy, tuple(request.classes))
 
 
 register(DatasetFormat(
