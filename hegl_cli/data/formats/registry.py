@@ -140,12 +140,6 @@ def get_format(name: str) -> DatasetFormat:
     return FORMATS[name]
 
 
-def format_classes(name: str) -> tuple[str, ...]:
-    """The classes of ``--format name`` (empty for a format whose source names them, or no format)."""
-    fmt = _load_builtin().get(name)
-    return fmt.classes if fmt is not None else ()
-
-
 def settings_owners() -> dict[str, str]:
     """Every ``data.*`` key that some format's prepare owns -> the formats' names (``chexpert|mimic``
     for a key two formats share)."""
