@@ -19,7 +19,7 @@ RUN_FILE_NAMES = (
     "best.safetensors", "best.json", "last.safetensors", "last.json", "robustness.json", "robustness.png",
     "report.html", "cell.json", "hegl-ablation.json", "results.csv", "results.md", "results.png", "runs.json",
     "context_vs_twin.png", "hegl-family.json", "family.json", "family.md", "family.csv", "family.png",
-    "methods.md", "methods.csv", "MODEL_CARD.md", "calibration.json", "model.onnx",
+    "methods.md", "methods.csv", "selection.json", "selection.csv", "selection.md", "selection.png", "MODEL_CARD.md", "calibration.json", "model.onnx",
 )
 
 

@@ -123,6 +123,7 @@ def run_cell(cfg: Config, run_name: str, runs_dir: Path, sigma: float, log: Call
         "val_test_gap": result.best_val_auc - report["macro"]["auc"],
         "best_epoch": result.best_epoch, "val_auc": result.best_val_auc, "train_seconds": result.seconds,
         "val_auc_plain": best_record.get("val_auc_plain"), "val_auc_swapped": best_record.get("val_auc_swapped"),
+        "val_loss": best_record.get("val_loss"),
         "per_class_auc": {k: v["auc"] for k, v in report["per_class"].items()},
         "shortcut_reliance_per_class": (faith.get("shortcut_reliance") or {}).get("per_class"),
         "attention_per_class": report["attention"]["per_class"],

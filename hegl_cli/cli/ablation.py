@@ -18,11 +18,13 @@ from hegl_cli.cli.common import (
     resolve_config,
 )
 
+DEFAULT_GRID = "0,0 1,0 0,1 1,1"
+
 
 @handles_errors
 def ablation(
     config: ConfigOpt = None,
-    grid: Annotated[str, typer.Option(help="Cells 'ALPHA,BETA[+section.key=value]' separated by spaces.")] = "0,0 1,0 0,1 1,1",
+    grid: Annotated[str, typer.Option(help="Cells 'ALPHA,BETA[+section.key=value]' separated by spaces.")] = DEFAULT_GRID,
     seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
     name: Annotated[str, typer.Option(help="Results go to ablations/<name>/.")] = "default",
     sigma: Annotated[float, typer.Option(help="Noise sigma for the robustness column.")] = 0.05,
@@ -39,6 +41,13 @@ def ablation(
     data_root: Annotated[Path, typer.Option("--data-root", help="--family: where member caches go.")] = Path("data"),
     methods: Annotated[str | None, typer.Option(help="Also score these explanation methods in every run "
                                                      "(hegl evaluate --methods); the ablation folder gets a methods table.")] = None,
+    select: Annotated[bool, typer.Option("--select", help="Choose the recipe on this cache, on validation only: "
+                                                         "train every --recipes candidate for every seed, pick by "
+                                                         "--criterion, write selection.{csv,md,json,png}.")] = False,
+    recipes: Annotated[str, typer.Option(help="--select: candidates, comma-separated: baseline, human, hegl, robust, "
+                                              "or YAML files of config keys.")] = "baseline,human,hegl,robust",
+    criterion: Annotated[str, typer.Option(help="--select: auto (swap_val where masks allow, else val), swap_val, "
+                                                "val or val_loss; computed on val only.")] = "auto",
     overrides: SetOpt = None,
 ) -> None:
     """Train, evaluate and stress-test every cell and seed; resumable; prints and writes the table."""
@@ -53,6 +62,9 @@ def ablation(
     cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
     from hegl_cli.models.explainers import parse_methods
 
+    if select:
+        run_select_command(cfg, recipes, criterion, seeds, out_root / validate_run_name(name), sigma, family, grid)
+        return
     cells = parse_grid(grid)
     chosen = parse_methods(methods, "--methods") if methods is not None else None
     target = out_root / validate_run_name(name)
@@ -87,3 +99,32 @@ def run_family_command(cfg, family: str, cells, seeds: int, target: Path, refere
     if summary["chosen_by_validation"]:
         info(f"chosen by validation alone: {summary['chosen_by_validation']}")
     info(f"wrote {folder.summary_md}, {folder.summary_csv.name}, {folder.summary_json.name} and {folder.summary_png.name}")
+
+
+def run_select_command(cfg, recipes: str, criterion: str, seeds: int, target: Path, sigma: float,
+                       family: str | None, grid: str) -> None:
+    from hegl_cli.apps.ablation import run_ablation
+    from hegl_cli.apps.selection import CRITERION_CHOICES, NO_TEST, parse_recipes, select_recipe, summary_rows
+    from hegl_cli.engine.run_folder import AblationFolder
+    from hegl_cli.errors import UserError
+
+    if family is not None:
+        raise UserError("--select chooses on one cache (--data); --family runs the grid on the benchmark family")
+    if grid != DEFAULT_GRID:
+        raise UserError("--select trains --recipes, not --grid; name the candidates with --recipes")
+    if criterion not in CRITERION_CHOICES:
+        raise UserError(f"--criterion {criterion!r}: one of {', '.join(CRITERION_CHOICES)}")
+    chosen = parse_recipes(recipes, cfg)
+    run_ablation(cfg, [r.cell for r in chosen], seeds, target, sigma, log=info, progress=not State.quiet)
+    folder = AblationFolder(target)
+    record = select_recipe(folder, chosen, seeds, criterion)
+    header = ["recipe", "seeds", f"{record['criterion']} (val)", "test AUC", "choice"]
+    out.print(fitted_table(f"recipe selection {target.name} (mean ± std over {seeds} seed(s))", header,
+                           summary_rows(record, record["runs"]), out, str(folder.selection_md)))
+    info(NO_TEST)
+    reg = record["regret"]
+    info(f"chosen: {record['recipe']} (run {record['run']}); `hegl evaluate {target}` opens it. "
+         f"Regret against the best candidate by test AUC: {reg['regret']:.3f}")
+    info(f"wrote {folder.selection_csv}, {folder.selection_md.name}, {folder.selection_json.name} and "
+         f"{folder.selection_png.name}")
+

@@ -24,6 +24,7 @@ from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import append_line
 from hegl_cli.fs.locks import FolderLock, is_locked
 from hegl_cli.fs.outputs import safe_name
+from hegl_cli.fs.tables import read_json
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
@@ -345,6 +346,34 @@ class AblationFolder(HeglFolder):
     def context_vs_twin(self) -> Path:
         return self.path / "context_vs_twin.png"
 
+    @property
+    def selection_json(self) -> Path:
+        """``--select``: the criterion, the chosen recipe and run, the regret (and every run's row)."""
+        return self.path / "selection.json"
+
+    @property
+    def selection_csv(self) -> Path:
+        return self.path / "selection.csv"
+
+    @property
+    def selection_md(self) -> Path:
+        return self.path / "selection.md"
+
+    @property
+    def selection_png(self) -> Path:
+        return self.path / "selection.png"
+
+    def chosen_run(self) -> Path | None:
+        """The run ``--select`` chose, or None when this folder holds no selection."""
+        if not self.selection_json.is_file():
+            return None
+        record = read_json(self.selection_json, "recipe selection")
+        name = record.get("run") if isinstance(record, dict) else None
+        if not isinstance(name, str) or not self.run(validate_run_name(name)).path.is_dir():
+            raise UserError(f"{self.selection_json}: names no run of this folder (damaged); run "
+                            "`hegl ablation --select` again")
+        return self.run(name).path
+
     def is_ours(self) -> bool:
         """The one rule: the marker (or, from before the marker, the results table next to runs/)."""
         return self._is_folder() and (self.marker.is_file() or (self.results_csv.is_file() and self.runs_dir.is_dir()))
@@ -513,6 +542,12 @@ def resolve_run(run: Path | str | None, runs_dir: Path = RUNS_DIR) -> Path:
             raise UserError(f"no run given and no {link}; train one with `hegl train` or pass a run folder")
         run = target
     run = Path(run)
+    if AblationFolder(run).is_ours():
+        chosen = AblationFolder(run).chosen_run()
+        if chosen is None:
+            raise UserError(f"{run} is an ablation folder without a recipe selection; name one of its runs "
+                            f"({run / 'runs'}/...), or choose one with `hegl ablation --select`")
+        return chosen
     if not run.is_dir():
         candidate = Path(runs_dir) / run
         if candidate.is_dir():

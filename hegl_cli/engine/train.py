@@ -67,7 +67,7 @@ from hegl_cli.engine.train_data import (
     val_context_swap,
 )
 from hegl_cli.errors import TrainingDiverged, UserError
-from hegl_cli.evaluation.classification import choose_thresholds, macro_auc, summarize
+from hegl_cli.evaluation.classification import binary_cross_entropy, choose_thresholds, macro_auc, summarize
 from hegl_cli.fs.atomic import append_line, atomic_write_text, crash_point
 from hegl_cli.losses import HybridCriterion
 from hegl_cli.models.inference import autocast_for, predict_split
@@ -274,7 +274,8 @@ class Trainer:
             train_terms = self._train_epoch(epoch)
             seen += len(self.sampler) * self.dist.world_size
             probs, labels = self._validate()
-            aucs = {"val_auc_plain": macro_auc(probs, labels), **per_source_auc(self.val_split, probs, labels)}
+            aucs = {"val_auc_plain": macro_auc(probs, labels), **per_source_auc(self.val_split, probs, labels),
+                    "val_loss": binary_cross_entropy(probs, labels)}
             if self.val_swap is not None:
                 swapped, _ = self._validate(self.val_swap)
                 aucs["val_auc_swapped"] = macro_auc(swapped, labels)

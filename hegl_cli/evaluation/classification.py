@@ -144,6 +144,17 @@ def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float("nan") if value is None else value
 
 
+def binary_cross_entropy(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy over every known (image, class) label; ``probs`` clipped to
+    [eps, 1 - eps]; NaN when no label is known. ``probs``, ``labels``: (N, C)."""
+    known = ~np.isnan(labels)
+    if not known.any():
+        return float("nan")
+    p = np.clip(probs[known].astype(np.float64), eps, 1 - eps)
+    y = labels[known] > 0.5
+    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+
+
 def macro_scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
     """Macro AUC, F1 and MCC under the macro rule (NaN where no class counts)."""
     f1s, mccs = f1_mcc_per_class(probs, labels, thresholds)
