@@ -226,7 +226,7 @@ class EvalConfig:
     """Evaluation, faithfulness and robustness (``hegl evaluate/robustness/explain --set eval.KEY=V``)."""
 
     threshold_metric: ThresholdMetric = "mcc"  # how thresholds are chosen on validation
-    bootstrap: int = opt(200, ge=0)
+    bootstrap: int = opt(2000, ge=0)  # resamples of every 95% interval (classification.BOOTSTRAP_RESAMPLES)
     top_share: float = opt(0.2, gt=0.0, le=1.0)  # share of patches kept when a map is thresholded
     faithfulness_images: int = opt(48, ge=0)
     # Deletion/insertion curve points after the first: 0 = one patch per step (a random order cannot

@@ -102,6 +102,11 @@ def test_evaluate_takes_eval_keys_and_refuses_others(trained_run):
     report = json.loads((trained_run / "eval" / "test.json").read_text())
     assert report["macro_ci95"] == {"auc": None, "f1": None, "mcc": None}
     assert report["attention"]["overall"]["top_share"] == 0.5 and report["eval_config"]["bootstrap"] == 0
+    assert report["ci_method"] == "no intervals (eval.bootstrap=0)" and "intervals: no intervals" in result.output
+    with_ci = runner.invoke(app, ["evaluate", str(trained_run), "--no-faithfulness", "--set", "eval.bootstrap=30"])
+    assert with_ci.exit_code == 0, with_ci.output
+    method = json.loads((trained_run / "eval" / "test.json").read_text())["ci_method"]
+    assert "30 resamples" in method and "percentile bootstrap" in method and "30 resamples" in with_ci.output
     refused = runner.invoke(app, ["evaluate", str(trained_run), "--set", "loss.alpha=0"])
     assert refused.exit_code == 2 and "only set eval.* keys" in refused.output
 

@@ -145,7 +145,7 @@ def metrics_section(report: dict[str, Any] | None, run: Path) -> str:
     return (f"{report['split']} split of `{report['data']}`: {report['images']} images, {report['checkpoint']} "
             f"checkpoint; thresholds: {report['thresholds']['chosen_on']}.\n\n"
             f"- Macro AUC {num(m['auc'])} {ci(interval.get('auc'))}\n- Macro F1 {num(m['f1'])} {ci(interval.get('f1'))}\n"
-            f"- Macro MCC {num(m['mcc'])} {ci(interval.get('mcc'))}\n\n(95% bootstrap intervals over images; "
+            f"- Macro MCC {num(m['mcc'])} {ci(interval.get('mcc'))}\n\n({report.get('ci_method', '95% bootstrap intervals over images')}; "
             f"{report.get('macro_rule', '')})\n\n"
             + md_table(["class", "AUC", "F1", "MCC", "threshold", "positives", "n"], rows))
 

@@ -18,7 +18,13 @@ from hegl_cli.engine.run_folder import RunFolder, external_name
 from hegl_cli.errors import UserError
 from hegl_cli.evaluation.alignment import alignment_scores
 from hegl_cli.evaluation.calibration import reliability, subgroup_scores
-from hegl_cli.evaluation.classification import MACRO_RULE, bootstrap_macro, choose_thresholds, summarize
+from hegl_cli.evaluation.classification import (
+    MACRO_RULE,
+    bootstrap_macro,
+    choose_thresholds,
+    ci_method,
+    summarize,
+)
 from hegl_cli.evaluation.context_audit import context_audit
 from hegl_cli.evaluation.faithfulness import faithfulness_scores, shortcut_reliance
 from hegl_cli.evaluation.methods import method_pairs, sanity_check, score_methods
@@ -68,6 +74,7 @@ def _evaluate(loaded: LoadedRun, run: Path, split: str, checkpoint: str, thresho
         "data": str(loaded.data), "images": len(cached),
         "macro": metrics["macro"], "macro_rule": MACRO_RULE,
         "macro_ci95": bootstrap_macro(preds.probs, cached.labels, thresholds, cfg.eval.bootstrap, seed=0),
+        "ci_method": ci_method(cfg.eval.bootstrap),
         "per_class": metrics["per_class"],
         "thresholds": {"values": dict(zip(classes, map(float, thresholds))), "chosen_on": threshold_source},
         "attention": alignment_scores(preds.attention, cached.labels, cached.has_mask, cached.masks, classes,

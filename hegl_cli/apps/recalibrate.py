@@ -29,6 +29,7 @@ from hegl_cli.evaluation.classification import (
     MACRO_RULE,
     bootstrap_macro,
     bootstrap_statistics,
+    ci_method,
     sensitivity_specificity,
     summarize,
 )
@@ -104,7 +105,7 @@ def score_recalibration(run: Path, data: Path, calibration: Calibration, checkpo
                 "method": calibration.method, "fitted_on": calibration.facts.get("fitted_on"),
                 "threshold_metric": calibration.facts.get("threshold_metric"), "classes": list(loaded.classes),
                 "fitted": dict(zip(calibration.classes, calibration.fitted)), "macro_rule": MACRO_RULE,
-                "before": before, "after": after}
+                "ci_method": ci_method(n), "before": before, "after": after}
 
 
 def recalibrate_run(run: Path, data: Path | None, checkpoint: str = "best", method: str = "temperature",

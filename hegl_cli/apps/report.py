@@ -119,7 +119,8 @@ def results_section(report: dict[str, Any] | None) -> str:
 
     out = (f"<p>{esc(report['split'])} split, {report['images']} images, {esc(report['checkpoint'])} checkpoint; "
            f"thresholds: {esc(report['thresholds']['chosen_on'])}. Macro AUC {fmt(m['auc'])} {interval('auc')}, "
-           f"F1 {fmt(m['f1'])} {interval('f1')}, MCC {fmt(m['mcc'])} {interval('mcc')} (95% bootstrap CI).</p>"
+           f"F1 {fmt(m['f1'])} {interval('f1')}, MCC {fmt(m['mcc'])} {interval('mcc')} "
+           f"({esc(report.get('ci_method', '95% bootstrap CI'))}).</p>"
            + table(["class", "AUC", "F1", "MCC", "threshold", "positives", "energy in mask", "flat map (chance)",
                     "pointing game"], rows)
            + f"<p class=muted>{esc(report.get('macro_rule', ''))}</p>" + unscored_line(report))

@@ -139,8 +139,9 @@ def print_evaluation(report: dict) -> None:
                     f"{o['mask_patches']:.1f} (" + ", ".join(
                         f"{k} {v['effective_patches']:.1f}/{v['mask_patches']:.1f}" for k, v in att.items()
                         if v.get("effective_patches") is not None) + ")")
-    result_line(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   (95% bootstrap CI; "
-                f"over {len(m.get('classes', []))} classes with positives and negatives in the split)")
+    result_line(f"macro AUC {with_ci('auc')}   F1 {with_ci('f1')}   MCC {with_ci('mcc')}   "
+                f"(over {len(m.get('classes', []))} classes with positives and negatives in the split)")
+    result_line(f"intervals: {report.get('ci_method', '95% bootstrap CI')}")
     f = report.get("faithfulness") or {}
     if f.get("pairs"):
         result_line(f"faithfulness ({f['pairs']} positive pairs): deletion AUC {f['deletion_attention']:.3f} "
@@ -221,3 +222,4 @@ def print_recalibration(report: dict) -> None:
     result_line(f"thresholds re-chosen on the site's val by {report['threshold_metric']}; "
                 + (f"not fitted (no positive or no negative in val): {', '.join(not_fitted)}" if not_fitted
                    else "every scored class fitted"))
+    result_line(f"intervals: {report.get('ci_method', '95% bootstrap CI')}")

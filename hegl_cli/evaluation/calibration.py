@@ -27,7 +27,12 @@ from scipy.special import expit
 
 from hegl_cli.config import CALIBRATION_METHODS
 from hegl_cli.errors import UserError
-from hegl_cli.evaluation.classification import auc_per_class, bootstrap_macro, choose_thresholds
+from hegl_cli.evaluation.classification import (
+    BOOTSTRAP_RESAMPLES,
+    auc_per_class,
+    bootstrap_macro,
+    choose_thresholds,
+)
 
 AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
 MIN_GROUP = 10  # images a subgroup needs to be scored
@@ -87,7 +92,7 @@ def groups_of(column: str, values: list[str]) -> list[str | None]:
 
 
 def subgroup_scores(probs: np.ndarray, labels: np.ndarray, metadata: dict[str, list[str]], classes: list[str],
-                    bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+                    bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Per metadata column (``study`` aside): every value with at least :data:`MIN_GROUP` images and a class
     it can score (``groups``: macro AUC with a 95% bootstrap interval, per-class AUC); every other value
     under ``unscored`` with its size and why, never dropped unsaid; the images with no value

@@ -13,6 +13,16 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+BOOTSTRAP_RESAMPLES = 2000  # eval.bootstrap's default: benchmarks/bootstrap_stability.py measures why
+
+
+def ci_method(resamples: int, seed: int = 0) -> str:
+    """How every 95% interval of a report was computed, in words."""
+    if resamples <= 0:
+        return "no intervals (eval.bootstrap=0)"
+    return (f"95% percentile bootstrap over images: {resamples} resamples (eval.bootstrap), seed {seed}; each "
+            "resample scored at the same thresholds, its macro under the macro rule")
+
 MACRO_RULE = ("macro = mean over classes whose known labels in the split include both a positive and a "
               "negative; other classes have no AUC/F1/MCC and are left out of every macro figure")
 
@@ -162,22 +172,77 @@ def macro_scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) 
     return {k: float("nan") if v is None else v for k, v in values.items()}
 
 
+BOOTSTRAP_CHUNK = 4_000_000  # resampled (image, resample) cells held at once
+
+
+def bootstrap_resamples(rows: int, n: int, seed: int = 0):
+    """The ``n`` bootstrap resamples of ``rows`` images every interval of a report shares (same seed,
+    same resamples), in chunks: yields (b, rows) index arrays, one draw of ``rows`` indices per resample."""
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, BOOTSTRAP_CHUNK // max(rows, 1))
+    for start in range(0, n, per_chunk):
+        yield np.stack([rng.integers(0, rows, rows) for _ in range(min(per_chunk, n - start))])
+
+
+def _resampled_auc(scores: np.ndarray, positive: np.ndarray, known: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(b,) AUC of one class in each resample ``idx`` (b, N): Mann-Whitney with tied scores given their
+    average rank (as scikit-learn's); NaN where the resample lacks a positive or a negative."""
+    from scipy.stats import rankdata
+
+    kept = known[idx]
+    ranks = rankdata(np.where(kept, scores[idx], np.inf), axis=1)  # unknowns rank above every known score
+    pos = positive[idx] & kept
+    n1, n0 = pos.sum(1), (kept & ~positive[idx]).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * pos).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+def _resampled_macro(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, idx: np.ndarray
+                     ) -> dict[str, np.ndarray]:
+    """(b,) macro AUC, F1 and MCC of each resample ``idx`` (b, N), under :data:`MACRO_RULE` per resample."""
+    known = ~np.isnan(labels)
+    positive = np.nan_to_num(labels) > 0.5
+    pred = probs >= np.asarray(thresholds)[None, :]
+    per_class: dict[str, list[np.ndarray]] = {"auc": [], "f1": [], "mcc": []}
+    for c in range(labels.shape[1]):
+        kept, pos, hit = known[idx, c], positive[idx, c], pred[idx, c]
+        tp, fp = (hit & pos & kept).sum(1), (hit & ~pos & kept).sum(1)
+        fn, tn = (~hit & pos & kept).sum(1), (~hit & ~pos & kept).sum(1)
+        defined = ((tp + fn) > 0) & ((tn + fp) > 0)
+        per_class["auc"].append(_resampled_auc(probs[:, c].astype(np.float64), positive[:, c], known[:, c], idx))
+        per_class["f1"].append(np.where(defined, f1_from_counts(tp, fp, fn), np.nan))
+        per_class["mcc"].append(np.where(defined, mcc_from_counts(tp, fp, fn, tn), np.nan))
+    out = {}
+    for key, columns in per_class.items():
+        table = np.stack(columns, axis=1)
+        counted = np.isfinite(table).sum(1)
+        out[key] = np.where(counted > 0, np.nansum(table, axis=1) / np.maximum(counted, 1), np.nan)
+    return out
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """The percentile interval of the finite ``samples`` (None when there is none)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if not np.isfinite(samples).any():
+        return None
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return [float(np.nanpercentile(samples, lo)), float(np.nanpercentile(samples, hi))]
+
+
 def bootstrap_macro(
-    probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, n: int = 200, seed: int = 0,
+    probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, n: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, list[float] | None]:
-    """Percentile bootstrap interval (resampling images) for macro AUC, F1 and MCC."""
+    """Percentile bootstrap interval (resampling images, :func:`bootstrap_resamples`) of macro AUC, F1 and
+    MCC at fixed ``thresholds``; each resample's macro follows :data:`MACRO_RULE`."""
     if n <= 0 or len(probs) < 2:
         return {"auc": None, "f1": None, "mcc": None}
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {"auc": [], "f1": [], "mcc": []}
-    for _ in range(n):
-        idx = rng.integers(0, len(probs), len(probs))
-        for key, value in macro_scores(probs[idx], labels[idx], thresholds).items():
-            samples[key].append(value)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: ([float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] if np.isfinite(v).any() else None)
-            for k, v in samples.items()}
+    samples: dict[str, list[np.ndarray]] = {"auc": [], "f1": [], "mcc": []}
+    for idx in bootstrap_resamples(len(probs), n, seed):
+        for key, values in _resampled_macro(probs, labels, thresholds, idx).items():
+            samples[key].append(values)
+    return {k: percentile_interval(np.concatenate(v), level) for k, v in samples.items()}
 
 
 def sensitivity_specificity(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
@@ -191,18 +256,15 @@ def sensitivity_specificity(probs: np.ndarray, labels: np.ndarray, thresholds: n
     return sens, spec
 
 
-def bootstrap_statistics(statistics, rows: int, n: int = 200, seed: int = 0, level: float = 0.95
+def bootstrap_statistics(statistics, rows: int, n: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95
                          ) -> dict[str, list[float] | None]:
     """Percentile bootstrap interval of every figure ``statistics(idx)`` returns ({name: float or NaN})
-    over ``n`` resamples of ``rows`` images, drawn as :func:`bootstrap_macro` draws them (same seed, same
-    resamples)."""
+    over ``n`` resamples of ``rows`` images, the resamples :func:`bootstrap_macro` draws (same seed)."""
     if n <= 0 or rows < 2:
         return {}
-    rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
-    for _ in range(n):
-        for key, value in statistics(rng.integers(0, rows, rows)).items():
-            samples.setdefault(key, []).append(np.nan if value is None else float(value))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: ([float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] if np.isfinite(v).any() else None)
-            for k, v in samples.items()}
+    for chunk in bootstrap_resamples(rows, n, seed):
+        for idx in chunk:
+            for key, value in statistics(idx).items():
+                samples.setdefault(key, []).append(np.nan if value is None else float(value))
+    return {k: percentile_interval(np.array(v), level) for k, v in samples.items()}
