@@ -142,10 +142,12 @@ def criterion_rows(folder: AblationFolder, recipes: list[Recipe], seeds: int) ->
     return rows
 
 
-def choose(rows: list[dict[str, Any]], criterion: str) -> dict[str, Any]:
+def choose(rows: list[dict[str, Any]], criterion: str | Criterion) -> dict[str, Any]:
     """The recipe with the best mean criterion over its seeds (ties: the first listed) and its run with
-    the best criterion. ``rows``: :func:`criterion_rows` (val figures only)."""
-    spec = CRITERIA[criterion]
+    the best criterion. ``rows``: :func:`criterion_rows` (val figures only); ``criterion``: a name of
+    :data:`CRITERIA` or a :class:`Criterion`."""
+    spec = criterion if isinstance(criterion, Criterion) else CRITERIA[criterion]
+    criterion = spec.key if isinstance(criterion, Criterion) else criterion
     sign = 1.0 if spec.higher_is_better else -1.0
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     means = {name: float(np.mean([r[spec.key] for r in rows if r["recipe"] == name])) for name in recipes}
@@ -156,7 +158,7 @@ def choose(rows: list[dict[str, Any]], criterion: str) -> dict[str, Any]:
             "run": run["run"], "seed": run["seed"], "criterion_means": means}
 
 
-def regret(rows: list[dict[str, Any]], criterion: str, test_auc: dict[str, float]) -> dict[str, Any]:
+def regret(rows: list[dict[str, Any]], criterion: str | Criterion, test_auc: dict[str, float]) -> dict[str, Any]:
     """Test AUC lost by the choice: best candidate's mean test AUC minus the chosen one's, over all seeds,
     and per seed (a user who ran that seed alone chooses among that seed's runs)."""
     chosen = choose(rows, criterion)["recipe"]
@@ -169,7 +171,7 @@ def regret(rows: list[dict[str, Any]], criterion: str, test_auc: dict[str, float
         tests = {r["recipe"]: test_auc[r["run"]] for r in mine}
         per_seed[seed] = {"chosen": pick, "regret": max(tests.values()) - tests[pick]}
     seed_regrets = [v["regret"] for v in per_seed.values()]
-    return {"criterion": criterion, "chosen": chosen, "best_by_test": max(recipes, key=lambda n: mean_test[n]),
+    return {"criterion": choose(rows, criterion)["criterion"], "chosen": chosen, "best_by_test": max(recipes, key=lambda n: mean_test[n]),
             "regret": max(mean_test.values()) - mean_test[chosen], "mean_test_auc": mean_test,
             "per_seed": per_seed, "per_seed_mean": float(np.mean(seed_regrets)),
             "per_seed_worst": float(np.max(seed_regrets))}
