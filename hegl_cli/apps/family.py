@@ -13,8 +13,8 @@ cell and of the cue-free variant):
 - **val-test gap** and **twin reliance**.
 
 Across members: the mean and the worst-case margin and cost of every cell, and the recipe chosen
-by validation alone: the cell with the highest mean (over members and seeds) of the selection-safe
-val AUC on context-swapped val images. Test numbers never take part in the choice.
+by validation alone: the cell with the highest mean (over members and seeds) of ``--select``'s
+criterion (:mod:`hegl_cli.apps.selection`): the val AUC on context-swapped val images. Test numbers never take part in the choice.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json, atomic_write_text
 from hegl_cli.fs.tables import read_json
 
-SELECTION_KEY = "val_auc_swapped"  # selection-safe: the val images' context swapped for a finding-free one
 NOISE_P = 0.05
 
 
@@ -174,10 +173,12 @@ def summarize_family(folder: FamilyFolder, members: list[str], cells: list[CellS
 
 
 def selection_key(rows: list[dict[str, Any]], cells: list[CellSpec]) -> str:
-    """:data:`SELECTION_KEY` where every cell's runs have it, else the plain val AUC (a val split with
-    no finding-free image cannot be context-swapped); the summary says which."""
+    """The record key of ``--select``'s ``auto`` criterion over these cells' runs: the context-swapped val
+    AUC where every run has it, else the plain val AUC; the summary says which."""
+    from hegl_cli.apps.selection import CRITERIA, resolve_criterion
+
     mine = [r for r in rows if r["cell"] in {c.name for c in cells}]
-    return SELECTION_KEY if mine and all(r.get(SELECTION_KEY) is not None for r in mine) else "val_auc"
+    return CRITERIA[resolve_criterion("auto", mine)].key
 
 
 def acceptance(per_member: dict[str, Any], chosen: str, members: list[str]) -> dict[str, Any]:
