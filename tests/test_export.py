@@ -322,6 +322,9 @@ def test_recalibrate_at_a_site_then_predict_and_export_with_it(trained_run, site
     report = json.loads(calibration_file.with_name("test-recalibration.json").read_text())
     fitted = json.loads(calibration_file.read_text())
     assert report["fitted_on"]["split"] == "val" and report["split"] == "test"
+    n_val = report["fitted_on"]["images"]
+    assert n_val < 100 and f"val split holds {n_val} images" in " ".join(result.output.split())
+    assert any("holds" in w for w in report["warnings"])
     for side in ("before", "after"):
         assert set(report[side]["macro_ci95"]) >= {"auc", "f1", "mcc", "sensitivity", "specificity", "ece", "brier"}
     assert report["after"]["macro"]["auc"] == report["before"]["macro"]["auc"]  # a temperature keeps the ranking
@@ -357,3 +360,11 @@ def test_recalibrate_at_a_site_then_predict_and_export_with_it(trained_run, site
     other.write_text(json.dumps({**fitted, "model": {**fitted["model"], "weights_sha256": "0" * 64}}))
     wrong = runner.invoke(app, ["predict", str(inbox), "--run", str(trained_run), "--calibration", str(other)])
     assert wrong.exit_code == 2 and "fitted for another model" in wrong.output
+
+
+def test_small_site_warnings_name_few_images_and_rare_classes():
+    from hegl_cli.apps.recalibrate import small_site_warnings
+
+    assert small_site_warnings({"images": 300, "positives": {"a": 40, "b": 0}}) == []
+    lines = small_site_warnings({"images": 12, "positives": {"a": 3, "b": 25}})
+    assert len(lines) == 2 and "12 images" in lines[0] and "a 3" in lines[1] and "b 25" not in lines[1]

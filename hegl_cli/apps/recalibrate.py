@@ -58,6 +58,26 @@ def fit_site_calibration(run: Path, data: Path, checkpoint: str = "best", method
         return fit_calibration(logits, cached.labels, loaded.classes, method, chosen, loaded.thresholds, facts)
 
 
+MIN_SITE_VAL_IMAGES = 100  # below these a fitted calibration can make ECE worse (a 12-image val did, 0.076 -> 0.161)
+MIN_SITE_VAL_POSITIVES = 20
+
+
+def small_site_warnings(fitted_on: dict[str, Any] | None) -> list[str]:
+    """One line per reason the site's val split is small for a calibration fitted on it: too few images,
+    or a class with too few positives."""
+    if not fitted_on:
+        return []
+    out = []
+    if fitted_on.get("images", 0) < MIN_SITE_VAL_IMAGES:
+        out.append(f"the site's val split holds {fitted_on['images']} images (under {MIN_SITE_VAL_IMAGES}): a "
+                   "calibration fitted on so few can make ECE worse; compare before and after below")
+    few = {c: n for c, n in (fitted_on.get("positives") or {}).items() if 0 < n < MIN_SITE_VAL_POSITIVES}
+    if few:
+        out.append(f"classes with under {MIN_SITE_VAL_POSITIVES} positives in the site's val split, their "
+                   "temperature and threshold rest on these: " + ", ".join(f"{c} {n}" for c, n in few.items()))
+    return out
+
+
 def scores(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, classes: list[str], bootstrap: int
            ) -> dict[str, Any]:
     """AUC/F1/MCC/sensitivity/specificity per class and macro, pooled ECE/Brier, 95% bootstrap intervals.
@@ -105,7 +125,8 @@ def score_recalibration(run: Path, data: Path, calibration: Calibration, checkpo
                 "method": calibration.method, "fitted_on": calibration.facts.get("fitted_on"),
                 "threshold_metric": calibration.facts.get("threshold_metric"), "classes": list(loaded.classes),
                 "fitted": dict(zip(calibration.classes, calibration.fitted)), "macro_rule": MACRO_RULE,
-                "ci_method": ci_method(n), "before": before, "after": after}
+                "ci_method": ci_method(n), "warnings": small_site_warnings(calibration.facts.get("fitted_on")),
+                "before": before, "after": after}
 
 
 def recalibrate_run(run: Path, data: Path | None, checkpoint: str = "best", method: str = "temperature",

@@ -70,6 +70,8 @@ def evaluate(
 
         report, files = recalibrate_run(folder, data, checkpoint, calibration_method, threshold_metric, split, device,
                                         eval_layers(config, overrides))
+        for line in report.get("warnings", []):
+            info(f"warning: {line}", style="yellow")
         print_recalibration(report)
         info(f"wrote {files['calibration']} and {files['report'].name}")
         return
