@@ -146,6 +146,12 @@ def test_select_chooses_on_val_alone_and_evaluate_opens_the_chosen_run(tiny_cach
     assert "no test number enters the choice" in result.output
     assert resolve_run(folder) == folder / "runs" / record["run"]
 
+    page = tmp_path / "report.html"
+    reported = runner.invoke(app, ["report", str(folder), "--out", str(page)])
+    assert reported.exit_code == 0, reported.output
+    html = page.read_text()
+    assert f"Recipe selection: {record['recipe']}" in html and record["run"] in html
+
     evaluated = runner.invoke(app, ["evaluate", str(folder), "--no-faithfulness", "--set", "eval.bootstrap=0"])
     assert evaluated.exit_code == 0, evaluated.output
     assert record["run"] in evaluated.output.replace("\n", "")

@@ -401,7 +401,25 @@ def ablation_section(path: Path, partial: bool = False) -> str:
     pictures = [(folder.results_png, "ablation figure"),
                 (folder.context_vs_twin, "context reliance against twin shortcut reliance, every run")]
     return (f"<h2>Ablation {esc(path.name)}</h2><p>{len(rows)} run(s) (mean ± std over seeds).</p>" + body
-            + "".join(img(png_uri(path), alt) for path, alt in pictures if path.is_file()))
+            + "".join(img(png_uri(path), alt) for path, alt in pictures if path.is_file())
+            + selection_section(folder))
+
+
+def selection_section(folder: AblationFolder) -> str:
+    """``--select``'s choice: every recipe's criterion and test AUC, the pick, the regret, the picture."""
+    record = read_output(folder.selection_json, "recipe selection", kind=dict)
+    if not record:
+        return ""
+    lines = [line for line in folder.selection_md.read_text().splitlines() if line.startswith("|")] \
+        if folder.selection_md.is_file() else []
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    reg = record.get("regret") or {}
+    return (f"<h3>Recipe selection: {esc(record.get('recipe', '?'))}</h3><p>{esc(record.get('statement', ''))} "
+            f"Criterion: {esc(record.get('description', ''))}. Chosen run: {esc(record.get('run', '?'))}. Regret "
+            f"against the best candidate by test AUC: {fmt(reg.get('regret'))}.</p>"
+            + (table(cells[0], cells[2:]) if len(cells) > 2 else "")
+            + (img(png_uri(folder.selection_png), "criterion against test AUC, every run")
+               if folder.selection_png.is_file() else ""))
 
 
 def is_ablation(folder: Path) -> bool:
