@@ -62,11 +62,12 @@ def ablation(
     cfg = resolve_config(config, overrides, train__epochs=epochs, data__path=str(data) if data else None)
     from hegl_cli.models.explainers import parse_methods
 
+    chosen = parse_methods(methods, "--methods") if methods is not None else None
     if select:
-        run_select_command(cfg, recipes, criterion, seeds, out_root / validate_run_name(name), sigma, family, grid)
+        run_select_command(cfg, recipes, criterion, seeds, out_root / validate_run_name(name), sigma, family, grid,
+                           chosen)
         return
     cells = parse_grid(grid)
-    chosen = parse_methods(methods, "--methods") if methods is not None else None
     target = out_root / validate_run_name(name)
     if family is not None:
         if data is not None:
@@ -102,7 +103,7 @@ def run_family_command(cfg, family: str, cells, seeds: int, target: Path, refere
 
 
 def run_select_command(cfg, recipes: str, criterion: str, seeds: int, target: Path, sigma: float,
-                       family: str | None, grid: str) -> None:
+                       family: str | None, grid: str, methods: list[str] | None) -> None:
     from hegl_cli.apps.ablation import run_ablation
     from hegl_cli.apps.selection import CRITERION_CHOICES, NO_TEST, parse_recipes, select_recipe, summary_rows
     from hegl_cli.engine.run_folder import AblationFolder
@@ -115,7 +116,8 @@ def run_select_command(cfg, recipes: str, criterion: str, seeds: int, target: Pa
     if criterion not in CRITERION_CHOICES:
         raise UserError(f"--criterion {criterion!r}: one of {', '.join(CRITERION_CHOICES)}")
     chosen = parse_recipes(recipes, cfg)
-    run_ablation(cfg, [r.cell for r in chosen], seeds, target, sigma, log=info, progress=not State.quiet)
+    run_ablation(cfg, [r.cell for r in chosen], seeds, target, sigma, log=info, progress=not State.quiet,
+                 methods=methods)
     folder = AblationFolder(target)
     record = select_recipe(folder, chosen, seeds, criterion)
     header = ["recipe", "seeds", f"{record['criterion']} (val)", "test AUC", "choice"]
