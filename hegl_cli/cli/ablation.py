@@ -16,6 +16,7 @@ from hegl_cli.cli.common import (
     info,
     out,
     resolve_config,
+    result_line,
 )
 
 DEFAULT_GRID = "0,0 1,0 0,1 1,1"
@@ -123,10 +124,10 @@ def run_select_command(cfg, recipes: str, criterion: str, seeds: int, target: Pa
     header = ["recipe", "seeds", f"{record['criterion']} (val)", "test AUC", "choice"]
     out.print(fitted_table(f"recipe selection {target.name} (mean ± std over {seeds} seed(s))", header,
                            summary_rows(record, record["runs"]), out, str(folder.selection_md)))
-    info(NO_TEST)
+    result_line(NO_TEST)
     reg = record["regret"]
-    info(f"chosen: {record['recipe']} (run {record['run']}); `hegl evaluate {target}` opens it. "
-         f"Regret against the best candidate by test AUC: {reg['regret']:.3f}")
+    result_line(f"chosen: {record['recipe']} (run {record['run']}); `hegl evaluate {target}` opens it. "
+                f"Regret against the best candidate by test AUC: {reg['regret']:.3f}")
     info(f"wrote {folder.selection_csv}, {folder.selection_md.name}, {folder.selection_json.name} and "
          f"{folder.selection_png.name}")
 
