@@ -161,7 +161,8 @@ def choose(rows: list[dict[str, Any]], criterion: str | Criterion) -> dict[str, 
 def regret(rows: list[dict[str, Any]], criterion: str | Criterion, test_auc: dict[str, float]) -> dict[str, Any]:
     """Test AUC lost by the choice: best candidate's mean test AUC minus the chosen one's, over all seeds,
     and per seed (a user who ran that seed alone chooses among that seed's runs)."""
-    chosen = choose(rows, criterion)["recipe"]
+    pick_all = choose(rows, criterion)
+    chosen = pick_all["recipe"]
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     mean_test = {name: float(np.mean([test_auc[r["run"]] for r in rows if r["recipe"] == name])) for name in recipes}
     per_seed = {}
@@ -171,7 +172,7 @@ def regret(rows: list[dict[str, Any]], criterion: str | Criterion, test_auc: dic
         tests = {r["recipe"]: test_auc[r["run"]] for r in mine}
         per_seed[seed] = {"chosen": pick, "regret": max(tests.values()) - tests[pick]}
     seed_regrets = [v["regret"] for v in per_seed.values()]
-    return {"criterion": choose(rows, criterion)["criterion"], "chosen": chosen, "best_by_test": max(recipes, key=lambda n: mean_test[n]),
+    return {"criterion": pick_all["criterion"], "chosen": chosen, "best_by_test": max(recipes, key=lambda n: mean_test[n]),
             "regret": max(mean_test.values()) - mean_test[chosen], "mean_test_auc": mean_test,
             "per_seed": per_seed, "per_seed_mean": float(np.mean(seed_regrets)),
             "per_seed_worst": float(np.max(seed_regrets))}
