@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from test_fault_catalogue import write_png
@@ -47,18 +48,39 @@ def test_explain_goes_on_after_a_bad_image_and_exits_2(trained_run, tmp_path):
     assert "1 input(s) skipped, 2 explained" in result.output
 
 
-def test_a_run_trained_under_another_intensity_rule_is_named(trained_run, tmp_path):
-    """A run whose training images were read under rule 1 (hegl 0.1) explains new images, read under
-    rule 2, with a warning that says so (issue 20)."""
+def test_a_run_trained_under_another_intensity_rule_is_named_for_the_images_it_changed(trained_run, tmp_path):
+    """A run whose training images were read under rule 1 (hegl 0.1) explains new images with a warning
+    that says so (issue 20); a run trained on PNGs under rule 2 is not warned about PNGs, which rule 3
+    reads alike, nor one trained on DICOMs about PNGs, but it is about DICOMs, which rule 3 reads otherwise."""
     import json
 
     from PIL import Image
+    from test_field_datasets import dx_file
+
+    from hegl_cli.data.images import INTENSITY_RULE
 
     meta = json.loads((trained_run / "best.json").read_text())
-    assert meta["intensity_rule"] == 2
-    meta.pop("intensity_rule")
-    (trained_run / "best.json").write_text(json.dumps(meta))
+    assert meta["intensity_rule"] == INTENSITY_RULE and meta["intensity_containers"] == ["pillow"]
     Image.new("L", (32, 32), 100).save(tmp_path / "x.png")
-    result = runner.invoke(app, ["explain", str(tmp_path / "x.png"), "--run", str(trained_run), "--out",
-                                 str(tmp_path / "o")])
-    assert result.exit_code == 0 and "intensity rule 1" in result.output and "rule 2" in result.output
+    dicom = dx_file(tmp_path / "x.dcm", "MONOCHROME2", "INVERSE")
+
+    def explain(path: Path, rule: int | None, containers: list[str] | None) -> str:
+        record = {k: v for k, v in meta.items() if k not in ("intensity_rule", "intensity_containers")}
+        record.update({} if rule is None else {"intensity_rule": rule})
+        record.update({} if containers is None else {"intensity_containers": containers})
+        (trained_run / "best.json").write_text(json.dumps(record))
+        out = tmp_path / f"o-{path.suffix[1:]}-{rule}-{containers}"
+        result = runner.invoke(app, ["explain", str(path), "--run", str(trained_run), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    try:
+        old = explain(tmp_path / "x.png", None, None)  # rule 1, containers not recorded
+        assert "intensity rule 1 and under rule 3 differ" in old and "PNG" in old
+        assert "intensity rule" not in explain(tmp_path / "x.png", 2, ["pillow"])
+        assert "intensity rule" not in explain(tmp_path / "x.png", 2, ["dicom"])
+        shifted = explain(dicom, 2, ["dicom"])
+        assert "DICOM images read under intensity rule 2 and under rule 3 differ" in shifted
+        assert "DICOM" in explain(dicom, 2, None)  # not recorded: it may have trained on DICOMs
+    finally:
+        (trained_run / "best.json").write_text(json.dumps(meta))

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import reseal
 from hegl_cli.cli.app import app
+from hegl_cli.data.images import INTENSITY_RULE
 from hegl_cli.evaluation.calibration import fit_calibration, fit_temperature, reliability
 from hegl_cli.evaluation.classification import auc_per_class
 
@@ -151,7 +152,7 @@ def test_export_then_predict_from_the_onnx_file_equals_predict_from_the_run(trai
     assert props["classes"] == meta["classes"] and props["thresholds"] == pytest.approx(meta["thresholds"])
     contract = props["preprocessing"]
     assert contract["image_size"] == 32 and contract["input"]["shape"] == ["N", 1, 32, 32]
-    assert contract["intensity_rule"] == 2 and contract["intensity"] == "stored_range" and contract["frames"] == "first"
+    assert contract["intensity_rule"] == INTENSITY_RULE and contract["intensity"] == "stored_range" and contract["frames"] == "first"
     assert description["outputs"]["attention"] == ["N", 4, 4, 4] and description["parity"]["source"].endswith("(test)")
     assert "## Exported model" in card.read_text()
 
@@ -240,7 +241,7 @@ def test_model_card_numbers_are_the_evaluation_s(trained_run):
     assert images == [stored["images"]] and report["macro"] == stored["macro"]
     assert f"Not measured: run `hegl robustness {trained_run}`" in card
     assert f"Not measured: run `hegl evaluate {trained_run} --methods all`" in card
-    assert "## Training data" in card and "| Nodule |" in card and "intensity rule 2" in card
+    assert "## Training data" in card and "| Nodule |" in card and f"intensity rule {INTENSITY_RULE}, stored_range, frames first, containers PNG/JPEG/TIFF/BMP" in card
 
 
 # --- recalibration ------------------------------------------------------------------------------------------

@@ -152,3 +152,29 @@ def test_the_same_images_split_otherwise_in_two_caches_are_refused(two_caches, t
         args += ["--set", item]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "the same pixels" in result.output
+
+
+def test_caches_combine_when_their_rules_read_their_images_alike(two_caches, tmp_path):
+    """A cache of PNGs prepared under rule 2 combines with one of rule 3 (rule 3 changed DICOM only);
+    one that holds DICOMs read under rule 2 is refused in one line, naming it."""
+    import json
+    import re
+    import shutil
+
+    from hegl_cli.data.cache import CachedSplit
+    from hegl_cli.data.combined import CombinedSplit
+    from hegl_cli.data.images import INTENSITY_RULE
+    from hegl_cli.errors import UserError
+
+    old = tmp_path / "old"
+    shutil.copytree(two_caches[1], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["intensity"] = {"rule": 2, "mode": "stored_range", "frames": "first"}  # before containers were recorded
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    both = CombinedSplit([CachedSplit(two_caches[0], "train"), CachedSplit(old, "train")], ["v2", "old"])
+    assert both.manifest["intensity"]["rule"] == INTENSITY_RULE and both.manifest["intensity"]["containers"] == ["pillow"]
+
+    manifest["intensity"]["containers"] = ["dicom", "pillow"]  # as if some of its images were DICOMs
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=re.escape(f"{old}: DICOM images read under intensity rule 2 and under rule 3 differ")):
+        CombinedSplit([CachedSplit(two_caches[0], "train"), CachedSplit(old, "train")], ["v2", "old"])

@@ -175,3 +175,66 @@ def test_out_inside_the_source_folder_is_refused_even_through_a_link(tiny_cache,
                                       "--out", str(given / "cache"), "--image-size", "16"])
     assert result.exit_code == 2 and "overlaps the input" in result.output, result.output
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+# --- intensity rules compared by container ---------------------------------------------------------
+def _as_older_rule(cache: Path, rule: int) -> None:
+    """Make ``cache`` look prepared by an older hegl: its manifest says ``rule`` and records no containers."""
+    path = cache / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["intensity"] = {k: v for k, v in manifest["intensity"].items() if k != "containers"} | {"rule": rule}
+    path.write_text(json.dumps(manifest))
+
+
+def test_reading_changes_compare_rules_by_container():
+    from hegl_cli.data.images import (
+        CONTAINERS,
+        INTENSITY_RULE,
+        container_by_name,
+        reading_changes,
+        trained_reading_shift,
+    )
+
+    assert INTENSITY_RULE == 3
+    assert [container_by_name(n) for n in ("a.png", "b.JPG", "c.tiff", "d.dcm", "IM000001", "e.DICOM")] == [
+        "pillow", "pillow", "pillow", "dicom", "dicom", "dicom"]  # no known suffix: maybe a DICOM by its marker
+    assert reading_changes(2, 3, ["pillow"]) == [] and reading_changes(3, 2, CONTAINERS) == ["dicom"]
+    assert reading_changes(1, 3, ["pillow"]) == ["pillow"] and reading_changes(1, 2, CONTAINERS) == ["dicom", "pillow"]
+    assert reading_changes(3, 3, CONTAINERS) == [] and reading_changes(1, 3, []) == []
+    assert trained_reading_shift(2, ["pillow"], ["dicom"]) is None  # it never saw a DICOM: nothing to shift
+    assert "DICOM images read under intensity rule 2 and under rule 3" in trained_reading_shift(2, None, ["dicom"])
+
+
+def test_a_cache_from_an_older_rule_is_rebuilt_only_when_that_rule_read_its_images_otherwise(tmp_path):
+    """Rule 3 changed DICOM only (Presentation LUT Shape INVERSE): a cache of PNGs prepared under rule 2
+    stays up to date, one holding DICOMs is rebuilt by itself, says why, and then holds them inverted."""
+    from test_field_datasets import dx_file
+
+    from hegl_cli.data.cache import CachedSplit
+
+    source = _chestxdet_source(tmp_path / "src")
+    args = ["-q", "prepare", "--format", "chestxdet", "--source", str(source), "--image-size", "16", "--workers", "1"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "png")]).exit_code == 0
+    assert json.loads((tmp_path / "png" / "manifest.json").read_text())["intensity"]["containers"] == ["pillow"]
+    _as_older_rule(tmp_path / "png", 2)
+    kept = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "png")])
+    assert kept.exit_code == 0 and "up to date" in kept.output, kept.output
+
+    rows = json.loads((source / "ChestX_Det_test.json").read_text())
+    dx_file(source / "test" / "ramp.dcm", "MONOCHROME2", "INVERSE")  # stored 0 is white: inverted
+    (source / "ChestX_Det_test.json").write_text(json.dumps([*rows, {"file_name": "ramp.dcm", "syms": [], "boxes": []}]))
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "dicom")]).exit_code == 0
+    _as_older_rule(tmp_path / "dicom", 2)
+    rebuilt = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "dicom")])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "DICOM images read under intensity rule 2 and under rule 3 differ" in rebuilt.output
+    assert "rebuilt" in rebuilt.output and "PNG" not in rebuilt.output
+    manifest = json.loads((tmp_path / "dicom" / "manifest.json").read_text())
+    assert manifest["intensity"]["rule"] == 3 and manifest["intensity"]["containers"] == ["dicom", "pillow"]
+    split = CachedSplit(tmp_path / "dicom", "test")
+    ramp = split.image(split.files.index("ramp.dcm"))  # (16, 16): the 16 x 64 ramp in a zero-padded square
+    middle = ramp[ramp.shape[0] // 2]
+    assert middle[0] > 0.9 and middle[-1] < 0.1, middle  # stored 0 (left) is white: INVERSE applied
+
+    other = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "png"), "--set", "data.mask_source=box"])
+    assert other.exit_code == 2 and "pass --force" in other.output and "intensity rule" not in other.output

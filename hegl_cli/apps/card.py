@@ -20,7 +20,7 @@ from hegl_cli import __version__
 from hegl_cli.config import Config, config_from_dict
 from hegl_cli.data.cache import read_manifest
 from hegl_cli.data.combined import data_paths
-from hegl_cli.data.images import INTENSITY_RULE
+from hegl_cli.data.images import CONTAINER_NAMES, trained_reading_shift
 from hegl_cli.engine.checkpoint import load_meta, source_commit
 from hegl_cli.engine.run_folder import RunFolder, robustness_files
 from hegl_cli.errors import UserError
@@ -108,7 +108,9 @@ def manifest_facts(manifest: dict[str, Any]) -> str:
     rows = [["format", manifest.get("format")], ["sources", source or "–"],
             ["image size", f"{manifest.get('image_size')} px"],
             ["images read by", f"intensity rule {read.get('rule', 1)}, {read.get('mode', '–')}, frames "
-                               f"{read.get('frames', '–')}"],
+                               f"{read.get('frames', '–')}, containers "
+                               + (", ".join(CONTAINER_NAMES.get(c, str(c)) for c in read.get("containers") or [])
+                                  or "not recorded")],
             ["label policy", ", ".join(f"{k} {v}" for k, v in policy.items()) or "not recorded in the manifest"],
             ["split", f"seed {manifest.get('seed')}, val fraction {manifest.get('val_fraction')}"],
             ["skipped at prepare", manifest.get("skipped", "–")]]
@@ -292,10 +294,10 @@ def limits_section(report: dict[str, Any] | None, meta: dict[str, Any], folder: 
         not_scored = (r.get("not_scored") or {}).get("model_only")
         if not_scored:
             lines.append(f"On {r.get('data')}: {', '.join(not_scored)} not scored (the site has no such class).")
-    trained = int(meta.get("intensity_rule", 1))
-    if trained != INTENSITY_RULE:
-        lines.append(f"Trained on images read under intensity rule {trained}; this hegl reads new images under rule "
-                     f"{INTENSITY_RULE}: predictions may shift.")
+    shift = trained_reading_shift(int(meta.get("intensity_rule", 1)), meta.get("intensity_containers"))
+    if shift:
+        lines.append(f"Trained on images read under an older rule than this hegl's ({shift}): predictions on them "
+                     "may shift.")
     return "".join(f"- {line}\n" for line in lines)
 
 

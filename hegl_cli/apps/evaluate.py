@@ -12,7 +12,7 @@ import torch
 
 from hegl_cli.config import Config
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.data.manifest import counterfactual_split, intensity_rule_of
+from hegl_cli.data.manifest import containers_of, counterfactual_split, intensity_rule_of
 from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
 from hegl_cli.engine.run_folder import RunFolder, external_name
 from hegl_cli.errors import UserError
@@ -157,12 +157,13 @@ def unscored(loaded: LoadedRun, macro: dict[str, Any]) -> dict[str, str]:
 def reading_warnings(loaded: LoadedRun) -> list[str]:
     """A line when the run is still training (the epoch read), and when the evaluated cache's images were
     read under another intensity rule than the run's."""
-    note = loaded.training_note()
-    trained, evaluated = int(loaded.meta.get("intensity_rule", 1)), intensity_rule_of(loaded.split.manifest)
-    if trained == evaluated:
-        return [note] if note else []
-    return ([note] if note else []) + [f"{loaded.data} was read under intensity rule {evaluated} but {loaded.folder} trained on images read "
-            f"under rule {trained} (README, 'Images'): the scores mix two readings"]
+    notes = [loaded.training_note()]
+    manifest = loaded.split.manifest
+    shift = loaded.reading_shift(containers_of(manifest, loaded.split.root), intensity_rule_of(manifest))
+    if shift:
+        notes.append(f"{loaded.data} and the images {loaded.folder} trained on were read under different rules: "
+                     f"{shift}, so the scores mix two readings")
+    return [n for n in notes if n]
 
 
 def faithfulness_section(model, cached: CachedSplit, preds: Predictions, cfg: Config, dev: torch.device,

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hegl_cli.data.images import collect_image_files, load_image, preprocess_array, square_and_resize
+from hegl_cli.data.images import (
+    collect_image_files,
+    container_of,
+    load_image,
+    preprocess_array,
+    square_and_resize,
+)
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError, first_line
@@ -240,5 +246,5 @@ def explain(inputs: list[Path], run: Path, checkpoint: str = "best", classes: li
             except Exception as exc:  # noqa: BLE001 - one odd file must not end a folder of them
                 failed.append(f"cannot explain {path}: {type(exc).__name__}: {first_line(exc)}")
                 log(f"skipped: {failed[-1]}")
-        warning = loaded.reading_warning()
+        warning = loaded.reading_warning({container_of(path) for path in files})
     return ExplainResult(results, failed, [warning] if warning else [])

@@ -125,6 +125,7 @@ def describe(loaded: LoadedRun, checkpoint: str, calibration: Calibration | None
         "run": loaded.folder.name, "run_path": str(loaded.folder), "checkpoint": checkpoint, "epoch": meta.get("epoch"),
         "val_auc": meta.get("val_auc"), "weights_sha256": sha256_of(RunFolder(loaded.folder).weights(checkpoint)),
         "trained_with": meta.get("versions"), "trained_intensity_rule": int(meta.get("intensity_rule", 1)),
+        "trained_intensity_containers": meta.get("intensity_containers"),
         "encoder": cfg.model.encoder, "classes": classes, "thresholds": [float(t) for t in thresholds],
         "run_thresholds": [float(t) for t in loaded.thresholds],
         "threshold_metric": meta.get("threshold_metric", "mcc"),

@@ -13,7 +13,7 @@ applies a site's calibration (`hegl evaluate --recalibrate`): its probabilities 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,14 @@ from tqdm import tqdm
 
 from hegl_cli.apps.recalibrate import read_calibration
 from hegl_cli.config import DataConfig, config_from_dict
-from hegl_cli.data.images import INTENSITY_RULE, collect_image_files, preprocess_file
+from hegl_cli.data.images import (
+    CONTAINERS,
+    INTENSITY_RULE,
+    collect_image_files,
+    container_of,
+    preprocess_file,
+    trained_reading_shift,
+)
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import RunFolder
 from hegl_cli.errors import UserError, first_line
@@ -127,13 +134,12 @@ def onnx_batches(model: OnnxModel, files: list[Path], batch_size: int = 32, work
         yield batch["index"], probs, batch["errors"]
 
 
-def onnx_warning(model: OnnxModel) -> str | None:
-    """A line when the exported model was trained on images read under another intensity rule."""
-    trained = int(model.description.get("trained_intensity_rule", INTENSITY_RULE))
-    if trained == INTENSITY_RULE:
-        return None
-    return (f"{model.path} was trained on images read under intensity rule {trained}, and new images are read under "
-            f"rule {INTENSITY_RULE} (README, 'Images'): predictions may shift")
+def onnx_warning(model: OnnxModel, containers: Iterable[str] = CONTAINERS) -> str | None:
+    """A line when the exported model trained on images that this hegl reads otherwise (of ``containers``,
+    the ones it is shown now)."""
+    shift = trained_reading_shift(int(model.description.get("trained_intensity_rule", INTENSITY_RULE)),
+                                  model.description.get("trained_intensity_containers"), containers)
+    return None if shift is None else f"{model.path} was trained on images read under an older rule: {shift}, so its predictions on them may shift"
 
 
 def is_predictions_csv(path: Path) -> bool:
@@ -175,15 +181,16 @@ def predict(inputs: list[Path], run: Path | None, out: Path, checkpoint: str = "
     files, failed = collect_image_files(inputs, recursive=True)
     if not files:
         raise UserError(f"no readable image among the inputs ({failed[0] if failed else 'nothing given'})")
+    read_as = {container_of(path) for path in files}
     if exported is not None:
-        classes, warning = exported.classes, onnx_warning(exported)
+        classes, warning = exported.classes, onnx_warning(exported, read_as)
         cal = onnx_calibration(exported, calibration)
         thresholds = exported.thresholds if cal is None else cal.thresholds
         rows = collect_rows(onnx_batches(exported, files, batch_size, workers, progress, cal), files, thresholds,
                             failed, log)
     else:
         with load_run(run, checkpoint, device=device, eval_layers=eval_layers, command="hegl predict") as loaded:
-            classes, warning = loaded.classes, loaded.reading_warning()
+            classes, warning = loaded.classes, loaded.reading_warning(read_as)
             cal = None if calibration is None else read_calibration(
                 calibration, loaded.classes, loaded.thresholds, sha256_of(RunFolder(run).weights(checkpoint)))
             thresholds = loaded.thresholds if cal is None else cal.thresholds

@@ -89,7 +89,7 @@ def print_summary(result) -> None:
         info(f"{result.out} is up to date ({m['format']}, {m['image_size']} px); nothing to do (--force rebuilds)")
         return
     if result.stale:
-        info(f"{result.out}: its source changed since it was prepared (an annotation file or an image); rebuilt")
+        info(f"{result.out}: {result.stale_reason}")
     splits = ", ".join(f"{k} {v}" for k, v in m["splits"].items())
     info(f"prepared {m['format']} -> {result.out}  [{splits}]  {len(m['classes'])} classes, "
          f"{m['image_size']} px, {result.seconds:.1f}s")

@@ -6,8 +6,9 @@ that looks done and a folder a user made is never lost. The cache's identity is 
 what it was made from and how (``inputs``: format, paths, classes, options) and the content of those
 inputs (``content``: the annotation files' bytes and every image's size and modification time, and
 its bytes when the images are few). Re-running with the same identity does nothing; a cache whose
-inputs are the same but whose content changed (an image replaced) is stale and is rebuilt; other
-inputs need ``--force``.
+inputs are the same but whose content changed (an image replaced), or whose images this hegl reads
+otherwise (a later intensity rule changed their container), is stale and is rebuilt; other inputs
+need ``--force``.
 
 Whatever the format, the builder checks the dataset before it decodes an image: each image is in one
 split only, no patient is in two splits (``data.patient_overlap``: move its images to the held-out
@@ -27,7 +28,13 @@ from typing import Any
 from hegl_cli.data.cache import PARTIAL_MARKER, SKIPPED, SplitWriter, cache_lock, write_inventory
 from hegl_cli.data.decode import decode_split
 from hegl_cli.data.identity import Identity, cache_identity
-from hegl_cli.data.manifest import MANIFEST, cache_manifest, read_manifest, twin_splits
+from hegl_cli.data.manifest import (
+    MANIFEST,
+    cache_manifest,
+    outdated_reading,
+    read_manifest,
+    twin_splits,
+)
 from hegl_cli.data.options import PrepareOptions, PrepareResult
 from hegl_cli.data.publish import check_output_folder, commit_cache, remove_stale_partials
 from hegl_cli.data.record_filters import class_names, keep_classes, keep_views, rename_classes
@@ -38,10 +45,24 @@ from hegl_cli.fs.atomic import NO_ROOM, crash_point, no_room
 
 
 def up_to_date(out: Path, identity: Identity, force: bool) -> PrepareResult | None:
-    """The existing cache's result when it was made from exactly these inputs (and no --force)."""
-    if not force and cache_identity(out) == identity:
-        return PrepareResult(out=out, manifest=read_manifest(out), skipped=True)
-    return None
+    """The existing cache's result when it was made from exactly these inputs, reads as this hegl would
+    read them (:func:`outdated_reading`), and there is no --force."""
+    if force or cache_identity(out) != identity:
+        return None
+    manifest = read_manifest(out)
+    if outdated_reading(manifest, out):
+        return None
+    return PrepareResult(out=out, manifest=manifest, skipped=True)
+
+
+def stale_reason(out: Path, existing: Identity | None, identity: Identity) -> str | None:
+    """Why a cache of the same inputs as ``identity`` is rebuilt without --force (None: it is not one)."""
+    if existing is None or existing.inputs != identity.inputs:
+        return None
+    shift = outdated_reading(read_manifest(out), out)
+    if shift:
+        return f"its images were read under another intensity rule ({shift}); rebuilt"
+    return "its source changed since it was prepared (an annotation file or an image); rebuilt"
 
 
 # --- the dataset checked as a whole ------------------------------------------------------------------
@@ -74,8 +95,8 @@ def build_cache(
     """
     start = time.perf_counter()
     out = Path(out)
-    existing = cache_identity(out)
-    stale = existing is not None and existing.inputs == identity.inputs
+    reason = stale_reason(out, cache_identity(out), identity)
+    stale = reason is not None
     inputs = [*protected, *(p for src in sources for p in (src.annotations, src.images))]
     check_output_folder(out, inputs, options.force or stale)
     with cache_lock(out):
@@ -107,6 +128,7 @@ def build_cache(
             raise
     result.seconds = time.perf_counter() - start
     result.stale = stale and not options.force
+    result.stale_reason = reason if result.stale else None
     return result
 
 
@@ -140,9 +162,11 @@ def _build_into(
     problems = list(read_problems)
     writers: dict[str, SplitWriter] = {}
     clipped = 0
+    containers: set[str] = set()
     for name, src, records in plan:
-        writers[name], n_clipped = decode_split(src, records, classes, options, problems, partial / name, name)
+        writers[name], n_clipped, read = decode_split(src, records, classes, options, problems, partial / name, name)
         clipped += n_clipped
+        containers |= read
     check_disjoint(partial, {name: src for name, src, _ in plan}, twins)
     if options.strict and len(problems) > len(read_problems):
         raise UserError(f"--strict: {problems[len(read_problems)]} ({len(problems)} problem(s) in all)")
@@ -156,7 +180,7 @@ def _build_into(
     manifest = cache_manifest(fmt=fmt, classes=classes, original_names=original_names, options=options,
                               split_sizes={name: len(w) for name, w in writers.items()}, counts=counts,
                               source=source, clipped=clipped, skipped=len(problems), warnings=warnings,
-                              identity=identity, extra=extra_manifest)
+                              identity=identity, extra=extra_manifest, containers=containers)
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if problems:
         (partial / SKIPPED).write_text("".join(line + "\n" for line in problems))

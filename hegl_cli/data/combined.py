@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from hegl_cli.data.cache import CachedSplit
+from hegl_cli.data.images import reading_shift
+from hegl_cli.data.manifest import containers_of, intensity_rule_of
 from hegl_cli.data.pathologies import canonical
 from hegl_cli.errors import UserError
 from hegl_cli.fs.outputs import safe_name, unique_names
@@ -40,6 +42,28 @@ def source_names(paths: list[Path]) -> list[str]:
     return unique_names([safe_name(p.resolve().name if p.exists() else p.name, fallback="source") for p in paths])
 
 
+def one_reading(splits: list[CachedSplit]) -> dict[str, Any]:
+    """The intensity reading several caches share (their manifests' ``intensity``: the newest rule, the
+    union of containers); one line when their settings differ or a cache reads its images under a rule
+    that reads them otherwise than another's."""
+    settings = {((s.manifest.get("intensity") or {}).get("mode"), (s.manifest.get("intensity") or {}).get("frames"))
+                for s in splits}
+    if len(settings) > 1:
+        raise UserError("config key 'data.path': the caches were read under different intensity settings ("
+                        + ", ".join(f"{s.root}: {s.manifest.get('intensity')}" for s in splits)
+                        + "); prepare them under one")
+    newest = max(intensity_rule_of(s.manifest) for s in splits)
+    containers: set[str] = set()
+    for s in splits:
+        read = containers_of(s.manifest, s.root)
+        shift = reading_shift(intensity_rule_of(s.manifest), newest, read)
+        if shift:
+            raise UserError(f"config key 'data.path': {s.root}: {shift}; prepare it again (`hegl prepare`) so "
+                            "the caches are read alike")
+        containers.update(read)
+    return {**(splits[0].manifest.get("intensity") or {}), "rule": newest, "containers": sorted(containers)}
+
+
 class CombinedSplit:
     """One split of several caches: images, labels (N, C) with NaN where a source does not label a
     class, masks (C, S, S) and has_mask (N, C) over the union of classes."""
@@ -49,11 +73,7 @@ class CombinedSplit:
         if len(sizes) > 1:
             raise UserError("config key 'data.path': the caches were prepared at different sizes ("
                             + ", ".join(f"{s.root}: {s.image_size} px" for s in splits) + "); prepare them at one size")
-        modes = {json.dumps(s.manifest.get("intensity") or {}, sort_keys=True) for s in splits}
-        if len(modes) > 1:
-            raise UserError("config key 'data.path': the caches were read under different intensity settings ("
-                            + ", ".join(f"{s.root}: {s.manifest.get('intensity')}" for s in splits)
-                            + "); prepare them under one")
+        reading = one_reading(splits)
         self.parts, self.source_names = splits, list(names)
         self.split = splits[0].split
         self.image_size = splits[0].image_size
@@ -84,6 +104,7 @@ class CombinedSplit:
             "sources": [str(s.root) for s in splits],
             "splits": {name: sum(s.manifest["splits"].get(name, 0) for s in splits) for name in splits[0].manifest["splits"]},
             "synthetic": None,  # no counterfactual twin across sources
+            "intensity": reading,
         }
 
     def __len__(self) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 
 from hegl_cli.data.cache import SplitWriter, pack_masks
 from hegl_cli.data.dicom import dicom_metadata
-from hegl_cli.data.images import is_dicom, preprocess_file
+from hegl_cli.data.images import container_of, preprocess_file
 from hegl_cli.data.masks import rasterize_findings
 from hegl_cli.data.options import PrepareOptions
 from hegl_cli.data.parallel import parallel_map
@@ -18,18 +18,20 @@ from hegl_cli.errors import UserError, first_line
 
 
 def decode_one(item: tuple[str, list[Finding], list[str], int, str, int, str, str]) -> tuple[Any, ...]:
-    """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes) or an error line."""
+    """Worker: one image -> (uint8 image, packed masks, has_mask, clipped boxes, notes, DICOM header,
+    container) or an error line."""
     path, findings, classes, size, mask_source, max_pixels, frames, intensity = item
     notes: list[str] = []
     try:
         image, geometry = preprocess_file(path, size, max_pixels, frames, intensity)
         masks, has_mask, clipped = rasterize_findings(findings, classes, geometry, size, mask_source, notes)
-        header = dicom_metadata(Path(path)) if is_dicom(Path(path)) else {}
+        container = container_of(Path(path))
+        header = dicom_metadata(Path(path)) if container == "dicom" else {}
     except UserError as exc:
         return ("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a prepare of thousands
         return ("error", f"cannot read image {path}: {type(exc).__name__}: {first_line(exc, 160)}")
-    return ("ok", image, pack_masks(masks), has_mask, clipped, [f"{path}: {n}" for n in notes], header)
+    return ("ok", image, pack_masks(masks), has_mask, clipped, [f"{path}: {n}" for n in notes], header, container)
 
 
 
@@ -48,10 +50,11 @@ def record_labels(record: Record, index: dict[str, int]) -> np.ndarray:
 def decode_split(
     source: SplitSource, records: list[Record], classes: list[str], options: PrepareOptions,
     problems: list[str], folder: Path, name: str | None = None,
-) -> tuple[SplitWriter, int]:
+) -> tuple[SplitWriter, int, set[str]]:
     """Decode and rasterize ``records`` straight into the memory-mapped arrays of ``folder``.
 
     Missing or unreadable images are reported and skipped; no split is ever held in RAM whole.
+    Returns the writer, the number of clipped boxes and the containers read (``dicom``, ``pillow``).
     """
     name = name or source.name
     size = options.image_size
@@ -59,13 +62,15 @@ def decode_split(
               options.frames, options.intensity) for r in records]
     writer = SplitWriter(folder, len(records), size, len(classes), with_cue=source.cue is not None)
     clipped_total = 0
+    containers: set[str] = set()
     index = {c: i for i, c in enumerate(classes)}
     results = parallel_map(decode_one, items, options.workers, f"decode {name}", options.progress)
     for record, result in zip(records, results):
         if result[0] == "error":
             problems.append(f"{source.name}: {result[1]}")
             continue
-        _, image, packed, has_mask, clipped, notes, header = result
+        _, image, packed, has_mask, clipped, notes, header, container = result
+        containers.add(container)
         clipped_total += clipped
         problems.extend(f"{source.name}: {line}" for line in notes)
         cue = source.cue.get(record.file_name, 0) if source.cue is not None else 0
@@ -75,4 +80,4 @@ def decode_split(
         raise UserError(f"none of the {len(records)} images of split '{name}' could be read from "
                         f"{source.images} ({problems[-1] if problems else 'no image'}); is --images/--source right?")
     writer.close()
-    return writer, clipped_total
+    return writer, clipped_total, containers

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +39,17 @@ from hegl_cli.data.pixels import check_pixels, luma
 from hegl_cli.errors import UserError, first_line
 from hegl_cli.fs.tables import read_table
 
-INTENSITY_RULE = 2  # 1: 0.1-0.2 (8-bit / 255, anything deeper min/max-stretched, DICOM colour by channel mean)
+# What each intensity rule changed, by container ("dicom": read with pydicom; "pillow": every other file).
+# Rule 1 (hegl 0.1-0.2): 8-bit / 255, anything deeper min/max-stretched, DICOM colour by channel mean.
+# Two readings agree on a container when no rule between them changed it (:func:`reading_changes`), so
+# a rule that changes only DICOM leaves a cache, a model or an export of PNGs as valid as it was.
+RULE_CHANGES: dict[int, frozenset[str]] = {
+    2: frozenset({"pillow", "dicom"}),  # scaled by bit depth, not stretched; colour to BT.601 luma
+    3: frozenset({"dicom"}),  # Presentation LUT Shape INVERSE applied after the VOI (it was ignored)
+}
+INTENSITY_RULE = max(RULE_CHANGES)
+CONTAINERS = ("dicom", "pillow")
+CONTAINER_NAMES = {"dicom": "DICOM", "pillow": "PNG/JPEG/TIFF/BMP"}
 DEFAULT_MAX_PIXELS: int = DataConfig.max_pixels  # a chest X-ray has ~10 Mpx; 64 Mpx decode to 256 MB
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | DICOM_SUFFIXES
@@ -57,6 +68,44 @@ def has_dicom_marker(path: Path) -> bool:
 def is_dicom(path: Path) -> bool:
     """DICOM by suffix or by content (the ``DICM`` marker at byte 128)."""
     return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_marker(path)
+
+
+def container_of(path: Path) -> str:
+    """How ``path`` is read: ``dicom`` (pydicom, by suffix or marker) or ``pillow`` (everything else)."""
+    return "dicom" if is_dicom(Path(path)) else "pillow"
+
+
+def container_by_name(name: str) -> str:
+    """The container a file name implies when the file is not at hand (a cache's ``files.json``): a
+    Pillow suffix is ``pillow``; anything else may be a DICOM by its marker, so ``dicom``."""
+    return "pillow" if Path(name).suffix.lower() in IMAGE_SUFFIXES - DICOM_SUFFIXES else "dicom"
+
+
+def reading_changes(rule_a: int, rule_b: int, containers: Iterable[str] = CONTAINERS) -> list[str]:
+    """The containers among ``containers`` that intensity rules ``rule_a`` and ``rule_b`` read
+    differently (sorted; empty when they read them alike)."""
+    low, high = sorted((int(rule_a), int(rule_b)))
+    changed = set().union(*(kinds for rule, kinds in RULE_CHANGES.items() if low < rule <= high))
+    return sorted(changed & set(containers))
+
+
+def reading_shift(rule_a: int, rule_b: int, containers: Iterable[str] = CONTAINERS) -> str | None:
+    """``"DICOM images read under intensity rule 2 and under rule 3 differ"``, or None when the two rules
+    read every one of ``containers`` alike."""
+    changed = reading_changes(rule_a, rule_b, containers)
+    if not changed:
+        return None
+    kinds = " and ".join(CONTAINER_NAMES[c] for c in changed)
+    return f"{kinds} images read under intensity rule {rule_a} and under rule {rule_b} differ (README, 'Images')"
+
+
+def trained_reading_shift(trained_rule: int, trained_containers: Iterable[str] | None,
+                          containers: Iterable[str] = CONTAINERS, rule: int = INTENSITY_RULE) -> str | None:
+    """How the images a model is shown now (``containers`` read under ``rule``) are read otherwise than
+    the images it trained on (``trained_containers``, None when not recorded: any, read under
+    ``trained_rule``); None when alike. Only a container the model trained on can shift its predictions."""
+    seen = set(trained_containers) if trained_containers else set(CONTAINERS)
+    return reading_shift(trained_rule, rule, seen & set(containers))
 
 
 def is_image_file(path: Path) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from hegl_cli import __version__
 from hegl_cli.config import Config
 from hegl_cli.data.formats.registry import prepared_settings, settings_owners
-from hegl_cli.data.images import INTENSITY_RULE
+from hegl_cli.data.images import CONTAINERS, INTENSITY_RULE, container_by_name, reading_shift
 from hegl_cli.errors import UserError
 from hegl_cli.fs.tables import read_json
 
@@ -44,9 +44,11 @@ def read_manifest(cache: Path) -> dict[str, Any]:
 
 def cache_manifest(*, fmt: str, classes: list[str], original_names: dict[str, list[str]], options: Any,
                    split_sizes: dict[str, int], counts: dict[str, tuple[dict, dict]], source: Any, clipped: int,
-                   skipped: int, warnings: list[str], identity: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
+                   skipped: int, warnings: list[str], identity: Any, extra: dict[str, Any] | None,
+                   containers: set[str]) -> dict[str, Any]:
     """The manifest of a cache about to be published (``options``: its :class:`PrepareOptions`;
-    ``counts``: per split, (positives, with a mask) per class; ``identity``: its :class:`Identity`)."""
+    ``counts``: per split, (positives, with a mask) per class; ``identity``: its :class:`Identity`;
+    ``containers``: how its images were read, ``dicom`` and/or ``pillow``)."""
     return {
         "format": fmt,
         "classes": classes,
@@ -63,7 +65,8 @@ def cache_manifest(*, fmt: str, classes: list[str], original_names: dict[str, li
         "prepared_with": {"val_fraction": options.val_fraction, "mask_source": options.mask_source,
                           "patient_overlap": options.patient_overlap, "class_map": dict(options.class_map),
                           "views": list(options.views)},
-        "intensity": {"rule": INTENSITY_RULE, "mode": options.intensity, "frames": options.frames},
+        "intensity": {"rule": INTENSITY_RULE, "mode": options.intensity, "frames": options.frames,
+                      "containers": sorted(containers)},
         "clipped_boxes": clipped,
         "skipped": skipped,
         "warnings": warnings,
@@ -88,6 +91,30 @@ def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
 def intensity_rule_of(manifest: dict[str, Any]) -> int:
     """The intensity contract a cache's images were read under (1: caches from before it was recorded)."""
     return int((manifest.get("intensity") or {}).get("rule", 1))
+
+
+def containers_of(manifest: dict[str, Any], cache: Path) -> list[str]:
+    """How a cache's images were read (``dicom``, ``pillow``): as its manifest records, or, for a cache
+    from before that was recorded, as its files' names imply (:func:`container_by_name`)."""
+    recorded = (manifest.get("intensity") or {}).get("containers")
+    if isinstance(recorded, list):
+        return sorted(str(c) for c in recorded)
+    names: set[str] = set()
+    for split in manifest.get("splits", {}):
+        try:
+            files = read_json(Path(cache) / split / "files.json", "file list")
+        except UserError:
+            files = None
+        if not isinstance(files, list):
+            return list(CONTAINERS)  # unreadable: assume the worst, so the cache is rebuilt or named
+        names.update(container_by_name(str(n)) for n in files)
+    return sorted(names)
+
+
+def outdated_reading(manifest: dict[str, Any], cache: Path) -> str | None:
+    """How this hegl reads a cache's images otherwise than its intensity rule did, in a line (None: the
+    cache reads as it would today)."""
+    return reading_shift(intensity_rule_of(manifest), INTENSITY_RULE, containers_of(manifest, cache))
 
 
 def prepared_with(manifest: Mapping[str, Any]) -> dict[str, Any]:

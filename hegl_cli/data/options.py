@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from hegl_cli.config import DataConfig
-from hegl_cli.data.images import INTENSITY_RULE
+
+# The intensity rule in a cache's fingerprint stays at 2, the rule caches were fingerprinted under
+# when it changed last for every container; later rules are checked per container against the
+# manifest (:func:`hegl_cli.data.manifest.outdated_reading`), so a rule that changes how DICOMs are
+# read rebuilds a DICOM cache and leaves a cache of PNGs up to date.
+FINGERPRINTED_RULE = 2
 
 
 @dataclass
@@ -40,7 +45,7 @@ class PrepareOptions:
     def shaping(self) -> list[Any]:
         """The options that change what the cache holds (not how it is built)."""
         return [self.image_size, self.seed, self.val_fraction, self.mask_source, self.max_pixels, self.patient_overlap,
-                self.intensity, self.frames, INTENSITY_RULE, sorted(self.class_map.items()), sorted(self.views)]
+                self.intensity, self.frames, FINGERPRINTED_RULE, sorted(self.class_map.items()), sorted(self.views)]
 
 
 
@@ -56,3 +61,4 @@ class PrepareResult:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     stale: bool = False  # True when an existing cache of the same inputs was rebuilt because they changed
+    stale_reason: str | None = None  # why, in a line: its source changed, or its images are read otherwise now

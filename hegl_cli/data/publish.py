@@ -9,8 +9,7 @@ import shutil
 from pathlib import Path
 
 from hegl_cli.data.cache import PARTIAL_MARKER, foreign_files
-from hegl_cli.data.images import INTENSITY_RULE
-from hegl_cli.data.manifest import MANIFEST, intensity_rule_of, read_manifest
+from hegl_cli.data.manifest import MANIFEST, outdated_reading, read_manifest
 from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import fsync_file, fsync_folder, rename_no_replace
 from hegl_cli.fs.locks import pid_alive
@@ -53,9 +52,8 @@ def check_output_folder(out: Path, inputs: list[Path], replace_cache: bool) -> N
         raise UserError(f"{out} holds {foreign[0].relative_to(out)}{more}, which hegl did not write; it was left "
                         "alone, --force included: move it out of the cache, or choose another --out")
     if not replace_cache:
-        rule = intensity_rule_of(read_manifest(out))
-        why = (f" (its images were read under intensity rule {rule}; this hegl reads them under rule {INTENSITY_RULE})"
-               if rule != INTENSITY_RULE else "")
+        shift = outdated_reading(read_manifest(out), out)
+        why = f" (and {shift})" if shift else ""
         raise UserError(f"{out} already holds a dataset prepared from other inputs or settings{why}; pass --force "
                         "to replace it")
 

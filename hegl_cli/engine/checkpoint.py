@@ -15,6 +15,7 @@ import hashlib
 import platform
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from hegl_cli import __version__
 from hegl_cli.config import Config, apply_eval_layers, config_from_dict
 from hegl_cli.data.cache import CachedSplit, ClassView, cache_lock
 from hegl_cli.data.combined import data_paths
-from hegl_cli.data.images import INTENSITY_RULE
+from hegl_cli.data.images import CONTAINERS, INTENSITY_RULE, trained_reading_shift
 from hegl_cli.data.pathologies import ClassMatch, match_classes
 from hegl_cli.engine.device import select_device
 from hegl_cli.engine.kernels import kernel_facts, settle_cpu_kernels
@@ -274,15 +275,20 @@ class LoadedRun:
         return (f"{self.folder} is still training: this reads its '{self.checkpoint}' checkpoint, of epoch "
                 f"{self.meta.get('epoch', '?')}")
 
-    def reading_warning(self) -> str | None:
-        """A line when the run is still training, and when new images are read under another intensity
-        rule than the run's training data."""
+    def reading_shift(self, containers: Iterable[str] = CONTAINERS, rule: int = INTENSITY_RULE) -> str | None:
+        """How images of ``containers`` read under ``rule`` are read otherwise than this run's training
+        images (:func:`trained_reading_shift`); None when alike."""
+        return trained_reading_shift(int(self.meta.get("intensity_rule", 1)), self.meta.get("intensity_containers"),
+                                     containers, rule)
+
+    def reading_warning(self, containers: Iterable[str] = CONTAINERS) -> str | None:
+        """A line when the run is still training, and when new images of ``containers`` are read under
+        another intensity rule than the run's training images were."""
         notes = [self.training_note()]
-        trained = int(self.meta.get("intensity_rule", 1))
-        if trained != INTENSITY_RULE:
-            notes.append(f"{self.folder} was trained on images read under intensity rule {trained}, and new images "
-                         f"are read under rule {INTENSITY_RULE} (README, 'Images'): predictions may shift; prepare "
-                         "its data again and retrain to compare like with like")
+        shift = self.reading_shift(containers)
+        if shift:
+            notes.append(f"{self.folder} was trained on images read under an older rule: {shift}, so its "
+                         "predictions on them may shift; prepare its data again and retrain to compare like with like")
         return "; ".join(n for n in notes if n) or None
 
 

@@ -34,7 +34,7 @@ from hegl_cli.data.augment import AugmentSpec
 from hegl_cli.data.cache import cache_lock
 from hegl_cli.data.combined import CombinedSplit, data_paths
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.manifest import intensity_rule_of
+from hegl_cli.data.manifest import containers_of, intensity_rule_of
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
@@ -313,6 +313,7 @@ class Trainer:
                  "threshold_metric": self.cfg.eval.threshold_metric,
                  "thresholds_chosen_on": self.cfg.train.select_on, "selected_on": self.cfg.train.select_on,
                  "data": str(data_paths(self.cfg.data.path)[0]), "intensity_rule": intensity_rule_of(self.train_split.manifest),
+                 "intensity_containers": containers_of(self.train_split.manifest, self.train_split.root),
                  "precision": self.precision.record()}
         if isinstance(self.train_split, CombinedSplit):
             extra["data_sources"] = [str(r) for r in self.train_split.roots]
