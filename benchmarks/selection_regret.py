@@ -13,6 +13,10 @@ Per benchmark and criterion: the recipe chosen by the criterion's mean over seed
 (mean and worst over seeds). Criteria: ``swap_val``, ``val``, ``val_loss`` (where the runs recorded
 it) -- all on val -- and ``context_reliance``, the twin-free audit **as the ablation measures it, on
 test**: not selection-safe, shown only to compare with what a test-side audit would have picked.
+Then the same over **every candidate set** of two or more of a benchmark's recipes (a user who does
+not include robust.yaml, say): mean and worst regret per criterion, over all (benchmark, set) pairs
+and over those where the best recipe by test is not robust, the cases that test whether a criterion
+steers away from the recipe that wins most often.
 Writes ``regret.{csv,json,md,png}`` under ``--out`` when given.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -61,12 +66,53 @@ def analyse(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def candidate_sets(recipes: list[str]) -> list[tuple[str, ...]]:
+    """Every set of two or more of ``recipes``, in their order."""
+    return [combo for k in range(2, len(recipes) + 1) for combo in itertools.combinations(recipes, k)]
+
+
+def subset_regrets(results: dict[str, dict], rows_of: dict[str, list[dict]]) -> dict[str, dict]:
+    """criterion -> regrets over every (benchmark, candidate set): all of them, and those whose best
+    recipe by test is not robust."""
+    out: dict[str, dict] = {}
+    for name, spec in {**CRITERIA, **TEST_SIDE}.items():
+        every, steering = [], []
+        for label, rows in rows_of.items():
+            if name not in results[label]["criteria"]:
+                continue
+            test_auc = {r["run"]: float(r["auc"]) for r in rows}
+            for combo in candidate_sets(results[label]["recipes"]):
+                rec = regret([r for r in rows if r["recipe"] in combo], spec, test_auc)
+                every.append(rec["regret"])
+                if rec["best_by_test"] != "robust":
+                    steering.append(rec["regret"])
+        if every:
+            out[name] = {"sets": len(every), "mean": float(np.mean(every)), "worst": float(np.max(every)),
+                         "steering_sets": len(steering),
+                         "steering_mean": float(np.mean(steering)) if steering else None,
+                         "steering_worst": float(np.max(steering)) if steering else None,
+                         "steering_zero": int(sum(r == 0 for r in steering))}
+    return out
+
+
+def subset_table(subsets: dict[str, dict]) -> list[str]:
+    lines = ["", "Every candidate set of two or more recipes:", "",
+             "| criterion | (benchmark, set) pairs | mean regret | worst | pairs where robust is not best | "
+             "their mean regret | worst | chose the best |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in subsets.items():
+        steer = (f"{s['steering_mean']:.3f} | {s['steering_worst']:.3f} | {s['steering_zero']}/{s['steering_sets']}"
+                 if s["steering_sets"] else "- | - | -")
+        lines.append(f"| {name} | {s['sets']} | {s['mean']:.3f} | {s['worst']:.3f} | {s['steering_sets']} | {steer} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmarks", nargs="+", help="LABEL=PATH (ablation folder or runs.json)")
     parser.add_argument("--out", type=Path, help="write regret.{csv,json,md,png} here")
     args = parser.parse_args()
     results: dict[str, dict] = {}
+    rows_of: dict[str, list[dict]] = {}
     for item in args.benchmarks:
         label, path = item.split("=", 1)
         rows = benchmark_rows(Path(path))
@@ -77,10 +123,12 @@ def main() -> None:
         seeds = sorted({r["seed"] for r in rows})
         results[label] = {"recipes": recipes, "seeds": seeds, "criteria": analyse(rows),
                           "test_auc": {n: [float(r["auc"]) for r in rows if r["recipe"] == n] for n in recipes}}
-    lines = table(results)
+        rows_of[label] = rows
+    subsets = subset_regrets(results, rows_of)
+    lines = table(results) + subset_table(subsets)
     print("\n".join(lines))
     if args.out:
-        write(results, lines, args.out)
+        write({**results, "every_candidate_set": subsets}, lines, args.out)
 
 
 def table(results: dict[str, dict]) -> list[str]:
@@ -110,7 +158,7 @@ def write(results: dict[str, dict], lines: list[str], out: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["benchmark", "criterion", "chosen", "best_by_test", "regret", "one_seed_mean", "one_seed_worst"])
         for label, res in results.items():
-            for name, rec in res["criteria"].items():
+            for name, rec in res.get("criteria", {}).items():
                 writer.writerow([label, name, rec["chosen"], rec["best_by_test"], rec["regret"], rec["per_seed_mean"],
                                  rec["per_seed_worst"]])
     plot(results, out / "regret.png")
@@ -120,6 +168,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
     """Per benchmark, each recipe's test AUC (mean ± std over seeds), the recipe swap_val chose marked."""
     from hegl_cli.plots import plt
 
+    results = {label: res for label, res in results.items() if "recipes" in res}
     fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.6), squeeze=False)
     for ax, (label, res) in zip(axes[0], results.items()):
         names = res["recipes"]
