@@ -12,6 +12,7 @@ import pytest
 from test_fault_catalogue import RECORDS, make_source, write_png
 from typer.testing import CliRunner
 
+from conftest import TINY_OVERRIDES
 from hegl_cli.cli.app import app
 from hegl_cli.errors import UserError
 
@@ -225,6 +226,12 @@ def test_a_cache_from_an_older_rule_is_rebuilt_only_when_that_rule_read_its_imag
     (source / "ChestX_Det_test.json").write_text(json.dumps([*rows, {"file_name": "ramp.dcm", "syms": [], "boxes": []}]))
     assert runner.invoke(app, [*args, "--out", str(tmp_path / "dicom")]).exit_code == 0
     _as_older_rule(tmp_path / "dicom", 2)
+    train = ["train", "--name", "old", "--runs-dir", str(tmp_path / "runs")]
+    for item in [*(o for o in TINY_OVERRIDES if not o.startswith("data.image_size")), f"data.path={tmp_path / 'dicom'}"]:
+        train += ["--set", item]
+    trained = runner.invoke(app, train)  # trains (the user may no longer have the source), and says so
+    assert trained.exit_code == 0, trained.output
+    assert "was prepared under an older intensity rule (DICOM images read under intensity rule 2" in trained.output
     rebuilt = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "dicom")])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "DICOM images read under intensity rule 2 and under rule 3 differ" in rebuilt.output

@@ -12,7 +12,13 @@ import torch
 
 from hegl_cli.config import Config
 from hegl_cli.data.cache import CachedSplit
-from hegl_cli.data.manifest import containers_of, counterfactual_split, intensity_rule_of
+from hegl_cli.data.manifest import (
+    containers_of,
+    counterfactual_split,
+    intensity_rule_of,
+    outdated_cache_note,
+    read_manifest,
+)
 from hegl_cli.engine.checkpoint import LoadedRun, load_run, open_split
 from hegl_cli.engine.run_folder import RunFolder, external_name
 from hegl_cli.errors import UserError
@@ -157,8 +163,9 @@ def unscored(loaded: LoadedRun, macro: dict[str, Any]) -> dict[str, str]:
 def reading_warnings(loaded: LoadedRun) -> list[str]:
     """A line when the run is still training (the epoch read), and when the evaluated cache's images were
     read under another intensity rule than the run's."""
-    notes = [loaded.training_note()]
     manifest = loaded.split.manifest
+    notes = [loaded.training_note(), *(outdated_cache_note(read_manifest(root), root)
+                                       for root in loaded.split.roots)]
     shift = loaded.reading_shift(containers_of(manifest, loaded.split.root), intensity_rule_of(manifest))
     if shift:
         notes.append(f"{loaded.data} and the images {loaded.folder} trained on were read under different rules: "

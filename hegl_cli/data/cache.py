@@ -215,6 +215,7 @@ class CachedSplit:
 
     def __init__(self, cache: Path | str, split: str):
         self.root = Path(cache)
+        self.roots = [self.root]  # the caches it reads, as a CombinedSplit has several
         self.manifest = read_manifest(self.root)
         folder = self.root / split
         if split not in self.manifest["splits"] or not folder.is_dir():

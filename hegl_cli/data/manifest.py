@@ -117,6 +117,13 @@ def outdated_reading(manifest: dict[str, Any], cache: Path) -> str | None:
     return reading_shift(intensity_rule_of(manifest), INTENSITY_RULE, containers_of(manifest, cache))
 
 
+def outdated_cache_note(manifest: dict[str, Any], cache: Path) -> str | None:
+    """A line when this hegl reads a cache's images otherwise than its prepare did (None: alike)."""
+    shift = outdated_reading(manifest, cache)
+    return None if shift is None else (f"{cache} was prepared under an older intensity rule ({shift}); "
+                                       "`hegl prepare` with the same inputs rebuilds it")
+
+
 def prepared_with(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The prepare-only ``data.*`` keys a cache was made with, as far as its manifest records them:
     the shared ones, and those its format owns (:mod:`hegl_cli.data.formats.registry`)."""

@@ -34,7 +34,7 @@ from hegl_cli.data.augment import AugmentSpec
 from hegl_cli.data.cache import cache_lock
 from hegl_cli.data.combined import CombinedSplit, data_paths
 from hegl_cli.data.dataset import XrayDataset
-from hegl_cli.data.manifest import containers_of, intensity_rule_of
+from hegl_cli.data.manifest import containers_of, intensity_rule_of, outdated_cache_note, read_manifest
 from hegl_cli.engine import distributed as D
 from hegl_cli.engine.checkpoint import save_checkpoint
 from hegl_cli.engine.device import select_device
@@ -452,6 +452,10 @@ def _train_locked(cfg: Config, run: Path, resume: bool, changes: dict[str, list[
         raise
     log(describe_supervision(trainer.train_split))
     log(describe_precision(trainer.precision))
+    for root in trainer.train_split.roots:
+        note = outdated_cache_note(read_manifest(root), root)
+        if note:
+            log(f"warning: {note}")
     try:
         if trainer.dist.is_main:
             trainer.folder.write_marker()
