@@ -202,6 +202,7 @@ def test_reading_changes_compare_rules_by_container():
     assert reading_changes(2, 3, ["pillow"]) == [] and reading_changes(3, 2, CONTAINERS) == ["dicom"]
     assert reading_changes(1, 3, ["pillow"]) == ["pillow"] and reading_changes(1, 2, CONTAINERS) == ["dicom", "pillow"]
     assert reading_changes(3, 3, CONTAINERS) == [] and reading_changes(1, 3, []) == []
+    assert reading_changes(3, 4, ["pillow"]) == ["pillow"]  # a newer hegl's rule: it may have changed anything
     assert trained_reading_shift(2, ["pillow"], ["dicom"]) is None  # it never saw a DICOM: nothing to shift
     assert "DICOM images read under intensity rule 2 and under rule 3" in trained_reading_shift(2, None, ["dicom"])
 
@@ -245,3 +246,22 @@ def test_a_cache_from_an_older_rule_is_rebuilt_only_when_that_rule_read_its_imag
 
     other = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "png"), "--set", "data.mask_source=box"])
     assert other.exit_code == 2 and "pass --force" in other.output and "intensity rule" not in other.output
+
+
+def test_a_damaged_intensity_record_is_named_or_read_as_the_oldest_rule(tmp_path):
+    from hegl_cli.data.manifest import intensity_rule_of
+
+    assert [intensity_rule_of({"intensity": {"rule": r}}) for r in (3, "3", True, 0, None, 2.5)] == [3, 1, 1, 1, 1, 1]
+    assert intensity_rule_of({}) == 1 and intensity_rule_of({"intensity": None}) == 1
+    source = _chestxdet_source(tmp_path / "src")
+    args = ["-q", "prepare", "--format", "chestxdet", "--source", str(source), "--out", str(tmp_path / "c"),
+            "--image-size", "16", "--workers", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    path = tmp_path / "c" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "intensity": "stored_range"}))
+    train = ["train", "--name", "t", "--runs-dir", str(tmp_path / "runs")]
+    for item in [*(o for o in TINY_OVERRIDES if not o.startswith("data.image_size")), f"data.path={tmp_path / 'c'}"]:
+        train += ["--set", item]
+    for result in (runner.invoke(app, args[1:]), runner.invoke(app, train)):
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+        assert f"{path}: 'intensity' is not a mapping" in result.output, result.output

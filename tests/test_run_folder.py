@@ -79,3 +79,21 @@ def test_one_rule_says_what_an_ablation_folder_is(tmp_path):
     else:
         raise AssertionError("a user's folder was taken for an ablation")
     assert (user / "results.csv").read_text() == "my own table\n"
+
+
+def test_a_reader_named_a_folder_that_is_no_run_writes_nothing_there(tiny_cache, tmp_path):
+    """`hegl evaluate CACHE` (a cache, not a run) used to leave .hegl-lock in the cache, after which
+    `hegl prepare` refused to rebuild it, --force included ("holds .hegl-lock, which hegl did not write")."""
+    import shutil
+
+    cache, mine = tmp_path / "cache", tmp_path / "mine"
+    shutil.copytree(tiny_cache, cache)
+    mine.mkdir()
+    Image.new("L", (32, 32), 90).save(mine / "x.png")
+    before = {p: sorted(q.name for q in p.iterdir()) for p in (cache, mine, tmp_path)}
+    for args in (["evaluate", str(cache)], ["robustness", str(cache)], ["export", str(cache)],
+                 ["explain", str(mine / "x.png"), "--run", str(mine), "--out", str(tmp_path / "o")],
+                 ["predict", str(mine), "--run", str(cache), "--out", str(tmp_path / "p.csv")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "is not a hegl run folder" in result.output, (args, result.output)
+    assert {p: sorted(q.name for q in p.iterdir()) for p in (cache, mine, tmp_path)} == before

@@ -86,6 +86,8 @@ def reading_changes(rule_a: int, rule_b: int, containers: Iterable[str] = CONTAI
     differently (sorted; empty when they read them alike)."""
     low, high = sorted((int(rule_a), int(rule_b)))
     changed = set().union(*(kinds for rule, kinds in RULE_CHANGES.items() if low < rule <= high))
+    if high > INTENSITY_RULE:
+        changed = set(CONTAINERS)  # a rule of a newer hegl: this one cannot know what it changed
     return sorted(changed & set(containers))
 
 

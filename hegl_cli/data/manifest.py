@@ -39,6 +39,8 @@ def read_manifest(cache: Path) -> dict[str, Any]:
     manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise UserError(f"{path}: not a hegl manifest (no 'splits')")
+    if not isinstance(manifest.get("intensity", {}), dict):
+        raise UserError(f"{path}: 'intensity' is not a mapping (a damaged manifest); re-run `hegl prepare --force`")
     return manifest
 
 
@@ -89,8 +91,10 @@ def counterfactual_split(manifest: dict[str, Any], split: str) -> str | None:
 
 
 def intensity_rule_of(manifest: dict[str, Any]) -> int:
-    """The intensity contract a cache's images were read under (1: caches from before it was recorded)."""
-    return int((manifest.get("intensity") or {}).get("rule", 1))
+    """The intensity contract a cache's images were read under (1: caches from before it was recorded,
+    and a value that is not a whole number, so such a cache counts as read under the oldest rule)."""
+    rule = (manifest.get("intensity") or {}).get("rule", 1)
+    return rule if isinstance(rule, int) and not isinstance(rule, bool) and rule >= 1 else 1
 
 
 def containers_of(manifest: dict[str, Any], cache: Path) -> list[str]:

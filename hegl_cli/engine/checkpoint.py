@@ -94,6 +94,9 @@ def checkpoint_paths(run: Path, checkpoint: str) -> tuple[Path, Path]:
     folder = RunFolder(run)
     weights, meta = folder.weights(checkpoint), folder.meta(checkpoint)
     if not weights.is_file() or not meta.is_file():
+        if not RunFolder(run).is_ours():
+            raise UserError(f"{run} is not a hegl run folder (no {RunFolder.MARKER} and no checkpoint); name a run "
+                            "folder (runs/NAME) or an ablation folder with a selection")
         raise UserError(f"run folder {run} has no '{checkpoint}' checkpoint ({weights.name}); was it trained?")
     return weights, meta
 
@@ -302,6 +305,7 @@ def load_run(run: Path, checkpoint: str = "best", data: Path | None = None, devi
     own) is settled, with the CPU kernels it needs, before the model is built.
     """
     dev = select_device(device)
+    checkpoint_paths(run, checkpoint)  # a folder that is no run is named before a lock file is left in it
     locks = [RunFolder(run).lock(shared=True).acquire()]
     try:
         precision = settle_precision(run, checkpoint, dev, eval_layers, command)
