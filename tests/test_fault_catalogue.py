@@ -402,6 +402,9 @@ CASES = [
     # -- hostile or huge files ----------------------------------------------------------------------
     Case("png-bomb-header", explain_image, "over the 64 Mpx limit", bad_image("bomb.png", lambda p: png_claiming(p, 30000, 30000))),
     Case("png-12000", explain_image, "over the 64 Mpx limit", bad_image("big.png", lambda p: png_claiming(p, 12000, 12000))),
+    # a strip of a few bytes is padded to a square before it is resized: 1 x 40000 would take 6 GB
+    Case("png-long-strip", explain_image, "padded to a square it holds 1600 Mpx",
+         bad_image("strip.png", lambda p: Image.fromarray(np.full((1, 40000), 128, np.uint8)).save(p))),
     Case("png-over-user-limit", lambda e: [*explain_image(e), "--set", "data.max_pixels=100"], "over the 0.0001 Mpx limit",
          bad_image("small.png", lambda p: write_png(p, (20, 20)))),
     Case("prepare-strict-bomb", det("--strict"), "over the 64 Mpx limit",
@@ -457,7 +460,7 @@ CASES = [
     Case("config-bad-choice", cmd("config", "show", "--set", "loss.ha_type=cosine"), "must be one of"),
     # -- smaller ------------------------------------------------------------------------------------------
     Case("evaluate-no-latest", cmd("evaluate", "--runs-dir", "{e.tmp}/empty"), "no run given"),
-    Case("evaluate-no-checkpoint", cmd("evaluate", "{e.precious}"), "has no 'best' checkpoint"),
+    Case("evaluate-no-checkpoint", cmd("evaluate", "{e.precious}"), "is not a hegl run folder"),
     Case("evaluate-bad-checkpoint-name", cmd("evaluate", "{e.run}", "--checkpoint", "middle"), "unknown checkpoint 'middle'"),
     Case("evaluate-unknown-split", cmd("evaluate", "{e.run}", "--split", "nosuch"), "split 'nosuch'"),
     Case("evaluate-threshold-metric", cmd("evaluate", "{e.run}", "--threshold-metric", "auc"), "--threshold-metric"),

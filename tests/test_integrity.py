@@ -72,6 +72,67 @@ def test_checkpoint_metadata_of_the_wrong_type_is_one_line(trained_run):
     one_line(runner.invoke(app, ["evaluate", str(trained_run)]), "best.json", "'val_auc' is 'high', not a number")
 
 
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("intensity_rule", "abc", "'intensity_rule' is 'abc', not a rule number"),
+    ("intensity_rule", [3], "'intensity_rule' is [3]"),
+    ("intensity_containers", 5, "'intensity_containers' is not a list"),
+    ("image_size", "abc", "'image_size' is 'abc'"),
+    ("image_size", 10**6, "'image_size' is 1000000"),
+    ("data", 5, "'data' is not the path"),
+    ("thresholds", "nan", "'thresholds' holds a value that is not a finite number"),
+])
+def test_every_field_a_reader_uses_is_checked_before_use(trained_run, tmp_path, key, value, said):
+    """Fields evaluate, explain, predict, export and the card read from best.json: each wrong type was
+    an "unexpected error" (exit 1) naming neither the file nor the key."""
+    from PIL import Image
+
+    meta = json.loads((trained_run / "best.json").read_text())
+    meta[key] = [float("nan")] * len(meta["classes"]) if value == "nan" else value
+    (trained_run / "best.json").write_text(json.dumps(meta))
+    Image.new("L", (32, 32), 90).save(tmp_path / "x.png")
+    for argv in (["evaluate", str(trained_run)], ["predict", str(tmp_path / "x.png"), "--run", str(trained_run),
+                                                  "--out", str(tmp_path / "p.csv")],
+                 ["report", str(trained_run), "--card"]):
+        one_line(runner.invoke(app, argv), "best.json", said)
+
+
+def test_a_site_calibration_that_cannot_be_applied_is_one_line(trained_run, tmp_path):
+    """NaN knots gave NaN probabilities and an export whose parity printed 'nan' and passed; a file
+    without its 'model' record skipped the check that it was fitted for these weights."""
+    from PIL import Image
+
+    from hegl_cli.apps.recalibrate import read_calibration
+    from hegl_cli.engine.run_folder import RunFolder
+    from hegl_cli.errors import UserError
+    from hegl_cli.evaluation.calibration import fit_calibration
+    from hegl_cli.fs.outputs import sha256_of
+
+    meta = json.loads((trained_run / "best.json").read_text())
+    classes, sha = meta["classes"], sha256_of(RunFolder(trained_run).weights("best"))
+    rng = __import__("numpy").random.default_rng(0)
+    logits, labels = rng.normal(size=(40, len(classes))), (rng.random((40, len(classes))) < 0.4).astype(float)
+    good = fit_calibration(logits, labels, classes, "isotonic", "mcc", [0.5] * len(classes),
+                           {"model": {"run": str(trained_run), "checkpoint": "best", "weights_sha256": sha}}).to_dict()
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(good))
+    read_calibration(path, classes, [0.5] * len(classes), sha)  # the untouched file is read
+    nan_knots = json.loads(json.dumps(good))
+    nan_knots["per_class"][classes[0]]["knots_y"][0] = float("nan")
+    no_model = {k: v for k, v in good.items() if k != "model"}
+    flat = json.loads(json.dumps(good))
+    flat["per_class"][classes[0]]["knots_x"] = 0.5
+    for bad, said in ((nan_knots, f"class {classes[0]}"), (no_model, "no record of the model"), (flat, f"class {classes[0]}")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=f"damaged site calibration \\({said}"):
+            read_calibration(path, classes, [0.5] * len(classes), sha)
+    Image.new("L", (32, 32), 90).save(tmp_path / "x.png")
+    path.write_text(json.dumps(nan_knots))
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--run", str(trained_run), "--calibration",
+                                 str(path), "--out", str(tmp_path / "p.csv")])
+    one_line(result, "cal.json", "damaged site calibration")
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_a_latest_pointer_that_is_not_one_is_one_line(trained_run):
     latest = trained_run.parent / "latest"
     latest.unlink()

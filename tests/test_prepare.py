@@ -232,7 +232,7 @@ def test_a_cache_from_an_older_rule_is_rebuilt_only_when_that_rule_read_its_imag
         train += ["--set", item]
     trained = runner.invoke(app, train)  # trains (the user may no longer have the source), and says so
     assert trained.exit_code == 0, trained.output
-    assert "was prepared under an older intensity rule (DICOM images read under intensity rule 2" in trained.output
+    assert "was prepared under another intensity rule (DICOM images read under intensity rule 2" in trained.output
     rebuilt = runner.invoke(app, [*args[1:], "--out", str(tmp_path / "dicom")])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "DICOM images read under intensity rule 2 and under rule 3 differ" in rebuilt.output
@@ -265,3 +265,31 @@ def test_a_damaged_intensity_record_is_named_or_read_as_the_oldest_rule(tmp_path
     for result in (runner.invoke(app, args[1:]), runner.invoke(app, train)):
         assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
         assert f"{path}: 'intensity' is not a mapping" in result.output, result.output
+
+
+def test_force_keeps_a_users_files_in_a_cache_from_before_the_inventory(tmp_path, monkeypatch):
+    """A cache without inventory.txt (before it existed, or a folder with a copied manifest) had nothing
+    to compare against, and `prepare --force` removed the user's files in it; now prepare's layout decides."""
+    monkeypatch.chdir(tmp_path)
+    args = ["-q", "prepare", "--image-size", "32", "--workers", "1", "--set", "data.synthetic_train=16",
+            "--set", "data.synthetic_test=4", "--set", "data.synthetic_source_size=64"]
+    assert runner.invoke(app, args).exit_code == 0
+    cache = tmp_path / "data" / "synthetic"
+    (cache / "inventory.txt").unlink()
+    for mine in (cache / "NOTES.txt", cache / "train" / "mine.csv", cache / "sub" / "data.csv"):
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text("mine")
+        again = runner.invoke(app, [*args, "--force", "--set", "data.seed=3"])
+        assert again.exit_code == 2 and f"{mine.name}" in again.output and "hegl did not write" in again.output, again.output
+        assert mine.read_text() == "mine"
+        mine.unlink()
+    (cache / "sub").rmdir()
+    assert runner.invoke(app, [*args, "--force", "--set", "data.seed=3"]).exit_code == 0  # prepare's own files only
+
+    fake = tmp_path / "mine"
+    (fake / "sub").mkdir(parents=True)
+    (fake / "manifest.json").write_text('{"hegl_version": "0.1.0", "splits": {}}')
+    (fake / "thesis.txt").write_text("work")
+    (fake / "sub" / "data.csv").write_text("1,2")
+    refused = runner.invoke(app, [*args, "--out", str(fake), "--force"])
+    assert refused.exit_code == 2 and (fake / "thesis.txt").read_text() == "work" and (fake / "sub" / "data.csv").is_file()

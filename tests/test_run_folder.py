@@ -3,6 +3,7 @@ nowhere else in the package."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_every_file_of_a_used_run_is_one_the_run_folder_names(trained_run, tmp_p
     Image.new("L", (40, 40), 90).save(png)
     assert runner.invoke(app, ["explain", str(png), "--run", str(trained_run)]).exit_code == 0
     named = {folder.marker, folder.lock_file, folder.train_lock_file, folder.config, folder.state, folder.metrics, folder.history,
-             folder.curves, folder.report, folder.eval_report("test"), folder.eval_table("test"),
+             folder.curves, folder.report, folder.outputs_record, folder.eval_report("test"), folder.eval_table("test"),
              folder.eval_reliability("test"),
              *robustness_files(folder.path), *(p for w in ("best", "last") for p in (folder.weights(w), folder.meta(w)))}
     under = (folder.explain_dir, folder.tensorboard)
@@ -97,3 +98,51 @@ def test_a_reader_named_a_folder_that_is_no_run_writes_nothing_there(tiny_cache,
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "is not a hegl run folder" in result.output, (args, result.output)
     assert {p: sorted(q.name for q in p.iterdir()) for p in (cache, mine, tmp_path)} == before
+
+
+def test_train_force_keeps_a_users_file_inside_the_folders_hegl_fills(trained_run, tiny_cache, tmp_path):
+    """`train --force` removed a run's eval/, tensorboard/, explain/ and export/ whole, with the user's
+    files in them; now it refuses while one is there, and replaces what hegl wrote (recorded) freely."""
+    from conftest import TINY_OVERRIDES
+
+    Image.new("L", (32, 32), 90).save(tmp_path / "x.png")
+    assert runner.invoke(app, ["evaluate", str(trained_run)]).exit_code == 0
+    assert runner.invoke(app, ["explain", str(tmp_path / "x.png"), "--run", str(trained_run)]).exit_code == 0
+    args = ["train", "--name", trained_run.name, "--runs-dir", str(trained_run.parent), "--force"]
+    for item in [*TINY_OVERRIDES, f"data.path={tiny_cache}"]:
+        args += ["--set", item]
+    for mine in (trained_run / "eval" / "my_notes.txt", trained_run / "tensorboard" / "my_plot.py",
+                 trained_run / "explain" / "x" / "notes.md", trained_run / "eval" / "external" / "siteb" / "a.txt"):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_text("mine")
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and mine.name in result.output and "hegl did not make" in result.output, result.output
+        assert mine.read_text() == "mine" and (trained_run / "best.safetensors").is_file()
+        mine.unlink()
+    result = runner.invoke(app, args)  # only hegl's files left: they are replaced
+    assert result.exit_code == 0, result.output
+    assert not (trained_run / "eval").exists() and not (trained_run / "explain").exists()
+
+
+def test_a_runs_latest_link_hegl_did_not_make_is_refused_and_kept(tmp_path):
+    """`train` replaced a user's `runs/latest -> ../precious` link; hegl's own link is a run's bare name."""
+    from hegl_cli.engine.run_folder import check_runs_dir, mark_latest
+    from hegl_cli.errors import UserError
+
+    runs = tmp_path / "runs"
+    (runs / "r1").mkdir(parents=True)
+    (runs / "r1" / "hegl-run.json").write_text("{}")
+    (tmp_path / "precious").mkdir()
+    (runs / "notes").mkdir()
+    mark_latest(runs / "r1")
+    check_runs_dir(runs)  # hegl's link
+    for target in ("../precious", str(tmp_path / "precious"), "notes"):
+        (runs / "latest").unlink()
+        (runs / "latest").symlink_to(target)
+        try:
+            check_runs_dir(runs)
+        except UserError as exc:
+            assert "hegl did not make it" in str(exc)
+        else:
+            raise AssertionError(f"latest -> {target} was taken for hegl's")
+        assert os.readlink(runs / "latest") == target

@@ -638,3 +638,20 @@ def test_a_new_loss_term_reaches_the_metrics_the_console_and_the_curves(tiny_cac
     assert record["weight_sparsity"] == 0.5 and record["train_sparsity"] > 0
     assert any("sparsity=" in line and line.startswith("epoch") for line in lines)
     assert "sparsity" in labels and labels.index("loss") < labels.index("sparsity")
+
+
+def test_a_val_split_no_epoch_can_be_scored_on_is_refused_before_training(tmp_path, monkeypatch):
+    """A cache whose val split has no class with both a positive and a negative image: training "succeeded"
+    with best val AUC -inf and no checkpoint; now it is refused in one line naming the cache."""
+    monkeypatch.chdir(tmp_path)
+    prepared = runner.invoke(app, ["-q", "prepare", "--image-size", "32", "--workers", "1", "--set", "data.synthetic_train=8",
+                                   "--set", "data.synthetic_test=4", "--set", "data.synthetic_source_size=64"])
+    assert prepared.exit_code == 0, prepared.output
+    from hegl_cli.data.cache import CachedSplit
+
+    val = CachedSplit(tmp_path / "data" / "synthetic", "val").labels
+    assert not any((c == 1).any() and (c == 0).any() for c in np.asarray(val).T)  # the case this test is about
+    result = runner.invoke(app, ["train", "--name", "a", "--runs-dir", str(tmp_path / "runs"),
+                                 *tiny_args(tmp_path / "data" / "synthetic")])
+    assert result.exit_code == 2 and "val split" in result.output and "no class with both" in result.output, result.output
+    assert not (tmp_path / "runs" / "a").exists()

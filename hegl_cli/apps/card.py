@@ -296,7 +296,7 @@ def limits_section(report: dict[str, Any] | None, meta: dict[str, Any], folder: 
             lines.append(f"On {r.get('data')}: {', '.join(not_scored)} not scored (the site has no such class).")
     shift = trained_reading_shift(int(meta.get("intensity_rule", 1)), meta.get("intensity_containers"))
     if shift:
-        lines.append(f"Trained on images read under an older rule than this hegl's ({shift}): predictions on them "
+        lines.append(f"Trained on images read under another intensity rule than this hegl's ({shift}): predictions on them "
                      "may shift.")
     return "".join(f"- {line}\n" for line in lines)
 

@@ -139,7 +139,7 @@ def onnx_warning(model: OnnxModel, containers: Iterable[str] = CONTAINERS) -> st
     the ones it is shown now)."""
     shift = trained_reading_shift(int(model.description.get("trained_intensity_rule", INTENSITY_RULE)),
                                   model.description.get("trained_intensity_containers"), containers)
-    return None if shift is None else f"{model.path} was trained on images read under an older rule: {shift}, so its predictions on them may shift"
+    return None if shift is None else f"{model.path} was trained on images read under another intensity rule: {shift}, so its predictions on them may shift"
 
 
 def is_predictions_csv(path: Path) -> bool:

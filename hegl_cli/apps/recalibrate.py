@@ -154,7 +154,10 @@ def read_calibration(path: Path, classes: list[str], thresholds: np.ndarray, wei
     (a class it does not cover keeps its plain probability and its threshold from ``thresholds``)."""
     calibration = Calibration.from_dict(read_json(path, "site calibration"), str(path))
     fitted_for = (calibration.facts.get("model") or {}).get("weights_sha256")
-    if weights_sha256 and fitted_for and fitted_for != weights_sha256:
+    if weights_sha256 and not isinstance(fitted_for, str):
+        raise UserError(f"{path} does not record the weights it was fitted for (its 'model' has no weights_sha256); "
+                        "run `hegl evaluate --recalibrate` again")
+    if weights_sha256 and fitted_for != weights_sha256:
         model = calibration.facts.get("model") or {}
         raise UserError(f"{path} was fitted for another model ({model.get('run')}, {model.get('checkpoint')} "
                         "checkpoint): its weights differ from this one's")

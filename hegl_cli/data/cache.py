@@ -76,16 +76,35 @@ def verify_split(cache: Path, split: str) -> None:
                             "altered or a flipped bit); re-run `hegl prepare --force`")
 
 
+SPLIT_FILES = {"images.npy", "labels.npy", "has_mask.npy", "mask_index.npy", "masks.npy", "files.json",
+               "metadata.json", "cue.npy"}
+
+
 def foreign_files(cache: Path) -> list[Path]:
     """Files in ``cache`` that prepare did not write (a user's notes, a renamed copy): what ``--force``
-    must keep. A cache from before the inventory has none to compare against: nothing is foreign."""
+    must keep. By the cache's inventory; a cache from before it, by the layout prepare writes (the
+    manifest, the split folders its manifest names with their arrays, a generated ``source/``)."""
     cache = Path(cache)
     listed = cache / INVENTORY
-    if not listed.is_file():
-        return []
-    ours = set(listed.read_text().splitlines()) | {INVENTORY, CHECKSUMS}
-    return sorted(p for p in cache.rglob("*") if (p.is_file() or p.is_symlink())
-                  and p.relative_to(cache).as_posix() not in ours)
+    files = [p for p in cache.rglob("*") if p.is_file() or p.is_symlink() or not p.is_dir()]
+    if listed.is_file() and not listed.is_symlink():
+        ours = set(listed.read_text(errors="replace").splitlines()) | {INVENTORY, CHECKSUMS}
+        return sorted(p for p in files if p.relative_to(cache).as_posix() not in ours)
+    return sorted(p for p in files if p.is_symlink() or not _in_legacy_layout(cache, p.relative_to(cache).parts))
+
+
+def _in_legacy_layout(cache: Path, parts: tuple[str, ...]) -> bool:
+    """A file a prepare from before the inventory wrote at ``parts`` (relative to ``cache``)."""
+    try:
+        manifest = json.loads((cache / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if len(parts) == 1:
+        return parts[0] in (MANIFEST, SKIPPED, CHECKSUMS)
+    if parts[0] == "source":
+        return manifest.get("source") == "builtin:synthetic"  # the generated images and annotations
+    return isinstance(splits, dict) and len(parts) == 2 and parts[0] in splits and parts[1] in SPLIT_FILES
 
 
 def lock_path(cache: Path) -> Path:

@@ -177,7 +177,7 @@ def _load_dicom(path: Path, max_pixels: int, frames: str) -> np.ndarray:
     rows, cols, count = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), _frame_count(ds)
     if not rows or not cols:
         raise UserError(f"cannot read DICOM {path}: its pixel data has no Rows and Columns to shape it (not an image)")
-    check_pixels(path, cols, rows * count, max_pixels)
+    check_pixels(path, cols, rows, max_pixels, count)
     if count > 1 and frames == "refuse":
         raise UserError(f"cannot read DICOM {path}: it holds {count} frames and data.frames=refuse "
                         "(first, middle or mean read it)")

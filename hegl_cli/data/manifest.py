@@ -124,7 +124,7 @@ def outdated_reading(manifest: dict[str, Any], cache: Path) -> str | None:
 def outdated_cache_note(manifest: dict[str, Any], cache: Path) -> str | None:
     """A line when this hegl reads a cache's images otherwise than its prepare did (None: alike)."""
     shift = outdated_reading(manifest, cache)
-    return None if shift is None else (f"{cache} was prepared under an older intensity rule ({shift}); "
+    return None if shift is None else (f"{cache} was prepared under another intensity rule ({shift}); "
                                        "`hegl prepare` with the same inputs rebuilds it")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import platform
 import subprocess
 import time
@@ -139,6 +140,34 @@ def meta_problem(data: dict[str, Any]) -> str | None:
     precision = data.get("precision")
     if precision is not None and (not isinstance(precision, dict) or precision.get("in_force") not in ("fp32", "bf16")):
         return "'precision' does not say fp32 or bf16 in force"
+    return reading_problem(data) or source_problem(data)
+
+
+def _is_whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def reading_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with how the metadata says the run's images were read and sized (None: nothing)."""
+    if "intensity_rule" in data and not _is_whole(data["intensity_rule"], 1, 10**6):
+        return f"'intensity_rule' is {data['intensity_rule']!r}, not a rule number"
+    containers = data.get("intensity_containers")
+    if containers is not None and (not isinstance(containers, list) or not all(isinstance(c, str) for c in containers)):
+        return "'intensity_containers' is not a list of container names"
+    if data.get("image_size") is not None and not _is_whole(data["image_size"], 8, 8192):
+        return f"'image_size' is {data['image_size']!r}, not an image side in pixels (8-8192)"
+    return None
+
+
+def source_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the metadata's record of the run's data and thresholds (None: nothing)."""
+    if data.get("data") is not None and not isinstance(data["data"], str):
+        return "'data' is not the path of the cache the run trained on"
+    sources = data.get("data_sources")
+    if sources is not None and (not isinstance(sources, list) or not all(isinstance(s, str) for s in sources)):
+        return "'data_sources' is not a list of cache paths"
+    if any(not math.isfinite(t) for t in data.get("thresholds") or []):
+        return "'thresholds' holds a value that is not a finite number"
     return None
 
 
@@ -290,7 +319,7 @@ class LoadedRun:
         notes = [self.training_note()]
         shift = self.reading_shift(containers)
         if shift:
-            notes.append(f"{self.folder} was trained on images read under an older rule: {shift}, so its "
+            notes.append(f"{self.folder} was trained on images read under another intensity rule: {shift}, so its "
                          "predictions on them may shift; prepare its data again and retrain to compare like with like")
         return "; ".join(n for n in notes if n) or None
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from hegl_cli import __version__
 from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import append_line
 from hegl_cli.fs.locks import FolderLock, is_locked
-from hegl_cli.fs.outputs import safe_name
+from hegl_cli.fs.outputs import RECORD, recorded_outputs, safe_name
 from hegl_cli.fs.tables import read_json
 
 RUNS_DIR = Path("runs")
@@ -224,6 +225,11 @@ class RunFolder(HeglFolder):
         return self.path / "report.html"
 
     @property
+    def outputs_record(self) -> Path:
+        """What the commands wrote into the run (paths and SHA-256, :mod:`hegl_cli.fs.outputs`)."""
+        return self.path / RECORD
+
+    @property
     def cell(self) -> Path:
         """An ablation run's numbers, written when the (cell, seed) is done."""
         return self.path / "cell.json"
@@ -232,20 +238,45 @@ class RunFolder(HeglFolder):
     def top_level_names(self) -> set[str]:
         """Every name hegl puts directly in a run folder (files, and the folders it fills)."""
         files = [self.marker, self.lock_file, self.train_lock_file, self.config, self.state, self.metrics, self.history,
-                 self.curves, self.tensorboard, self.explain_dir, self.report, self.cell, self.export_dir, self.model_card,
+                 self.curves, self.tensorboard, self.explain_dir, self.report, self.outputs_record, self.cell, self.export_dir, self.model_card,
                  self.eval_report("test").parent,
                  *robustness_files(self.path), *(p for w in ("best", "last") for p in (self.weights(w), self.meta(w)))]
         return {p.name for p in files}
 
     def foreign_entries(self) -> list[Path]:
-        """What lies in the run folder that hegl does not make there (a user's notes, a plot script):
-        ``--force`` keeps them, so it refuses while they are there. An unfinished atomic write
-        (``.<name>.*.tmp``) is hegl's."""
+        """What lies in the run folder that hegl does not make there (a user's notes, a plot script),
+        at the top or inside the folders hegl fills: ``--force`` keeps them, so it refuses while they
+        are there. An unfinished atomic write (``.<name>.*.tmp``) is hegl's."""
         if not self._is_folder():
             return []
         known = self.top_level_names()
-        return sorted(p for p in self.path.iterdir() if p.name not in known
-                      and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+        top = [p for p in self.path.iterdir() if p.name not in known and not _is_partial_write(p)]
+        return sorted(top + self._foreign_inside())
+
+    def _foreign_inside(self) -> list[Path]:
+        """Files in ``eval/``, ``export/``, ``explain/`` and ``tensorboard/`` that hegl did not write:
+        the first three by the outputs record hegl keeps (:mod:`hegl_cli.fs.outputs`; a run from before
+        it by hegl's names), the last by TensorBoard's event-file names. A link or a special file
+        inside is never hegl's."""
+        run_record, explain_record = recorded_outputs(self.path), recorded_outputs(self.explain_dir)
+        checks: list[tuple[Path, Path, set[str] | None, Callable[[str], bool]]] = [
+            (self.path / "eval", self.path, run_record, _is_eval_name),
+            (self.export_dir, self.path, run_record, lambda rel: rel.startswith("export/model.")),
+            (self.explain_dir, self.explain_dir, explain_record, lambda rel: rel.endswith((".png", ".json"))),
+            (self.tensorboard, self.path, set(), lambda rel: Path(rel).name.startswith("events.out.tfevents.")),
+        ]
+        foreign = []
+        for folder, base, record, legacy in checks:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_dir() and not path.is_symlink():
+                    continue
+                rel = path.relative_to(base).as_posix()
+                ours = rel in record if record else legacy(rel)
+                if path.is_symlink() or not path.is_file() or not (ours or _is_partial_write(path) or path.name == RECORD):
+                    foreign.append(path)
+        return foreign
 
     def is_hegl_run(self) -> bool:
         """A folder hegl made for a run (0.1.0 runs, made before the marker, have a config and a state)."""
@@ -291,6 +322,22 @@ def external_name(cache: Path) -> str:
     """A folder name for evaluations on another cache: its name and a short hash of where it is."""
     where = str(Path(cache).resolve())
     return f"{safe_name(Path(cache).resolve().name, fallback='cache')}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+
+def _is_partial_write(path: Path) -> bool:
+    """An unfinished atomic write of hegl's (``.<name>.*.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+EVAL_SUFFIXES = (".json", ".csv", "-reliability.png", "-methods.csv", "-methods.png")
+
+
+def _is_eval_name(rel: str) -> bool:
+    """A name hegl writes under ``eval/`` (``RunFolder.eval_files`` and the site recalibration's)."""
+    parts = rel.split("/")
+    if len(parts) == 2:
+        return parts[1].endswith(EVAL_SUFFIXES)
+    return len(parts) == 4 and parts[1] == "external" and parts[3].endswith(EVAL_SUFFIXES)
 
 
 def robustness_files(folder: Path) -> tuple[Path, Path]:
@@ -435,9 +482,16 @@ def check_runs_dir(runs_dir: Path) -> None:
     if runs_dir.exists() and not runs_dir.is_dir():
         raise UserError(f"--runs-dir {runs_dir} is not a folder")
     latest = runs_dir / LATEST
-    if latest.is_symlink() or not latest.exists():
+    if latest.is_symlink():
+        try:
+            target = runs_dir / validate_run_name(os.readlink(latest))  # hegl's link: a run's bare name
+            if not target.exists() or RunFolder(target).is_hegl_run():
+                return
+        except (UserError, OSError):
+            pass
+    elif not latest.exists():
         return
-    if latest.is_file() and latest.stat().st_size < 300:
+    elif latest.is_file() and latest.stat().st_size < 300:
         try:
             validate_run_name(latest.read_text().strip())
             return

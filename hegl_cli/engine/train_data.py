@@ -35,8 +35,21 @@ def load_train_val(cfg: Config) -> tuple[CachedSplit | CombinedSplit, CachedSpli
                             "data.val_fraction")
     check_no_leak_across(paths)
     train_split, val_split = open_sources(paths, "train"), open_sources(paths, "val")
+    check_val_scorable(val_split, paths)
     adopt_cache_facts(cfg, train_split)
     return train_split, val_split
+
+
+def check_val_scorable(val_split, paths: list) -> None:
+    """Refuse a val split on which no epoch could be scored: no class has both a positive and a
+    negative image there, so its macro AUC is undefined and no checkpoint would ever be kept."""
+    labels = np.asarray(val_split.labels, dtype=np.float64)  # (N, C), NaN where unknown
+    scorable = [(np.nansum(column == 1) > 0) and (np.nansum(column == 0) > 0) for column in labels.T]
+    if not any(scorable):
+        where = ", ".join(str(p) for p in paths)
+        raise UserError(f"{where}: the val split ({len(labels)} image(s)) has no class with both a positive and a "
+                        "negative image, so no epoch can be scored and no checkpoint kept; prepare it again with a "
+                        "larger data.val_fraction (or more images)")
 
 
 

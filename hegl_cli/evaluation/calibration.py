@@ -235,13 +235,24 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: damaged site calibration (key {exc}); run `hegl evaluate --recalibrate` "
                             "again") from exc
-        bad = [name for name, t, (x, y) in zip(classes, calibration.temperature, knots)
-               if not (np.isfinite(t) and t > 0) or len(x) == 0 or len(x) != len(y) or np.any(np.diff(x) < 0)]
-        if calibration.method not in CALIBRATION_METHODS or bad:
-            raise UserError(f"{source}: damaged site calibration ({'class ' + bad[0] if bad else 'method'}); run "
-                            "`hegl evaluate --recalibrate` again")
+        bad = [name for name, t, threshold, (x, y) in zip(classes, calibration.temperature, calibration.thresholds, knots)
+               if not _valid_class_calibration(t, threshold, x, y)]
+        model = data.get("model")
+        if calibration.method not in CALIBRATION_METHODS or bad or not isinstance(model, dict):
+            what = "class " + bad[0] if bad else ("method" if calibration.method not in CALIBRATION_METHODS else
+                                                   "no record of the model it was fitted for")
+            raise UserError(f"{source}: damaged site calibration ({what}); run `hegl evaluate --recalibrate` again")
         calibration.facts["file"] = source
         return calibration
+
+
+def _valid_class_calibration(temperature: float, threshold: float, knots_x: np.ndarray, knots_y: np.ndarray) -> bool:
+    """One class's calibration as :meth:`Calibration.to_dict` writes it: a finite positive temperature, a
+    finite threshold, and 1-D finite knots of equal length, ``knots_x`` non-decreasing."""
+    finite = np.isfinite(temperature) and temperature > 0 and np.isfinite(threshold)
+    shaped = knots_x.ndim == 1 and knots_y.ndim == 1 and 0 < len(knots_x) == len(knots_y)
+    return bool(finite and shaped and np.isfinite(knots_x).all() and np.isfinite(knots_y).all()
+                and not np.any(np.diff(knots_x) < 0))
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, classes: list[str], method: str, metric: str,

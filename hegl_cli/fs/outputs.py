@@ -160,9 +160,24 @@ class OutputFolder:
         return self.write_text(relative, json_text(data))
 
     def _remember(self, relative: str | Path, target: Path) -> None:
-        if self.owned:
-            return
-        self._recorded()  # refuses a record that is not hegl's before appending to it
+        """Record the file, in a folder hegl owns too (a run's ``train --force`` keeps what is not recorded)."""
+        if not self.owned:
+            self._recorded()  # refuses a record that is not hegl's before appending to it
         rel = "/".join(PurePosixPath(str(relative).replace("\\", "/")).parts)
         line = json.dumps({"path": rel, "sha256": sha256_of(target), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         append_line(self.root / RECORD, line)  # one short append: whole lines, whoever else appends
+
+
+def recorded_outputs(root: Path) -> set[str] | None:
+    """The paths (relative, POSIX) ``root``'s record says hegl wrote there; None when there is no
+    record, or one that is not hegl's (a reader that must not guess treats both as "nothing known")."""
+    path = Path(root) / RECORD
+    if path.is_symlink() or not path.is_file():
+        return None
+    names: set[str] = set()
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            names.add(str(json.loads(line)["path"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line; the whole ones still count
+    return names
