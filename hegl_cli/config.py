@@ -62,7 +62,7 @@ class DataConfig:
     source_weights: list[float] = opt(ge=0.0, factory=list)
     image_size: int = opt(128, ge=8, le=MAX_IMAGE_SIZE)
     val_fraction: float = opt(0.15, ge=0.0, lt=1.0)
-    seed: int = opt(0, ge=0)
+    seed: int = opt(0, ge=0, lt=2**32)  # numpy's and torch's seeds: a 64-bit one overflowed in train
     mask_source: Literal["polygon", "box"] = "polygon"  # polygons fall back to boxes when absent
     classes: list[str] = field(default_factory=list)  # a subset of the dataset's classes ([] = all)
     # After the names are made canonical (README, "One pathology namespace"): rename or merge classes,
@@ -176,7 +176,7 @@ class TrainConfig:
     warmup_epochs: int = opt(2, ge=0)
     grad_clip: float = opt(1.0, ge=0.0)  # 0 = no clipping
     patience: int = opt(8, ge=0)  # 0 = no early stopping
-    seed: int = opt(0, ge=0)
+    seed: int = opt(0, ge=0, lt=2**32)  # numpy's and torch's seeds: a 64-bit one overflowed in train
     device: Device = "auto"
     workers: int = opt(0, ge=0)
     deterministic: bool = False

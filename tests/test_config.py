@@ -76,6 +76,12 @@ def test_config_file_errors(tmp_path):
     bad.write_text("train: [1, 2\n")
     result = show("--config", str(bad))
     assert result.exit_code == 2 and "not valid YAML" in result.output
+    control = tmp_path / "control.yaml"
+    control.write_text("train:\n  epochs: 2\x07\n")  # YAML's reader refuses it before parsing: it was exit 1
+    result = show("--config", str(control))
+    assert result.exit_code == 2 and f"{control}: not valid YAML" in result.output, result.output
+    result = show("--set", "train.epochs=\x01")
+    assert result.exit_code == 2 and "train.epochs" in result.output, result.output
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("train:\n  epoch: 3\n")
     result = show("--config", str(unknown))
@@ -160,3 +166,11 @@ def test_encoder_options_follow_their_encoder(tmp_path):
     assert both.model.encoder_kwargs == {"drop_rate": 0.1}
     same = load_config(None, ["model.encoder=vit_tiny_patch16_224"])
     assert same.model.encoder_kwargs == {"depth": 6}
+
+
+def test_a_seed_beyond_what_numpy_and_torch_take_is_refused_when_set():
+    """`--set train.seed=99999999999999999999999` overflowed inside training (exit 1)."""
+    for key in ("train.seed", "data.seed"):
+        result = show("--set", f"{key}=99999999999999999999999")
+        assert result.exit_code == 2 and f"config key '{key}' must be <" in result.output, result.output
+    assert show("--set", f"train.seed={2**32 - 1}").exit_code == 0

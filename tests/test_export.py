@@ -188,6 +188,34 @@ def test_a_model_file_that_is_not_a_hegl_onnx_model_is_one_line(trained_run, tmp
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_an_export_whose_metadata_does_not_fit_its_graph_is_one_line(trained_run, tmp_path):
+    """Tampered metadata gave CSVs with 3 class columns over 4 probabilities (exit 0), truncated
+    positive columns, or an "unexpected error" (exit 1)."""
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(trained_run), "--out", str(out)]).exit_code == 0
+    picture = tmp_path / "x.png"
+    Image.new("L", (40, 40), 90).save(picture)
+    original = onnx.load(str(out))
+    hegl = json.loads(next(p.value for p in original.metadata_props if p.key == "hegl"))
+    for change, said in ((lambda d: d.update(classes=d["classes"][:3]), "3 class names for a graph of 4 logits"),
+                         (lambda d: d.update(thresholds=[0.5]), "'thresholds' is not one finite number per class"),
+                         (lambda d: d.update(classes="abcd"), "'classes' is not a list"),
+                         (lambda d: d["preprocessing"].update(image_size="abc"), "'preprocessing.image_size' is 'abc'"),
+                         (lambda d: d.update(trained_intensity_rule="x"), "'trained_intensity_rule' is 'x'"),
+                         (lambda d: d.update(trained_intensity_containers=5), "'trained_intensity_containers'")):
+        damaged = json.loads(json.dumps(hegl))
+        change(damaged)
+        model = onnx.load(str(out))
+        next(p for p in model.metadata_props if p.key == "hegl").value = json.dumps(damaged)
+        onnx.save(model, str(tmp_path / "bad.onnx"))
+        result = runner.invoke(app, ["predict", str(picture), "--model", str(tmp_path / "bad.onnx"),
+                                     "--out", str(tmp_path / "p.csv")])
+        assert result.exit_code == 2 and said in result.output and "metadata is damaged" in result.output, result.output
+        assert not (tmp_path / "p.csv").exists()
+
+
 def _card_number(text: str, pattern: str) -> list[float]:
     match = re.search(pattern, text)
     assert match, pattern

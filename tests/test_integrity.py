@@ -133,6 +133,28 @@ def test_a_site_calibration_that_cannot_be_applied_is_one_line(trained_run, tmp_
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize(("key", "value", "said"), [
+    ("prepared_with", [1], "'prepared_with' is not a mapping"),
+    ("identity", [1], "'identity' is not a mapping"),
+    ("synthetic", [1], "'synthetic' is not the generator's record"),
+    ("intensity", {"rule": 3, "mode": 5, "frames": "first"}, "'intensity.mode' is 5"),
+    ("intensity", {"rule": 3, "mode": "stored_range", "frames": [1]}, "'intensity.frames' is [1]"),
+])
+def test_a_manifest_entry_of_the_wrong_type_is_one_line(tiny_cache, tmp_path, key, value, said):
+    """Each was an "unexpected error" (exit 1) in train, prepare or evaluate, or (the intensity mode)
+    trained on and then made every later use of the run fail on a config key."""
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest[key] = value
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    args = ["train", "--name", "t", "--runs-dir", str(tmp_path / "runs")]
+    for item in [*TINY_OVERRIDES, f"data.path={cache}"]:
+        args += ["--set", item]
+    one_line(runner.invoke(app, args), "manifest.json", said, "hegl prepare --force")
+    assert not (tmp_path / "runs" / "t").exists()
+
+
 def test_a_latest_pointer_that_is_not_one_is_one_line(trained_run):
     latest = trained_run.parent / "latest"
     latest.unlink()

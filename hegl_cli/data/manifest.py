@@ -8,12 +8,13 @@ so `hegl train` can take those facts into the run's config (:func:`adopt_cache_f
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from hegl_cli import __version__
-from hegl_cli.config import Config
+from hegl_cli.config import Config, DataConfig
 from hegl_cli.data.formats.registry import prepared_settings, settings_owners
 from hegl_cli.data.images import CONTAINERS, INTENSITY_RULE, container_by_name, reading_shift
 from hegl_cli.errors import UserError
@@ -39,9 +40,31 @@ def read_manifest(cache: Path) -> dict[str, Any]:
     manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise UserError(f"{path}: not a hegl manifest (no 'splits')")
-    if not isinstance(manifest.get("intensity", {}), dict):
-        raise UserError(f"{path}: 'intensity' is not a mapping (a damaged manifest); re-run `hegl prepare --force`")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem} (a damaged manifest); re-run `hegl prepare --force`")
     return manifest
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What in a manifest the readers would trip on (None: nothing): the entries they index by type,
+    and the intensity settings a run adopts (a wrong one made every later use of the run fail)."""
+    for key in ("intensity", "prepared_with", "identity"):
+        if not isinstance(manifest.get(key, {}), dict):
+            return f"'{key}' is not a mapping"
+    classes = manifest.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of class names"
+    synthetic = manifest.get("synthetic")
+    if synthetic is not None and (not isinstance(synthetic, dict)
+                                  or not isinstance(synthetic.get("counterfactual_of", {}), dict)):
+        return "'synthetic' is not the generator's record (a mapping with 'counterfactual_of' a mapping)"
+    hints = typing.get_type_hints(DataConfig)
+    for key, setting in (("mode", "intensity"), ("frames", "frames")):
+        value, allowed = (manifest.get("intensity") or {}).get(key), typing.get_args(hints[setting])
+        if value is not None and value not in allowed:
+            return f"'intensity.{key}' is {value!r} (valid: {', '.join(allowed)})"
+    return None
 
 
 def cache_manifest(*, fmt: str, classes: list[str], original_names: dict[str, list[str]], options: Any,

@@ -57,7 +57,10 @@ def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document safely; a UserError naming ``source`` for anything else."""
     if len(text) > MAX_BYTES:
         raise YamlTooLarge(f"{source}: {len(text) / 1e6:.1f} MB of YAML; a config is a few kilobytes, refusing it")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters already
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: not valid YAML ({first_line(exc, 10_000)})") from exc
     try:
         node = loader.get_single_node()
         if node is None:

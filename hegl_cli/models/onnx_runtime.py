@@ -8,6 +8,7 @@ the CPU. A file that is not an ONNX model, or an ONNX model hegl did not export,
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,35 @@ class OnnxModel:
         if missing or description.get("format") != FORMAT:
             raise UserError(f"{self.path}: its '{METADATA_KEY}' metadata is damaged (missing "
                             f"{', '.join(missing) or 'format'}); export the run again")
+        problem = self._description_problem(description)
+        if problem:
+            raise UserError(f"{self.path}: its '{METADATA_KEY}' metadata is damaged ({problem}); export the run again")
         return description
+
+    def _description_problem(self, description: dict[str, Any]) -> str | None:
+        """What in the metadata does not fit the graph or its own types (None: nothing): one class name
+        per logit, one finite threshold per class, a whole image size, an intensity rule number."""
+        classes, thresholds = description.get("classes"), description.get("thresholds")
+        logits = next((o.shape for o in self.session.get_outputs() if o.name == "logits"), None)
+        width = logits[-1] if logits and isinstance(logits[-1], int) else None
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            return "'classes' is not a list of class names"
+        if width is not None and width != len(classes):
+            return f"{len(classes)} class names for a graph of {width} logits"
+        if (not isinstance(thresholds, list) or len(thresholds) != len(classes)
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in thresholds)):
+            return "'thresholds' is not one finite number per class"
+        size = (description.get("preprocessing") or {}).get("image_size") if isinstance(
+            description.get("preprocessing"), dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 8192:
+            return f"'preprocessing.image_size' is {size!r}, not an image side in pixels (8-8192)"
+        rule = description.get("trained_intensity_rule", 1)
+        if not isinstance(rule, int) or isinstance(rule, bool) or rule < 1:
+            return f"'trained_intensity_rule' is {rule!r}, not a rule number"
+        containers = description.get("trained_intensity_containers")
+        if containers is not None and (not isinstance(containers, list) or not all(isinstance(c, str) for c in containers)):
+            return "'trained_intensity_containers' is not a list of container names"
+        return None
 
     @property
     def classes(self) -> list[str]:
