@@ -234,6 +234,15 @@ def test_a_table_that_cannot_be_read_is_one_line(tmp_path, change, message):
      ("--set", "table.coco={root}/coco.json"), "image id 3 is given to more than one image"),
     (lambda root: (root / "boxes.csv").write_text("image,class,x1,y1,x2,y2\nimages/p00.png,Nodule,100,100,200,200\n"), (),
      "a Nodule box lies entirely outside the image; it was left out"),
+    *[(lambda root, ann=ann: _coco_with(root, ann), ("--set", "table.coco={root}/coco.json"), message) for ann, message in (
+        ({"segmentation": [[1, 1, float("nan"), 4, 4, 4]]}, "annotation id 9: its segmentation polygon holds a coordinate"),
+        ({"segmentation": [[1, 1, 1e300, 4, 4, 4]]}, "annotation id 9: its segmentation polygon holds a coordinate"),
+        ({"segmentation": "x"}, "annotation id 9: its segmentation is 'x', neither polygons nor an RLE"),
+        ({"bbox": None}, "annotation id 9: it has no 'bbox'"),
+        ({"bbox": [1, 1, float("inf"), 4]}, "annotation id 9: its bbox holds a coordinate"),
+        ({"image_id": [1]}, "annotation id 9: image id [1] is not among its images"),
+        ({"category_id": [1]}, "annotation id 9: category [1] is no class of the table"),
+    )],
 ])
 def test_a_bad_row_or_annotation_is_named_and_skipped(tmp_path, edit, extra, message):
     args = _table_cmd(tmp_path, "--set", f"table.boxes={tmp_path / 'team' / 'boxes.csv'}")
@@ -242,6 +251,16 @@ def test_a_bad_row_or_annotation_is_named_and_skipped(tmp_path, edit, extra, mes
     result = runner.invoke(app, [*args, *(a.format(root=root) for a in extra)])
     assert result.exit_code == 0, result.output
     assert message in (tmp_path / "c" / "skipped.txt").read_text()
+
+
+def _coco_with(root: Path, change: dict) -> None:
+    """A COCO file of one good image and one annotation with ``change`` (None removes a key); the
+    annotations used to be a TypeError (exit 1), or accepted with NaN points, under --strict too."""
+    ann = {"id": 9, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "segmentation": [[1, 1, 4, 1, 4, 4]]}
+    ann = {k: v for k, v in {**ann, **change}.items() if v is not None}
+    (root / "coco.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "images/p00.png"}, {"id": [2]}],
+                                                "annotations": [ann], "categories": [{"id": 1, "name": "Nodule"},
+                                                                                      {"id": {"a": 1}}]}))
 
 
 def _edit_row(root: Path, line: int, column: str, value: str) -> None:

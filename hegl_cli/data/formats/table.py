@@ -18,6 +18,7 @@ importer and this one give identical caches on NIH's own files (tests/test_table
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -242,8 +243,11 @@ def read_coco(cfg: TableConfig, records: Labels, classes: list[str], problems: l
         raise UserError(f"{path}: not a COCO file (it needs lists of 'images', 'annotations' and 'categories')")
     images: dict[Any, dict] = {}
     repeated: set[Any] = set()
-    for im in data["images"]:
-        if isinstance(im, dict):
+    for number, im in enumerate(data["images"]):
+        if isinstance(im, dict) and not _is_coco_id(im.get("id")):
+            problems.append(f"{path.name}: image #{number + 1} has id {im.get('id')!r}, not a number or a string; "
+                            "skipped")
+        elif isinstance(im, dict):
             if im.get("id") in images:
                 repeated.add(im.get("id"))
             images[im.get("id")] = im
@@ -251,16 +255,17 @@ def read_coco(cfg: TableConfig, records: Labels, classes: list[str], problems: l
         problems.append(f"{path.name}: image id {image_id!r} is given to more than one image; its annotations "
                         "are skipped")
         del images[image_id]
-    categories = {c.get("id"): canonical(str(c.get("name", ""))) for c in data["categories"] if isinstance(c, dict)}
+    categories = {c.get("id"): canonical(str(c.get("name", ""))) for c in data["categories"]
+                  if isinstance(c, dict) and _is_coco_id(c.get("id"))}
     for number, ann in enumerate(data["annotations"]):
         named = f"id {ann['id']!r}" if isinstance(ann, dict) and "id" in ann else f"#{number + 1} (no id)"
         where = f"{path.name}: annotation {named}"
-        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+        if not isinstance(ann, dict) or not _is_coco_id(ann.get("image_id")) or ann.get("image_id") not in images:
             problems.append(f"{where}: image id {ann.get('image_id') if isinstance(ann, dict) else None!r} is not "
                             "among its images; skipped")
             continue
         image = images[ann["image_id"]]
-        label = categories.get(ann.get("category_id"))
+        label = categories.get(ann.get("category_id")) if _is_coco_id(ann.get("category_id")) else None
         if label not in classes:
             problems.append(f"{where}: category {ann.get('category_id')!r} is no class of the table; skipped")
             continue
@@ -314,8 +319,28 @@ def rle_string_counts(text: str) -> list[int]:
     return counts
 
 
+def _is_coco_id(value: Any) -> bool:
+    """A COCO id: a whole number or a string (a list or a mapping cannot key anything)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _finite_numbers(values: Any, what: str) -> list[float]:
+    """``values`` as floats; ValueError naming ``what`` unless they are all finite numbers."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"its {what} is not a list of numbers")
+    numbers = [float(v) for v in values]
+    if not all(math.isfinite(v) and abs(v) < 1e7 for v in numbers):
+        raise ValueError(f"its {what} holds a coordinate that is not a finite number of pixels")
+    return numbers
+
+
 def _coco_findings(ann: dict, label: str, image: dict) -> list[Finding]:
-    x, y, w, h = (float(v) for v in ann["bbox"])
+    if "bbox" not in ann:
+        raise ValueError("it has no 'bbox' (COCO gives every annotation one)")
+    bbox = _finite_numbers(ann["bbox"], "bbox")
+    if len(bbox) != 4:
+        raise ValueError(f"its bbox has {len(bbox)} numbers, not 4 (x, y, width, height)")
+    x, y, w, h = bbox
     box = box_from_columns({"x": x, "y": y, "w": w, "h": h}, ("x", "y", "w", "h"), xywh=True)
     frame = (int(image["width"]), int(image["height"])) if "width" in image and "height" in image else None
     segmentation = ann.get("segmentation")
@@ -323,9 +348,11 @@ def _coco_findings(ann: dict, label: str, image: dict) -> list[Finding]:
         check_coco_rle(segmentation)
         return [Finding(label, box, coco_rle=segmentation, frame=frame)]
     if isinstance(segmentation, list) and segmentation:
-        polygons = [list(zip(part[0::2], part[1::2])) for part in segmentation if isinstance(part, list)]
-        return [Finding(label, box, polygon=[(float(a), float(b)) for a, b in p], frame=frame)
-                for p in polygons if len(p) >= 3]
+        parts = [_finite_numbers(part, "segmentation polygon") for part in segmentation]
+        polygons = [list(zip(part[0::2], part[1::2])) for part in parts]
+        return [Finding(label, box, polygon=p, frame=frame) for p in polygons if len(p) >= 3]
+    if segmentation not in (None, []):
+        raise ValueError(f"its segmentation is {segmentation!r}, neither polygons nor an RLE")
     return [Finding(label, box, frame=frame)]
 
 
