@@ -59,6 +59,33 @@ def test_criterion_auto_falls_back_to_plain_val_without_swapped_val():
     assert resolve_criterion("auto", without) == "val"
     with pytest.raises(UserError, match="a_s0"):
         resolve_criterion("swap_val", without)
+    neither = [_row("a", 0, None, plain=None), _row("b", 0, 0.6)]
+    with pytest.raises(UserError, match="--criterion val: runs a_s0"):  # auto has nothing to fall back on
+        resolve_criterion("auto", neither)
+
+
+def test_a_damaged_record_never_wins_the_choice(tmp_path):
+    """NaN, Infinity, null, text or a list where a criterion or a cell's AUC should be: Infinity won the
+    choice, null was a TypeError (exit 1)."""
+    from hegl_cli.apps.ablation import read_cell
+    from hegl_cli.apps.selection import CRITERIA, Recipe, criterion_rows
+    from hegl_cli.engine.run_folder import AblationFolder
+
+    folder = AblationFolder(tmp_path / "abl")
+    recipes = [Recipe(name, parse_recipes(name + ",hegl", load_config(None, []))[0].cell) for name in ("baseline", "human")]
+    for recipe, value in zip(recipes, (float("inf"), 0.7)):
+        run = folder.run(f"{recipe.cell.name}_s0")
+        run.path.mkdir(parents=True)
+        record = {"epoch": 3, "best": True, "val_auc_plain": value, "val_auc_swapped": "x", "val_loss": None}
+        run.metrics.write_text(json.dumps(record) + "\n")
+    rows = criterion_rows(folder, recipes, 1)
+    assert [r[CRITERIA["val"].key] for r in rows] == [None, 0.7] and all(r["val_auc_swapped"] is None for r in rows)
+    with pytest.raises(UserError, match="runs a0_b0_s0 have no val_auc_plain"):
+        resolve_criterion("auto", rows)
+    for auc in ("x", None, [1], float("nan")):
+        (tmp_path / "cell.json").write_text(json.dumps({"cell": "a0_b0", "seed": 0, "auc": auc}))
+        with pytest.raises(UserError, match="'auc' is"):
+            read_cell(tmp_path / "cell.json")
 
 
 def test_recipes_builtin_and_from_a_file(tmp_path):
@@ -76,6 +103,20 @@ def test_recipes_builtin_and_from_a_file(tmp_path):
     for bad in ("human", "human,nosuch", "human,human"):
         with pytest.raises(UserError, match="--recipes"):
             parse_recipes(bad, base)
+    mine.write_text("loss:\n  alpha: true\n")  # read as alpha 1 before
+    with pytest.raises(UserError, match="loss.alpha and loss.beta must be numbers"):
+        recipe_from_file(mine, base)
+
+
+def test_a_recipes_own_data_path_is_checked_before_any_cell_trains(tiny_cache, tmp_path):
+    """A recipe YAML with `data: {path: /etc}` trained the first cell, then failed on the second."""
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(f"data:\n  path: {tmp_path / 'nothing'}\nloss:\n  alpha: 1\n  beta: 1\n")
+    args = _select_args(tiny_cache, tmp_path)
+    args[args.index("human,hegl")] = f"human,{elsewhere}"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "no prepared dataset at" in result.output and "nothing" in result.output, result.output
+    assert not (tmp_path / "sel" / "runs").exists()
 
 
 def _select_args(cache, tmp_path, *extra):

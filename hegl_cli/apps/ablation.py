@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import re
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from hegl_cli.config import Config, all_keys, apply_layer, parse_override
+from hegl_cli.data.combined import data_paths
+from hegl_cli.data.manifest import read_manifest
 from hegl_cli.engine.run_folder import AblationFolder
 from hegl_cli.errors import UserError
 from hegl_cli.fs.atomic import atomic_write, atomic_write_json, atomic_write_text
@@ -92,6 +95,8 @@ def cell_config(base: Config, cell: CellSpec, seed: int) -> Config:
              "train.seed": seed}
     apply_layer(cfg, source, layer)
     cfg.check()
+    for data in data_paths(cfg.data.path):  # a cell's own data.path is checked before the first cell trains
+        read_manifest(data)
     return cfg
 
 
@@ -220,6 +225,12 @@ def read_cell(path: Path) -> dict[str, Any]:
     row = read_json(path, "ablation cell record")
     if not isinstance(row, dict) or not {"cell", "seed", "auc"} <= set(row):
         raise UserError(f"{path}: not a finished ablation cell (damaged); delete it to run that cell again")
+    for key, _ in METRICS:
+        value = row.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (value is not None and not number) or (key == "auc" and not (number and math.isfinite(value))):
+            raise UserError(f"{path}: its '{key}' is {value!r}, not a number (damaged); delete it to run that "
+                            "cell again")
     return row
 
 

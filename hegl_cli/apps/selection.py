@@ -75,10 +75,9 @@ def recipe_from_file(path: Path, base: Config) -> Recipe:
     values = dict(layers[0][1]) if layers else {}
     alpha = values.pop("loss.alpha", base.loss.alpha)
     beta = values.pop("loss.beta", base.loss.beta)
-    try:
-        alpha, beta = float(alpha), float(beta)
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: loss.alpha and loss.beta must be numbers") from None
+    if not all(_finite(v) for v in (alpha, beta)):  # true is no weight, and float(True) would read it as 1
+        raise UserError(f"{path}: loss.alpha and loss.beta must be numbers (got {alpha!r}, {beta!r})")
+    alpha, beta = float(alpha), float(beta)
     return Recipe(Path(path).stem, CellSpec(alpha, beta, [_override(k, v) for k, v in values.items()]))
 
 
@@ -112,7 +111,9 @@ def resolve_criterion(name: str, rows: list[dict[str, Any]]) -> str:
     """``auto`` -> ``swap_val`` where every run has a swapped-val AUC (expert masks and finding-free
     val images), else ``val``; a named criterion every run must have."""
     if name == "auto":
-        return "swap_val" if rows and all(_finite(r.get("val_auc_swapped")) for r in rows) else "val"
+        if rows and all(_finite(r.get("val_auc_swapped")) for r in rows):
+            return "swap_val"
+        name = "val"
     missing = [f"{r['cell']}_s{r['seed']}" for r in rows if not _finite(r.get(CRITERIA[name].key))]
     if missing:
         raise UserError(f"--criterion {name}: runs {', '.join(missing[:4])} have no {CRITERIA[name].key} "
@@ -122,7 +123,13 @@ def resolve_criterion(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A criterion as recorded, or None when it is missing or not a finite number (a damaged or
+    undefined record never wins a choice)."""
+    return float(value) if _finite(value) else None
 
 
 def criterion_rows(folder: AblationFolder, recipes: list[Recipe], seeds: int) -> list[dict[str, Any]]:
@@ -138,7 +145,8 @@ def criterion_rows(folder: AblationFolder, recipes: list[Recipe], seeds: int) ->
                 raise UserError(f"{run.path}: no checkpoint epoch in {run.metrics.name}; run the ablation again")
             record = best[-1]
             rows.append({"recipe": recipe.name, "cell": recipe.cell.name, "seed": seed, "run": run.path.name,
-                         "epoch": record["epoch"], **{c.key: record.get(c.key) for c in CRITERIA.values()}})
+                         "epoch": record["epoch"],
+                         **{c.key: _number_or_none(record.get(c.key)) for c in CRITERIA.values()}})
     return rows
 
 
