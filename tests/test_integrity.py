@@ -155,6 +155,26 @@ def test_a_manifest_entry_of_the_wrong_type_is_one_line(tiny_cache, tmp_path, ke
     assert not (tmp_path / "runs" / "t").exists()
 
 
+@pytest.mark.parametrize(("record", "key", "value"), [
+    ("eval/test.json", "per_class", [1]), ("eval/test.json", "macro_ci95", "x"), ("eval/test.json", "attention", [1]),
+    ("eval/test.json", "calibration", [1]), ("eval/test.json", "subgroups", [1]), ("eval/test.json", "thresholds", [1]),
+    ("robustness.json", "records", [5]), ("robustness.json", "records", [{}]),
+])
+def test_report_and_card_of_a_damaged_record_name_it(trained_run, record, key, value):
+    """Each was an "unexpected error" (exit 1) from `hegl report` or `report --card`."""
+    assert runner.invoke(app, ["evaluate", str(trained_run)]).exit_code == 0
+    if record == "robustness.json":
+        (trained_run / record).write_text(json.dumps({"records": [], "sigma": [0.1]}))
+    path = trained_run / record
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+    for argv in (["report", str(trained_run), "--gallery", "0"], ["report", str(trained_run), "--card", "--gallery", "0"]):
+        result = runner.invoke(app, argv)
+        lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("warning")]
+        assert result.exit_code == 2 and record in lines[-1] and "damaged" in lines[-1], result.output
+
+
 def test_a_latest_pointer_that_is_not_one_is_one_line(trained_run):
     latest = trained_run.parent / "latest"
     latest.unlink()

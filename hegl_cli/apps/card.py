@@ -23,7 +23,7 @@ from hegl_cli.data.combined import data_paths
 from hegl_cli.data.images import CONTAINER_NAMES, trained_reading_shift
 from hegl_cli.engine.checkpoint import load_meta, source_commit
 from hegl_cli.engine.run_folder import RunFolder, robustness_files
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, reading_record
 from hegl_cli.evaluation.calibration import MIN_GROUP
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.fs.tables import read_json
@@ -345,16 +345,20 @@ def model_card(run: Path, checkpoint: str = "best", card: Path | None = None, ex
              "## Model\n", model_section(meta, cfg, checkpoint)]
     if exported:
         parts += ["## Exported model\n", exported]
-    parts += ["## Training data\n", data_section(meta, cfg), "## Recipe and config\n", recipe_section(cfg),
-              "## Test metrics\n", metrics_section(report, folder.path),
-              "## Calibration\n", calibration_section(report, folder, card),
-              "## Subgroups\n", subgroups_section(report, folder.path),
-              "## Shortcut audit\n", shortcut_section(report, folder.path),
-              "## Explanation methods: which is faithful\n", methods_section(report, folder.path),
-              "## Robustness under noise\n", robustness_section(folder),
-              "## Other sites\n", external_section(folder),
-              "## Known limits\n", limits_section(report, meta, folder),
-              "## Versions\n", versions_section(meta)]
+    with reading_record(folder.meta(checkpoint), "checkpoint record"):
+        parts += ["## Training data\n", data_section(meta, cfg), "## Recipe and config\n", recipe_section(cfg)]
+    with reading_record(folder.eval_report("test"), "evaluation"):
+        parts += ["## Test metrics\n", metrics_section(report, folder.path),
+                  "## Calibration\n", calibration_section(report, folder, card),
+                  "## Subgroups\n", subgroups_section(report, folder.path),
+                  "## Shortcut audit\n", shortcut_section(report, folder.path),
+                  "## Explanation methods: which is faithful\n", methods_section(report, folder.path)]
+    with reading_record(robustness_files(folder.path)[0], "robustness record"):
+        parts += ["## Robustness under noise\n", robustness_section(folder)]
+    with reading_record(folder.path / "eval" / "external", "evaluation at another site"):
+        parts += ["## Other sites\n", external_section(folder)]
+    with reading_record(folder.eval_report("test"), "evaluation"):
+        parts += ["## Known limits\n", limits_section(report, meta, folder), "## Versions\n", versions_section(meta)]
     return "\n".join(parts)
 
 

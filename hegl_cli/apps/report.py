@@ -24,7 +24,7 @@ from hegl_cli.data.labels import annotated_positives
 from hegl_cli.data.manifest import counterfactual_split, read_manifest
 from hegl_cli.engine.checkpoint import LoadedRun, load_run
 from hegl_cli.engine.run_folder import AblationFolder, RunFolder, robustness_files
-from hegl_cli.errors import UserError
+from hegl_cli.errors import UserError, reading_record
 from hegl_cli.fs.outputs import OutputFolder
 from hegl_cli.fs.tables import read_json
 from hegl_cli.htmlkit import esc, figure_uri, fmt, img, page, png_uri, table
@@ -346,15 +346,19 @@ def run_section(folder: Path, checkpoint: str, device: str, per_kind: int, repor
         loaded = load_run(folder, checkpoint, device=device, split=split)
     except UserError:
         loaded = load_run(folder, checkpoint, device=device)
+    run = RunFolder(folder)
     with loaded:
         parts = [f"<h2 id='{esc(folder.name)}'>Run {esc(folder.name)}</h2>", run_header(loaded),
-                 "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded),
-                 "<h3>Results</h3>", results_section(report),
-                 "<h3>Explanation methods</h3>", methods_section(loaded, report, per_kind),
-                 "<h3>Calibration and subgroups</h3>", calibration_section(folder, report),
-                 "<h3>External validation: other sites</h3>", external_section(folder, report),
-                 "<h3>Robustness under Gaussian noise</h3>",
-                 robustness_section(folder), "<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
+                 "<h3>Data</h3>", data_section(loaded), "<h3>Training</h3>", training_section(loaded)]
+        with reading_record(run.eval_report(split), "evaluation"):
+            parts += ["<h3>Results</h3>", results_section(report),
+                      "<h3>Explanation methods</h3>", methods_section(loaded, report, per_kind),
+                      "<h3>Calibration and subgroups</h3>", calibration_section(folder, report)]
+        with reading_record(folder / "eval" / "external", "evaluation at another site"):
+            parts += ["<h3>External validation: other sites</h3>", external_section(folder, report)]
+        with reading_record(robustness_files(folder)[0], "robustness record"):
+            parts += ["<h3>Robustness under Gaussian noise</h3>", robustness_section(folder)]
+        parts += ["<h3>Gallery</h3>", gallery_section(loaded, per_kind)]
     return "".join(parts)
 
 
@@ -392,7 +396,8 @@ def ablation_section(path: Path, partial: bool = False) -> str:
                         f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); run the same `hegl ablation` "
                         "again to finish it (finished runs are kept), or pass --partial to report what finished")
     if missing:
-        return finished_rows_section(folder, missing)
+        with reading_record(folder.runs_dir, "ablation cell record"):
+            return finished_rows_section(folder, missing)
     rows = read_output(folder.runs_json, "ablation record", kind=list) or []
     table_md = folder.results_md.read_text() if folder.results_md.is_file() else ""
     lines = [line for line in table_md.splitlines() if line.startswith("|")]
@@ -406,6 +411,11 @@ def ablation_section(path: Path, partial: bool = False) -> str:
 
 
 def selection_section(folder: AblationFolder) -> str:
+    with reading_record(folder.selection_json, "recipe selection"):
+        return _selection_html(folder)
+
+
+def _selection_html(folder: AblationFolder) -> str:
     """``--select``'s choice: every recipe's criterion and test AUC, the pick, the regret, the picture."""
     record = read_output(folder.selection_json, "recipe selection", kind=dict)
     if not record:
@@ -470,7 +480,8 @@ def build_report(targets: list[Path], out: Path | None = None, checkpoint: str =
         runs.append((target, report, load_meta(target, checkpoint)))
         log(f"run {target}")
         sections.append(run_section(target, checkpoint, device, per_kind, report))
-    head = comparison(runs) if len(runs) > 1 else ""
+    with reading_record(", ".join(str(RunFolder(t).eval_report("test")) for t, _, _ in runs), "evaluation"):
+        head = comparison(runs) if len(runs) > 1 else ""
     title = "hegl report: " + ", ".join(t.name for t in targets)
     made = f"made by hegl {__version__} on {time.strftime('%Y-%m-%d %H:%M')}; self-contained (no network)"
     return folder.write_text(name, page(title, made, head + "".join(sections)))
