@@ -163,8 +163,8 @@ def test_explain_and_evaluate_errors(trained_run, tmp_path):
         (["explain", str(tmp_path / "missing.png"), "--run", str(trained_run)], "image not found"),
         (["explain", str(shared_data("cxr", "00000001_000.png")), "--run", str(trained_run), "--classes", "Tumour"],
          "class 'Tumour' is not in the model"),
-        (["evaluate", str(tmp_path)], "has no 'best' checkpoint"),
-        (["explain", str(bad), "--run", str(tmp_path)], "has no 'best' checkpoint"),
+        (["evaluate", str(tmp_path)], "is not a hegl run folder"),
+        (["explain", str(bad), "--run", str(tmp_path)], "is not a hegl run folder"),
         (["robustness", str(tmp_path / "nope")], "run folder not found"),
         (["evaluate", str(trained_run), "--split", "nosuch"], "split 'nosuch'"),
     ]

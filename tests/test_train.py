@@ -505,7 +505,8 @@ def test_the_cache_decides_the_image_size_unless_the_user_says_otherwise(tiny_ca
     run = train(cfg, name="s", runs_dir=tmp_path, progress=False, log=lambda *_: None).run
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"] == 32
     assert "image_size" not in json.loads((run / "best.json").read_text())  # one fact, stored once
-    assert load_run(run, split="test").image_size == 32
+    with load_run(run, split="test") as loaded:
+        assert loaded.image_size == 32
     with pytest.raises(UserError, match="prepared at 32 px but data.image_size is 64"):
         train(load_config(None, overrides + ["data.image_size=64"]), name="t", runs_dir=tmp_path,
               progress=False, log=lambda *_: None)

@@ -276,6 +276,10 @@ class LoadedRun:
             lock.release()
         self.locks.clear()
 
+    def __del__(self) -> None:  # a caller that never closed it: its reader locks go with it
+        if getattr(self, "locks", None):
+            self.close()
+
     def __enter__(self) -> LoadedRun:
         return self
 
