@@ -355,3 +355,17 @@ def test_views_keep_the_chosen_views_and_a_cache_left_empty_is_refused(tmp_path)
     assert empty.exit_code == 2 and len(lines) == 1 and "data.views=['PA'] left out all 24 image(s)" in lines[0], \
         empty.output
     assert not (tmp_path / "d").exists()
+
+
+def test_a_mask_image_that_cannot_be_read_is_named_not_its_x_ray(tmp_path):
+    """A decompression-bomb mask was reported as "cannot read image images/p00.png", the X-ray."""
+    from test_fault_catalogue import png_claiming
+
+    args = _table_cmd(tmp_path)
+    root = tmp_path / "team"
+    (root / "masks" / "Nodule").mkdir(parents=True)
+    png_claiming(root / "masks" / "Nodule" / "p00.png", 30000, 30000)
+    result = runner.invoke(app, [*args, "--set", f"table.masks={root / 'masks'}"])
+    assert result.exit_code == 0, result.output
+    skipped = (tmp_path / "c" / "skipped.txt").read_text()
+    assert "its mask" in skipped and "masks/Nodule/p00.png" in skipped, skipped

@@ -61,8 +61,16 @@ def decode_pixel_mask(finding: Finding, width: int, height: int) -> np.ndarray:
         if isinstance(rle.get("counts"), list):  # uncompressed RLE
             rle = coco_mask.frPyObjects(rle, h, w)
         return coco_mask.decode(rle).astype(bool)
-    with Image.open(finding.mask_file) as img:
-        mask = np.asarray(img.convert("L")) > 0
+    try:
+        with Image.open(finding.mask_file) as img:
+            if (img.width, img.height) != (width, height):  # refused before its pixels are decoded
+                raise ValueError(f"its mask {finding.mask_file} is {img.width}x{img.height} but the image is "
+                                 f"{width}x{height}")
+            mask = np.asarray(img.convert("L")) > 0
+    except ValueError:
+        raise
+    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise ValueError(f"its mask {finding.mask_file} cannot be read ({' '.join(str(exc).split())[:160]})") from None
     if mask.shape != (height, width):
         raise ValueError(f"its mask {finding.mask_file} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                          f"{width}x{height}")
