@@ -121,7 +121,10 @@ def test_a_site_calibration_that_cannot_be_applied_is_one_line(trained_run, tmp_
     no_model = {k: v for k, v in good.items() if k != "model"}
     flat = json.loads(json.dumps(good))
     flat["per_class"][classes[0]]["knots_x"] = 0.5
-    for bad, said in ((nan_knots, f"class {classes[0]}"), (no_model, "no record of the model"), (flat, f"class {classes[0]}")):
+    cold = json.loads(json.dumps(good))
+    cold["per_class"][classes[1]]["temperature"] = 1e-320  # overflowed every logit, with numpy's warning on stderr
+    for bad, said in ((nan_knots, f"class {classes[0]}"), (no_model, "no record of the model"),
+                      (flat, f"class {classes[0]}"), (cold, f"class {classes[1]}")):
         path.write_text(json.dumps(bad))
         with pytest.raises(UserError, match=f"damaged site calibration \\({said}"):
             read_calibration(path, classes, [0.5] * len(classes), sha)

@@ -247,9 +247,10 @@ class Calibration:
 
 
 def _valid_class_calibration(temperature: float, threshold: float, knots_x: np.ndarray, knots_y: np.ndarray) -> bool:
-    """One class's calibration as :meth:`Calibration.to_dict` writes it: a finite positive temperature, a
+    """One class's calibration as :meth:`Calibration.to_dict` writes it: a temperature a fit can give, a
     finite threshold, and 1-D finite knots of equal length, ``knots_x`` non-decreasing."""
-    finite = np.isfinite(temperature) and temperature > 0 and np.isfinite(threshold)
+    low, high = TEMPERATURE_BOUNDS  # what a fit can give (1e-320 overflowed every logit)
+    finite = np.isfinite(temperature) and low * (1 - 1e-6) <= temperature <= high * (1 + 1e-6) and np.isfinite(threshold)
     shaped = knots_x.ndim == 1 and knots_y.ndim == 1 and 0 < len(knots_x) == len(knots_y)
     return bool(finite and shaped and np.isfinite(knots_x).all() and np.isfinite(knots_y).all()
                 and not np.any(np.diff(knots_x) < 0))
