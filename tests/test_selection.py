@@ -205,5 +205,8 @@ def test_an_ablation_without_selection_is_named_not_opened(tiny_cache, tmp_path)
     assert runner.invoke(app, args).exit_code == 0
     with pytest.raises(UserError, match="without a recipe selection"):
         resolve_run(tmp_path / "plain")
+    (tmp_path / "plain" / "selection.json").mkdir()  # was taken for "no selection"
+    with pytest.raises(UserError, match="selection.json is a folder"):
+        resolve_run(tmp_path / "plain")
     refused = runner.invoke(app, _select_args(tiny_cache, tmp_path, "--criterion", "test_auc"))
     assert refused.exit_code == 2 and "--criterion" in refused.output

@@ -412,9 +412,9 @@ class AblationFolder(HeglFolder):
 
     def chosen_run(self) -> Path | None:
         """The run ``--select`` chose, or None when this folder holds no selection."""
-        if not self.selection_json.is_file():
+        if not (self.selection_json.exists() or self.selection_json.is_symlink()):
             return None
-        record = read_json(self.selection_json, "recipe selection")
+        record = read_json(self.selection_json, "recipe selection")  # a folder or a dangling link is named
         name = record.get("run") if isinstance(record, dict) else None
         if not isinstance(name, str) or not self.run(validate_run_name(name)).path.is_dir():
             raise UserError(f"{self.selection_json}: names no run of this folder (damaged); run "
