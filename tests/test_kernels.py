@@ -66,3 +66,23 @@ def test_an_avx2_machine_trains_the_same_weights(tiny_cache, tmp_path):
 
     facts = json.loads((tmp_path / "runs" / "here" / "last.json").read_text())["versions"]
     assert facts["cpu_capability"] == "AVX2" and facts["mkl_cbwr"] == "AVX2" and facts["threads"] == "1"
+
+
+def test_each_kernel_setting_gets_its_own_inductor_cache(tmp_path):
+    """Code a native (AVX-512) process compiled into torch's inductor cache crashed (segmentation fault)
+    a later process pinned to AVX2 that reused it (tests/test_precision.py's compiled-model test, after a
+    `HEGL_CPU_KERNELS=native` run on the same machine); the user's own TORCHINDUCTOR_CACHE_DIR is kept."""
+    from hegl_cli.engine.kernels import INDUCTOR_CACHE, separate_inductor_cache, settle_cpu_kernels
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx avx2 avx512f\n")
+    pinned, native = {"HEGL_CPU_KERNELS": "avx2"}, {"HEGL_CPU_KERNELS": "native"}
+    settle_cpu_kernels("fp32", "cpu", pinned, cpuinfo=cpuinfo)
+    settle_cpu_kernels("fp32", "cpu", native, cpuinfo=cpuinfo)
+    assert pinned[INDUCTOR_CACHE].endswith("hegl-avx2-avx2-avx2")
+    assert native[INDUCTOR_CACHE].endswith("hegl-native-native-native")
+    assert Path(pinned[INDUCTOR_CACHE]).parent == Path(native[INDUCTOR_CACHE]).parent
+    mine = {INDUCTOR_CACHE: "/data/my-cache"}
+    assert separate_inductor_cache(mine) is None and mine[INDUCTOR_CACHE] == "/data/my-cache"
+    torchs = {INDUCTOR_CACHE: str(Path(pinned[INDUCTOR_CACHE]).parent)}  # torch writes its default back
+    assert separate_inductor_cache(torchs).endswith("hegl-native-native-native")

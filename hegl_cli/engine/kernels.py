@@ -151,9 +151,36 @@ def settle_cpu_kernels(precision: str, device_type: str, environ: dict | None = 
     else:
         release_pins(env)
     settled = {k: env.get(k, "native") for k in PINNED}
+    separate_inductor_cache(env)
     if environ is None:
         _SETTLED = dict(settled)
     return settled
+
+
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
+INDUCTOR_SET_BY_HEGL = "HEGL_INDUCTOR_CACHE"
+
+
+def separate_inductor_cache(environ: dict | None = None) -> str | None:
+    """Give each CPU-kernel setting its own torch inductor cache (``train.compile``), unless the user
+    chose one: inductor keys its compiled code by the graph, not by the kernels in force, and code a
+    process with native (AVX-512) kernels cached crashed a later process pinned to AVX2 with a
+    segmentation fault. Returns the folder set (None: the user's choice was kept)."""
+    import getpass
+    import tempfile
+
+    env = os.environ if environ is None else environ
+    current, ours = env.get(INDUCTOR_CACHE), env.get(INDUCTOR_SET_BY_HEGL)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    torch_default = Path(tempfile.gettempdir()) / f"torchinductor_{user}"
+    if current is not None and current not in (ours, str(torch_default)):
+        return None  # the user's (torch writes its default back into the environment: that one is not)
+    folder = str(torch_default / ("hegl-" + "-".join(env.get(k, "native") for k in PINNED).lower()))
+    env[INDUCTOR_CACHE] = env[INDUCTOR_SET_BY_HEGL] = folder
+    return folder
 
 
 def kernel_facts() -> dict[str, str]:
