@@ -95,8 +95,6 @@ def cell_config(base: Config, cell: CellSpec, seed: int) -> Config:
              "train.seed": seed}
     apply_layer(cfg, source, layer)
     cfg.check()
-    for data in data_paths(cfg.data.path):  # a cell's own data.path is checked before the first cell trains
-        read_manifest(data)
     return cfg
 
 
@@ -185,6 +183,8 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
     """Run every (cell, seed) not yet finished, then write the tables and figures across them; with
     ``methods``, every run's explanation methods too (the methods table)."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
+    for data in {p for cfg in configs.values() for p in data_paths(cfg.data.path)}:
+        read_manifest(data)  # a cell's own data.path (a recipe's) is checked before the first cell trains
     folder = AblationFolder(out).open_for_writing()
     with folder.lock():
         atomic_write_json(folder.plan_json, {"runs": [f"{cell.name}_s{seed}" for cell in cells for seed in range(seeds)],
