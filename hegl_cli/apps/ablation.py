@@ -183,10 +183,11 @@ def run_ablation(base: Config, cells: list[CellSpec], seeds: int, out: Path, sig
     """Run every (cell, seed) not yet finished, then write the tables and figures across them; with
     ``methods``, every run's explanation methods too (the methods table)."""
     configs = {(cell.name, seed): cell_config(base, cell, seed) for cell in cells for seed in range(seeds)}
-    for data in {p for cfg in configs.values() for p in data_paths(cfg.data.path)}:
-        read_manifest(data)  # a cell's own data.path (a recipe's) is checked before the first cell trains
     folder = AblationFolder(out).open_for_writing()
     with folder.lock():
+        to_train = [cfg for (name, seed), cfg in configs.items() if not folder.run(f"{name}_s{seed}").cell.is_file()]
+        for data in {p for cfg in to_train for p in data_paths(cfg.data.path)}:
+            read_manifest(data)  # a cell's own data.path (a recipe's) is checked before the first cell trains
         atomic_write_json(folder.plan_json, {"runs": [f"{cell.name}_s{seed}" for cell in cells for seed in range(seeds)],
                                              "cells": [cell.label for cell in cells], "seeds": seeds})
         return _run_cells(cells, seeds, folder, sigma, log, progress, configs, methods)
