@@ -90,16 +90,19 @@ def foreign_files(cache: Path) -> list[Path]:
     if listed.is_file() and not listed.is_symlink():
         ours = set(listed.read_text(errors="replace").splitlines()) | {INVENTORY, CHECKSUMS}
         return sorted(p for p in files if p.relative_to(cache).as_posix() not in ours)
-    return sorted(p for p in files if p.is_symlink() or not _in_legacy_layout(cache, p.relative_to(cache).parts))
-
-
-def _in_legacy_layout(cache: Path, parts: tuple[str, ...]) -> bool:
-    """A file a prepare from before the inventory wrote at ``parts`` (relative to ``cache``)."""
     try:
         manifest = json.loads((cache / MANIFEST).read_text())
     except (OSError, ValueError):
+        manifest = None
+    return sorted(p for p in files if p.is_symlink() or not _in_legacy_layout(manifest, p.relative_to(cache).parts))
+
+
+def _in_legacy_layout(manifest: Any, parts: tuple[str, ...]) -> bool:
+    """A file a prepare from before the inventory wrote at ``parts`` (relative to the cache whose
+    parsed ``manifest`` this is; None when it could not be read: nothing is prepare's then)."""
+    if not isinstance(manifest, dict):
         return False
-    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    splits = manifest.get("splits")
     if len(parts) == 1:
         return parts[0] in (MANIFEST, SKIPPED, CHECKSUMS)
     if parts[0] == "source":

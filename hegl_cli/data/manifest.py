@@ -46,6 +46,10 @@ def read_manifest(cache: Path) -> dict[str, Any]:
     return manifest
 
 
+_HINTS = typing.get_type_hints(DataConfig)
+INTENSITY_SETTINGS = {"mode": typing.get_args(_HINTS["intensity"]), "frames": typing.get_args(_HINTS["frames"])}
+
+
 def manifest_problem(manifest: dict[str, Any]) -> str | None:
     """What in a manifest the readers would trip on (None: nothing): the entries they index by type,
     and the intensity settings a run adopts (a wrong one made every later use of the run fail)."""
@@ -59,9 +63,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
     if synthetic is not None and (not isinstance(synthetic, dict)
                                   or not isinstance(synthetic.get("counterfactual_of", {}), dict)):
         return "'synthetic' is not the generator's record (a mapping with 'counterfactual_of' a mapping)"
-    hints = typing.get_type_hints(DataConfig)
-    for key, setting in (("mode", "intensity"), ("frames", "frames")):
-        value, allowed = (manifest.get("intensity") or {}).get(key), typing.get_args(hints[setting])
+    for key, allowed in INTENSITY_SETTINGS.items():
+        value = (manifest.get("intensity") or {}).get(key)
         if value is not None and value not in allowed:
             return f"'intensity.{key}' is {value!r} (valid: {', '.join(allowed)})"
     return None
